@@ -122,9 +122,9 @@ def split_documents(sizes: dict[str, int], dev_frac: float, test_frac: float, se
     random.Random(seed).shuffle(docs)
     total = sum(sizes.values())
     assignment, i = {}, 0
-    for split, frac in (("test", test_frac), ("dev", dev_frac)):
+    for split, frac, later in (("test", test_frac, 1 + (dev_frac > 0)), ("dev", dev_frac, 1)):
         target, filled = frac * total, 0
-        while i < len(docs) - 1 and frac > 0 and (filled == 0 or filled + sizes[docs[i]] / 2 <= target):
+        while i < len(docs) - later and frac > 0 and (filled == 0 or filled + sizes[docs[i]] / 2 <= target):
             assignment[docs[i]] = split
             filled += sizes[docs[i]]
             i += 1

@@ -32,6 +32,18 @@ class Decoded:
     had_bom: bool = False
 
 
+def _looks_utf16(data: bytes) -> bool:
+    """UTF-16 text of one script has the same few high bytes (0x00, 0x0F for Tibetan) at every other
+    position; UTF-8 never does."""
+    if len(data) < 64:  # too short to tell; NUL and control checks still apply
+        return False
+    for high in (data[1::2], data[0::2]):
+        top = sum(n for _, n in Counter(high).most_common(3))
+        if top >= 0.9 * len(high):
+            return True
+    return False
+
+
 def decode_utf8(data: bytes) -> Decoded:
     """Strict UTF-8 with the BOM stripped; UTF-16 and invalid bytes are reported, never guessed around."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -42,11 +54,13 @@ def decode_utf8(data: bytes) -> Decoded:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        if data.count(b"\x00") > len(data) // 8:
-            return Decoded(None, "utf16_encoding", "NUL bytes throughout: looks like UTF-16 without a BOM")
+        if _looks_utf16(data):
+            return Decoded(None, "utf16_encoding", "every other byte alike: looks like UTF-16 without a BOM")
         return Decoded(None, "invalid_utf8", f"invalid UTF-8 at byte {e.start + 3 * had_bom}: {e.reason}")
-    if "\x00" in text:
-        return Decoded(None, "utf16_encoding", "NUL bytes in text: looks like UTF-16")
+    controls = sum(ch < " " and ch not in "\t\n\r" for ch in text)
+    if "\x00" in text or controls > len(text) // 5 or _looks_utf16(data):
+        # UTF-16 without a BOM decodes "validly": Tibetan U+0Fxx becomes one ASCII byte plus \x0f.
+        return Decoded(None, "utf16_encoding", "NUL or control bytes throughout: looks like UTF-16 without a BOM")
     return Decoded(text, had_bom=had_bom)
 
 

@@ -1,0 +1,101 @@
+"""Shared fixtures: the real corpora (from the offline mirror), a DVC-reproduced copy of the repo, and
+small raw trees cut from the real files for bad-input tests."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {
+    "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+os.environ.update(OFFLINE_ENV)
+
+
+def mirror_dir() -> Path | None:
+    """SEMRL_DATA_MIRROR, else the shared/corpora checkout beside the repo (CI and developer machines)."""
+    candidates = [os.environ.get("SEMRL_DATA_MIRROR"), REPO.parent / "shared" / "corpora"]
+    for c in candidates:
+        if c and (Path(c) / "MANIFEST.tsv").is_file():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    m = mirror_dir()
+    if m is None:
+        pytest.skip("no offline corpus mirror: set SEMRL_DATA_MIRROR to a folder laid out like shared/corpora")
+    return m
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **OFFLINE_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                **(env or {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory, mirror) -> Path:
+    """A fresh copy of the tracked project (as a clean clone has it) with `dvc repro prepare` run against
+    the mirror."""
+    dest = tmp_path_factory.mktemp("repo")
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout.split("\n")
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    run(["git", "init", "-q"], dest)
+    run(["dvc", "repro", "prepare"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
+    return dest
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture
+def small(tmp_path, repo_copy, params):
+    """A small raw tree cut from the real corpora plus params pointing at it; tests then break it."""
+    src, raw = repo_copy / "data" / "raw", tmp_path / "raw"
+    pairs = sorted((src / "lotsawa" / "text-pairs").glob("*-bo.txt"))[:6]
+    for bo in pairs:
+        for f in (bo, bo.with_name(bo.name.replace("-bo.txt", "-zh.txt"))):
+            (raw / "lotsawa" / "text-pairs").mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, raw / "lotsawa" / "text-pairs" / f.name)
+    for sub, n in (("news", 12), ("childrens_lit", 3)):
+        (raw / "nanhai" / sub).mkdir(parents=True)
+        for f in sorted((src / "nanhai" / sub).glob("*.txt"))[:n]:
+            shutil.copy(f, raw / "nanhai" / sub / f.name)
+    (raw / "cmrc2018").mkdir()
+    for name in ("cmrc2018_dev.json", "cmrc2018_trial.json"):
+        data = json.loads((src / "cmrc2018" / name).read_text(encoding="utf-8"))
+        data["data"] = data["data"][:3]
+        (raw / "cmrc2018" / name).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    (raw / "xiehouyu").mkdir()
+    items = json.loads((src / "xiehouyu" / "xiehouyu.json").read_text(encoding="utf-8"))[:40]
+    (raw / "xiehouyu" / "xiehouyu.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    (raw / "cldr").mkdir()
+    shutil.copy(src / "cldr" / "bo_zh_pairs.tsv", raw / "cldr" / "bo_zh_pairs.tsv")
+    p = copy.deepcopy(params)
+    p["prepare"].update(raw_dir=str(raw), out_dir=str(tmp_path / "prepared"))
+    for task in ("mt", "headline"):
+        p["prepare"][task].update(dev_frac=0.25, test_frac=0.25)
+    return raw, p

@@ -1,0 +1,176 @@
+"""`fetch` against a real HTTP server on 127.0.0.1 and against mirrors: retries, verification, atomicity."""
+import hashlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from semrl.fetch import FetchConfig, FetchError, fetch
+from semrl.sources import Source, read_sources, sources_from_manifest, write_sources
+
+from conftest import REPO, run
+
+BODY = "བོད་ལྗོངས་ཀྱིས་ཁོར་ཡུག་སྲུང་སྐྱོང་ལམ་བུ་བསྐྲུན། ".encode() * 200
+
+
+class Handler(BaseHTTPRequestHandler):
+    hits: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        n = Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
+        if self.path == "/ok":
+            return self._send(BODY)
+        if self.path == "/flaky":  # two 503s, then the file
+            return self._send(BODY) if n > 2 else self._send(b"busy", 503)
+        if self.path == "/always500":
+            return self._send(b"oops", 500)
+        if self.path == "/missing":
+            return self._send(b"no", 404)
+        if self.path == "/slow":
+            time.sleep(1.5)
+            return self._send(BODY)
+        if self.path == "/truncated":  # announces the full length, sends half, closes
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY[: len(BODY) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if self.path == "/tampered":
+            return self._send(BODY[:-1] + b"X")
+        self._send(b"?", 400)
+
+    def _send(self, body: bytes, status: int = 200):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def source(name: str, url: str, body: bytes = BODY) -> Source:
+    return Source(f"test/{name}.txt", "test", "url", url, hashlib.sha256(body).hexdigest(), len(body), "CC0-1.0")
+
+
+def cfg(tmp_path, **kw) -> FetchConfig:
+    return FetchConfig(dest=tmp_path / "raw", **{"workers": 4, "timeout_s": 0.5, "retries": 2, "backoff_s": 0.01, **kw})
+
+
+def no_partials(root: Path) -> bool:
+    return not any(p.name.endswith(".part") for p in root.rglob("*")) if root.exists() else True
+
+
+def test_downloads_and_verifies_in_parallel(server, tmp_path):
+    srcs = [source(f"f{i}", f"{server}/ok") for i in range(5)]
+    result = fetch(srcs, cfg(tmp_path), show_progress=False)
+    assert result.fetched == 5 and all((tmp_path / "raw" / s.name).read_bytes() == BODY for s in srcs)
+    again = fetch(srcs, cfg(tmp_path), show_progress=False)
+    assert (again.fetched, again.up_to_date) == (0, 5)
+
+
+def test_transient_503_is_retried(server, tmp_path):
+    assert fetch([source("flaky", f"{server}/flaky")], cfg(tmp_path), show_progress=False).fetched == 1
+    assert Handler.hits["/flaky"] == 3
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/always500", "failed after 3 attempts from {url}: HTTP 500"),
+    ("/slow", "failed after 3 attempts from {url}: "),
+    ("/truncated", "failed after 3 attempts from {url}: truncated body"),
+    ("/missing", "HTTP 404 for {url} (not retried)"),
+])
+def test_http_failures_are_one_line_errors_and_leave_nothing(server, tmp_path, path, message):
+    url = f"{server}{path}"
+    with pytest.raises(FetchError) as e:
+        fetch([source("bad", url)], cfg(tmp_path), show_progress=False)
+    first = str(e.value).splitlines()[0]
+    assert first.startswith("test/bad.txt: ") and message.format(url=url) in first
+    assert not (tmp_path / "raw" / "test" / "bad.txt").exists() and no_partials(tmp_path)
+
+
+def test_hash_mismatch_names_source_url_expected_and_actual(server, tmp_path):
+    src = source("tampered", f"{server}/tampered")
+    with pytest.raises(FetchError) as e:
+        fetch([src], cfg(tmp_path), show_progress=False)
+    actual = hashlib.sha256(BODY[:-1] + b"X").hexdigest()
+    line = str(e.value).splitlines()[0]
+    assert line == (f"test/tampered.txt: sha256 mismatch for {server}/tampered: expected {src.sha256} "
+                    f"({len(BODY)} bytes), got {actual} ({len(BODY)} bytes)")
+    assert not (tmp_path / "raw" / src.name).exists() and no_partials(tmp_path)
+
+
+def test_all_failures_are_reported_together(server, tmp_path):
+    srcs = [source("good", f"{server}/ok"), source("gone", f"{server}/missing"), source("bad", f"{server}/tampered")]
+    with pytest.raises(FetchError) as e:
+        fetch(srcs, cfg(tmp_path), show_progress=False)
+    lines = str(e.value).splitlines()
+    assert lines[-1] == "fetch failed for 2 of 3 files" and len(lines) == 3
+    assert (tmp_path / "raw" / "test" / "good.txt").read_bytes() == BODY
+
+
+def test_stale_partial_files_from_a_killed_run_are_removed(server, tmp_path):
+    stale = tmp_path / "raw" / "test" / ".ok.txt.abc.part"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    fetch([source("ok", f"{server}/ok")], cfg(tmp_path), show_progress=False)
+    assert not stale.exists()
+
+
+def test_mirror_copy_verifies_and_reports_missing_files(tmp_path, mirror):
+    sources = [s for s in read_sources(REPO / "data" / "sources.tsv") if s.source == "xiehouyu"]
+    assert fetch(sources, cfg(tmp_path, mirror=mirror), show_progress=False).fetched == 2
+    fake_mirror = tmp_path / "mirror"
+    with pytest.raises(FetchError, match=r"xiehouyu/xiehouyu.json: missing from mirror .* for https://"):
+        fetch(sources, cfg(tmp_path / "other", mirror=fake_mirror), show_progress=False)
+    # A corrupted mirror file is caught by the same verification as a download.
+    rel = next(p for p in mirror.rglob("xiehouyu.json")).relative_to(mirror)
+    (fake_mirror / rel).parent.mkdir(parents=True)
+    shutil.copy(mirror / rel, fake_mirror / rel)
+    with open(fake_mirror / rel, "ab") as f:
+        f.write(b" ")
+    with pytest.raises(FetchError, match="xiehouyu/xiehouyu.json: sha256 mismatch"):
+        fetch(sources[1:], cfg(tmp_path / "third", mirror=fake_mirror), show_progress=False)
+
+
+def test_source_list_matches_the_mirror_manifest(mirror):
+    committed = read_sources(REPO / "data" / "sources.tsv")
+    derived = sources_from_manifest(mirror / "MANIFEST.tsv")
+    assert [s for s in committed if s.type == "url"] == derived
+    assert [s.name for s in committed if s.type == "cldr"] == ["cldr/bo_zh_pairs.tsv"]
+
+
+def test_bad_source_list_names_file_and_line(tmp_path):
+    path = tmp_path / "sources.tsv"
+    write_sources(path, [source("a", "http://127.0.0.1/a")])
+    path.write_text(path.read_text().replace("CC0-1.0", "CC0-1.0\textra"))
+    with pytest.raises(Exception, match=r"sources.tsv:2: expected 7 tab-separated columns, found 8"):
+        read_sources(path)
+
+
+def test_stage_cli_exits_nonzero_with_clear_error_and_no_traceback(server, tmp_path):
+    write_sources(tmp_path / "sources.tsv", [source("gone", f"{server}/missing")])
+    (tmp_path / "params.yaml").write_text(
+        f"fetch: {{sources: {tmp_path}/sources.tsv, dest: {tmp_path}/raw, mirror: null, workers: 2,"
+        " timeout_s: 1, retries: 0, backoff_s: 0, cldr: false}\n")
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "fetch.py"), "--params", str(tmp_path / "params.yaml")],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SEMRL_DATA_MIRROR": ""})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"error: test/gone.txt: HTTP 404 for {server}/missing (not retried)" in proc.stderr
