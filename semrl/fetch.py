@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from semrl import SemrlError
 from semrl.cldr import babel_version, cldr_pairs_tsv
+from semrl.io import sha256_file
 from semrl.sources import Source, mirror_relpath, read_sources
 
 MIRROR_ENV = "SEMRL_DATA_MIRROR"
@@ -188,8 +189,6 @@ def generate_cldr(src: Source, dest: Path) -> int:
 def _is_current(src: Source, dest: Path) -> bool:
     if not dest.is_file() or dest.stat().st_size != src.bytes:
         return False
-    from semrl.io import sha256_file
-
     return sha256_file(dest) == src.sha256
 
 

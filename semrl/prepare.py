@@ -184,7 +184,8 @@ def claim_splits(by_split: dict[str, list[dict]], keys: tuple[str, ...], source_
                               f"{k} also in {other_split} ({other_id}); kept there", " ||| ".join(exact))
                 continue
             if exact in exact_seen:
-                ledger.reject(source_of(r), file, line, "duplicate", f"same as {exact_seen[exact]}", " ||| ".join(exact))
+                ledger.reject(source_of(r), file, line, "duplicate", f"same as {exact_seen[exact]}",
+                              " ||| ".join(exact))
                 continue
             exact_seen[exact] = r["id"]
             kept.append(r)
@@ -408,8 +409,8 @@ def lm_zh_items(raw: Path, cfg: dict, ledger: Ledger):
     """General Chinese: CMRC 2018 *trial* contexts (never dev: that is the benchmark) and xiehouyu."""
     path = raw / cfg["cmrc_trial"]
     data = _load_json(path)
-    for i, article in enumerate(_squad_articles(data, path)):
-        for j, paragraph in enumerate(article.get("paragraphs", [])):
+    for article in _squad_articles(data, path):
+        for paragraph in article.get("paragraphs", []):
             ledger.take("cmrc_trial")
             yield "cmrc_trial", normalize_zh(str(paragraph.get("context", ""))), _rel(path, raw), None
     path = raw / cfg["xiehouyu"]
@@ -464,8 +465,8 @@ def prepare_cmrc_dev(raw: Path, cfg: dict, ledger: Ledger) -> list[dict]:
                 ledger.take(source)
                 qid = str(qa.get("id", ""))
                 question = strip_invisible(str(qa.get("question", "")))[0].strip()
-                answers = list(dict.fromkeys(
-                    a["text"].strip() for a in qa.get("answers", []) if isinstance(a, dict) and str(a.get("text", "")).strip()))
+                texts = (str(a.get("text", "")).strip() for a in qa.get("answers", []) if isinstance(a, dict))
+                answers = list(dict.fromkeys(t for t in texts if t))
                 if not qid or qid in seen:
                     ledger.reject(source, rel, None, "duplicate", f"question id {qid!r} missing or repeated", question)
                 elif not context or not question:

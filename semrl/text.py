@@ -143,7 +143,7 @@ def strip_openers(text: str) -> str:
 _BOUND_PARTICLES = "འི|འང|འམ|འོ"
 # ས and ར are also words; they are joined only after an open syllable (one stack, optional vowel), the
 # only place the agentive/locative particle takes that short form.
-_OPEN_SYLLABLE = rf"[\u0f40-\u0f6c][\u0f8d-\u0fbc]*[\u0f71-\u0f84]*"
+_OPEN_SYLLABLE = r"[\u0f40-\u0f6c][\u0f8d-\u0fbc]*[\u0f71-\u0f84]*"
 _AFTER = rf"(?=[\s{TSHEG}{BO_SHADS}]|$)"
 
 

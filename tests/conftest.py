@@ -47,6 +47,12 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
     return proc
 
 
+def run_stage(stage: str, params_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a DVC stage script as DVC would, with another params file; returns the finished process."""
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(params_path)],
+                          capture_output=True, text=True, env=env)
+
+
 @pytest.fixture(scope="session")
 def repo_copy(tmp_path_factory, mirror) -> Path:
     """A fresh copy of the tracked project (as a clean clone has it) with `dvc repro prepare` run against

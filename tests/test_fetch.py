@@ -1,19 +1,16 @@
 """`fetch` against a real HTTP server on 127.0.0.1 and against mirrors: retries, verification, atomicity."""
 import hashlib
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_stage
 
 from semrl.fetch import FetchConfig, FetchError, fetch
 from semrl.sources import Source, read_sources, sources_from_manifest, write_sources
-
-from conftest import REPO, run
 
 BODY = "བོད་ལྗོངས་ཀྱིས་ཁོར་ཡུག་སྲུང་སྐྱོང་ལམ་བུ་བསྐྲུན། ".encode() * 200
 
@@ -169,8 +166,7 @@ def test_stage_cli_exits_nonzero_with_clear_error_and_no_traceback(server, tmp_p
     (tmp_path / "params.yaml").write_text(
         f"fetch: {{sources: {tmp_path}/sources.tsv, dest: {tmp_path}/raw, mirror: null, workers: 2,"
         " timeout_s: 1, retries: 0, backoff_s: 0, cldr: false}\n")
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "fetch.py"), "--params", str(tmp_path / "params.yaml")],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SEMRL_DATA_MIRROR": ""})
+    proc = run_stage("fetch", tmp_path / "params.yaml", env={"PATH": "/usr/bin:/bin", "SEMRL_DATA_MIRROR": ""})
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"error: test/gone.txt: HTTP 404 for {server}/missing (not retried)" in proc.stderr

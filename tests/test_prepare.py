@@ -1,19 +1,15 @@
 """`prepare` on small raw trees cut from the real corpora, then broken on purpose: every kind of bad input
 ends as a clear error naming the file (and line) or as a quarantine record with its reason, and
 kept + quarantined = input always holds."""
-import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 import yaml
+from conftest import read_jsonl, run_stage
 
 from semrl import SemrlError
-from semrl.text import normalize_bo
 from semrl.prepare import Ledger, claim_splits, extract_headline, group_documents, run, split_documents
-
-from conftest import REPO, read_jsonl
+from semrl.text import normalize_bo
 
 
 def quarantine(p) -> list[dict]:
@@ -48,7 +44,8 @@ def test_invalid_utf8_line_is_quarantined_with_line_and_offset(small):
     [q] = [q for q in quarantine(p) if q["reason"] == "invalid_utf8"]
     assert q["file"] == f"lotsawa/text-pairs/{bo.name}" and q["line"] == 3
     assert f"file byte {len(lines[0]) + len(lines[1]) + 2}" in q["detail"]
-    assert stats["sources"]["lotsawa"]["input"] == stats["sources"]["lotsawa"]["kept"] + stats["sources"]["lotsawa"]["quarantined"]
+    row = stats["sources"]["lotsawa"]
+    assert row["input"] == row["kept"] + row["quarantined"]
 
 
 def test_utf16_files_fail_loudly_as_quarantine_not_garbage(small):
@@ -75,7 +72,8 @@ def test_bom_is_stripped_and_counted(small):
             assert "\ufeff" not in r["title"] + r["body"]
 
 
-@pytest.mark.parametrize("name", ["cmrc2018/cmrc2018_dev.json", "cmrc2018/cmrc2018_trial.json", "xiehouyu/xiehouyu.json"])
+@pytest.mark.parametrize("name", ["cmrc2018/cmrc2018_dev.json", "cmrc2018/cmrc2018_trial.json",
+                                  "xiehouyu/xiehouyu.json"])
 def test_truncated_json_is_an_error_with_file_line_and_column(small, name):
     raw, p = small
     path = raw / name
@@ -208,8 +206,8 @@ def test_accounting_mismatch_fails_the_stage():
         ledger.check(Counter({"lotsawa": 1}))
 
 
-HEADLINE_CFG = {"max_label_segments": 2, "label_max_syllables": 2, "title_min_syllables": 4,
-                "title_max_syllables": 50, "title_min_tibetan_ratio": 0.9, "body_min_chars": 20, "body_max_chars": 20000}
+HEADLINE_CFG = {"max_label_segments": 2, "label_max_syllables": 2, "title_min_syllables": 4, "title_max_syllables": 50,
+                "title_min_tibetan_ratio": 0.9, "body_min_chars": 20, "body_max_chars": 20000}
 
 
 def test_headline_skips_labels_ids_and_openers_on_real_openings():
@@ -231,7 +229,6 @@ def test_prepare_cli_error_has_no_traceback(small, tmp_path):
     raw, p = small
     (raw / "cmrc2018" / "cmrc2018_dev.json").write_text('{"data": [', encoding="utf-8")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p), encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(tmp_path / "params.yaml")],
-                          capture_output=True, text=True)
+    proc = run_stage("prepare", tmp_path / "params.yaml")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"error: {raw}/cmrc2018/cmrc2018_dev.json:1:11: invalid JSON" in proc.stderr
