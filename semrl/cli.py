@@ -49,6 +49,16 @@ def prepare(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
+def base(params: Path = PARAMS_OPTION) -> None:
+    """Build the base causal LM into models/base/ (tiny: train tokenizer + pretrain; paper: resolve a named model)."""
+    from semrl import base as base_mod
+    from semrl.io import load_params
+
+    metrics = run_step(lambda: base_mod.run(load_params(params)))
+    print("base: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+
+
+@app.command()
 def sources(
     manifest: Path = typer.Argument(..., help="a mirror's MANIFEST.tsv"),
     out: Path = typer.Option(Path("data/sources.tsv"), help="source list to write"),

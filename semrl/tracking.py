@@ -1,0 +1,129 @@
+"""MLflow tracking: where runs go, how they are tagged, and that a crashed run never stays RUNNING."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+DEFAULTS = {"uri": "sqlite:///mlflow.db", "experiment": "semrl", "artifact_root": "mlartifacts"}
+
+
+def tracking_config(params: dict[str, Any]) -> dict[str, str]:
+    """Tracking URI (MLFLOW_TRACKING_URI wins, e.g. a running `semrl up` server), experiment, artifact root.
+    Relative sqlite paths and artifact roots are made absolute against the project root (the cwd of a
+    DVC stage), so runs from any folder land in the same store."""
+    cfg = {**DEFAULTS, **params.get("tracking", {})}
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg["uri"]
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    root = Path(cfg["artifact_root"]).resolve()
+    return {"uri": uri, "experiment": cfg["experiment"], "artifact_root": root.as_uri()}
+
+
+def setup(params: dict[str, Any]) -> str:
+    """Point MLflow at the configured store; create the experiment with an explicit artifact location
+    (with a sqlite backend MLflow would otherwise write ./mlruns relative to wherever it runs)."""
+    import mlflow
+
+    cfg = tracking_config(params)
+    mlflow.set_tracking_uri(cfg["uri"])
+    exp = mlflow.get_experiment_by_name(cfg["experiment"])
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(cfg["experiment"], artifact_location=cfg["artifact_root"])
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_version(lock_path: str | Path = "dvc.lock") -> str:
+    """Hash of the prepared data as DVC recorded it (the `prepare` stage's outputs in dvc.lock)."""
+    try:
+        lock = yaml.safe_load(Path(lock_path).read_text(encoding="utf-8"))
+        outs = lock["stages"]["prepare"]["outs"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "unversioned"
+    joined = "\n".join(f"{o['path']}:{o.get('md5')}" for o in sorted(outs, key=lambda o: o["path"]))
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]  # MLflow's limit on a param value
+    return out
+
+
+class _Terminated(Exception):
+    """SIGTERM turned into an exception so the run is closed as KILLED."""
+
+
+@contextlib.contextmanager
+def run(params: dict[str, Any], name: str, tags: dict[str, str] | None = None,
+        log_params: dict[str, Any] | None = None, nested: bool = False) -> Iterator[Any]:
+    """An MLflow run named `name`, tagged with profile, git commit and data version; ends FINISHED,
+    FAILED on an exception, KILLED on Ctrl-C or SIGTERM."""
+    import mlflow
+
+    setup(params)
+    all_tags = {"semrl.profile": str(params.get("profile", "")), "semrl.git_commit": git_commit(),
+                "mlflow.source.git.commit": git_commit().removesuffix("-dirty"),
+                "semrl.data_version": data_version(), **(tags or {})}
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    active = mlflow.start_run(run_name=name, tags=all_tags, nested=nested)
+    try:
+        if log_params:
+            mlflow.log_params(flatten(log_params))
+        yield active
+    except (KeyboardInterrupt, _Terminated):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def metrics_callback():
+    """A transformers TrainerCallback that sends every logged scalar to the active MLflow run, per step."""
+    import mlflow
+    from transformers import TrainerCallback
+
+    class MlflowMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                scalars = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+                mlflow.log_metrics(scalars, step=state.global_step)
+
+    return MlflowMetrics()
