@@ -59,6 +59,17 @@ def base(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
+def embedder(params: Path = PARAMS_OPTION) -> None:
+    """Build the reward embedder (models/embedder/) and the independent evaluation embedder (models/eval_embedder/)."""
+    from semrl import embedder as embedder_mod
+    from semrl.io import load_params
+
+    metrics = run_step(lambda: embedder_mod.run(load_params(params)))
+    for role, m in metrics.items():
+        print(f"embedder {role}: " + ", ".join(f"{k} {v}" for k, v in m.items()))
+
+
+@app.command()
 def sources(
     manifest: Path = typer.Argument(..., help="a mirror's MANIFEST.tsv"),
     out: Path = typer.Option(Path("data/sources.tsv"), help="source list to write"),
