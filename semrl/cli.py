@@ -100,9 +100,14 @@ def where() -> None:
         ("data/prepared/", "cleaned splits: mt/, headline/, lm/, general/"),
         ("data/prepared/quarantine.jsonl", "every record not kept, with file, line and reason"),
         ("data/prepared/stats.json", "counts per output, split, source and quarantine reason (`dvc metrics show`)"),
+        ("models/base/", "base causal LM + tokenizer (AutoModelForCausalLM / AutoTokenizer)"),
+        ("models/embedder/", "reward embedder (sentence-transformers)"),
+        ("models/eval_embedder/", "independent evaluation embedder (sentence-transformers)"),
+        ("metrics/", "base.json (perplexity, size), embedder.json (retrieval top-1)"),
+        ("mlflow.db", "MLflow runs: `mlflow ui --backend-store-uri sqlite:///mlflow.db` (127.0.0.1)"),
     ]:
         mark = "ok " if Path(path).exists() else "-- "
-        print(f"{mark}{path:34} {what}")
+        print(f"{mark}{path:32} {what}")
 
 
 if __name__ == "__main__":

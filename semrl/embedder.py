@@ -125,7 +125,7 @@ def build_one(params: dict[str, Any], role: str) -> dict[str, Any]:
             metrics["train_pairs"] = len(pairs)
             metrics["train_loss"] = round(train(model, pairs, cfg, Path(tmp)), 4)
         metrics["dev_top1_bo2zh"] = round(retrieval_top1(model, bo_dev, zh_dev), 4)
-        metrics["dim"] = model.get_sentence_embedding_dimension()
+        metrics["dim"] = model.get_embedding_dimension()
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         model.save(str(out))
         mlflow.log_artifacts(str(out), artifact_path="embedder")

@@ -73,3 +73,22 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not isinstance(params, dict):
         raise SemrlError(f"{path}: expected a mapping at the top level")
     return params
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A copy of base with overlay's values put in, recursively for nested mappings."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> dict[str, Any]:
+    """Rewrite a params file with an overlay (a profile such as configs/smoke.yaml) merged in."""
+    overlay = load_params(overlay_path)
+    merged = deep_merge(load_params(params_path), overlay)
+    atomic_write_text(params_path, yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
+    return merged

@@ -207,3 +207,14 @@ def in_script(text: str, script: str) -> bool:
 def bo_syllables(text: str) -> list[str]:
     """Tibetan syllables: runs of Tibetan letters between tshegs, shads, spaces or other characters."""
     return re.findall(rf"[{BO_LETTER}]+", text)
+
+
+def metric_tokens(text: str, lang: str) -> str:
+    """Space-joined tokens for BLEU/ROUGE: Tibetan syllables (tsheg, shad and openers drop out) or single
+    Han characters; Latin words and numbers stay whole; any other symbol is a token of its own."""
+    if lang not in ("bo", "zh"):
+        raise ValueError(f"metric tokenisation for {lang!r}: expected 'bo' or 'zh'")
+    han = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+    unit = rf"[{BO_LETTER}\u0f00]+" if lang == "bo" else rf"[{han}]"
+    tokens = re.findall(rf"{unit}|[^\W_{han}{BO_LETTER}]+|[^\w\s\u0f01-\u0f14]", text)
+    return " ".join(tokens)

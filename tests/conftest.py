@@ -19,6 +19,8 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 os.environ.update(OFFLINE_ENV)
+# Tests never write into a user's tracking server: every test repo has its own sqlite store.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def mirror_dir() -> Path | None:
@@ -65,6 +67,18 @@ def repo_copy(tmp_path_factory, mirror) -> Path:
             shutil.copy2(REPO / rel, dest / rel)
     run(["git", "init", "-q"], dest)
     run(["dvc", "repro", "prepare"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory, repo_copy, mirror) -> Path:
+    """repo_copy with the smoke overlay applied and `dvc repro embedder` run (base + both embedders)."""
+    from semrl.io import apply_overlay
+
+    dest = tmp_path_factory.mktemp("smoke") / "repo"
+    shutil.copytree(repo_copy, dest, symlinks=True)
+    apply_overlay(dest / "params.yaml", dest / "configs" / "smoke.yaml")
+    run(["dvc", "repro", "embedder"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
     return dest
 
 

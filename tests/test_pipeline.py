@@ -80,9 +80,9 @@ def test_lm_and_general_outputs(repo_copy):
 
 
 def test_repro_is_a_noop_then_deterministic(repo_copy):
-    out = run(["dvc", "repro"], repo_copy).stdout
+    out = run(["dvc", "repro", "prepare"], repo_copy).stdout
     assert "didn't change, skipping" in out and "Running stage" not in out
-    assert run(["dvc", "status"], repo_copy).stdout.strip() == "Data and pipelines are up to date."
+    assert run(["dvc", "status", "prepare"], repo_copy).stdout.strip() == "Data and pipelines are up to date."
     lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())
     before = {o["path"]: o["md5"] for o in lock["stages"]["prepare"]["outs"]}
     run(["dvc", "repro", "--force", "--single-item", "prepare"], repo_copy)

@@ -1,0 +1,100 @@
+"""The `base` and `embedder` stages on the smoke configuration: real tokenizer training, real pretraining,
+real sentence-transformers training, MLflow runs, and the paper profile's code paths on local models."""
+import json
+import math
+
+import mlflow
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from semrl import SemrlError
+from semrl.base import load_base, resolve_named
+from semrl.embedder import build_one, load_embedder
+from semrl.io import load_params
+from semrl.tokenizer import tokens_per_syllable, train_tokenizer
+from semrl.tracking import tracking_config
+
+from conftest import read_jsonl
+
+
+def test_tokenizer_keeps_tibetan_syllables_whole(repo_copy):
+    lm = repo_copy / "data" / "prepared" / "lm"
+    texts = (lm / "zh.txt").read_text(encoding="utf-8").splitlines() + \
+        (lm / "bo.txt").read_text(encoding="utf-8").splitlines()
+    tok = train_tokenizer(texts[:-20], vocab_size=6000)
+    pieces = [tok.decode([i]) for i in tok("བོད་ལྗོངས་ཀྱི་བུ་མོ།", add_special_tokens=False)["input_ids"]]
+    assert pieces == ["བོད་", "ལྗོངས་", "ཀྱི་", "བུ་", "མོ", "།"]  # one token per syllable, vowel signs inside
+    for text in texts[-20:]:  # and no token ever spans two syllables
+        for i in tok(text, add_special_tokens=False)["input_ids"]:
+            assert "་" not in tok.decode([i]).rstrip("་")
+    assert tokens_per_syllable(tok, texts[-20:]) < 1.3
+    zh = "北京是中国的首都。"
+    assert tok.decode(tok(zh)["input_ids"]) == zh
+
+
+def test_base_reloads_offline_and_generates(smoke_repo):
+    path = smoke_repo / "models" / "base"
+    assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    assert model.config.model_type == "qwen3" and model.config.tie_word_embeddings
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "把这句话翻译成藏文：你好"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+    assert "<|im_start|>assistant\n" in tokenizer.decode(out[0])
+
+
+def test_base_metrics_and_mlflow_run(smoke_repo):
+    metrics = json.loads((smoke_repo / "metrics" / "base.json").read_text())
+    assert metrics["n_params"] > 10_000 and math.isfinite(metrics["heldout_ppl_zh"])
+    assert metrics["heldout_ppl_zh"] < metrics["vocab_size"] * 2  # learnt something beyond uniform guessing
+    params = load_params(smoke_repo / "params.yaml")
+    mlflow.set_tracking_uri(tracking_config({"tracking": {"uri": f"sqlite:///{smoke_repo}/mlflow.db",
+                                                          "artifact_root": str(smoke_repo / "mlartifacts")}})["uri"])
+    runs = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
+    by_name = {r.info.run_name: r for r in runs}
+    assert {"base-tiny", "embedder-reward", "embedder-eval"} <= set(by_name)
+    base = by_name["base-tiny"]
+    assert base.info.status == "FINISHED"
+    assert base.data.tags["semrl.profile"] == params["profile"] == "tiny"
+    assert len(base.data.tags["semrl.data_version"]) == 12 and base.data.tags["semrl.git_commit"]
+    history = mlflow.MlflowClient().get_metric_history(base.info.run_id, "loss")
+    assert len(history) >= 3 and history[-1].value < history[0].value
+    assert base.data.metrics["heldout_ppl_zh"] == metrics["heldout_ppl_zh"]
+
+
+def test_embedders_are_trained_and_independent(smoke_repo):
+    metrics = json.loads((smoke_repo / "metrics" / "embedder.json").read_text())
+    assert metrics["reward"]["dev_top1_bo2zh"] > metrics["reward"]["dev_top1_bo2zh_before"]
+    reward, evaluator = load_embedder(smoke_repo / "models" / "embedder"), load_embedder(smoke_repo / "models" / "eval_embedder")
+    assert type(reward[0]).__name__ == "StaticEmbedding" and type(evaluator[0]).__name__ == "Transformer"
+    dev = read_jsonl(smoke_repo / "data" / "prepared" / "mt" / "dev.jsonl")[:8]
+    a = reward.encode([r["bo"] for r in dev], normalize_embeddings=True)
+    b = reward.encode([r["zh"] for r in dev], normalize_embeddings=True)
+    assert (a * b).sum(1).mean() > 0.05  # translations lie closer than chance after training
+
+
+def test_paper_code_paths_on_local_models(smoke_repo, tmp_path):
+    # A named base model (here a local path in place of Qwen/Qwen3-4B) is resolved, not trained ...
+    b = {"pretrained": str(smoke_repo / "models" / "base"), "revision": None, "trust_remote_code": False}
+    info = resolve_named(b, tmp_path / "base")
+    assert info["model_type"] == "qwen3" and (tmp_path / "base" / "source.json").is_file()
+    model, tokenizer = load_base(tmp_path / "base")
+    assert model.generate(**tokenizer("你好", return_tensors="pt"), max_new_tokens=2).shape[1] >= 2
+    # ... and a model that is not a causal LM is refused with a clear error.
+    with pytest.raises(SemrlError, match="not a causal LM"):
+        resolve_named({**b, "pretrained": str(smoke_repo / "models" / "eval_embedder")}, tmp_path / "x")
+    # A named embedder (here the smoke reward embedder in place of KEVVVV/bo2zh-embedding) loads as is.
+    params = load_params(smoke_repo / "params.yaml")
+    params["prepare"]["out_dir"] = str(smoke_repo / "data" / "prepared")
+    params["base"]["out_dir"] = str(smoke_repo / "models" / "base")
+    params["tracking"] = {"uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")}
+    params["embedder"]["reward"].update(kind="pretrained", model=str(smoke_repo / "models" / "embedder"),
+                                        out_dir=str(tmp_path / "emb"))
+    m = build_one(params, "reward")
+    original = json.loads((smoke_repo / "metrics" / "embedder.json").read_text())["reward"]
+    assert "train_loss" not in m and m["dev_top1_bo2zh"] == original["dev_top1_bo2zh"]
+    assert torch.allclose(torch.tensor(load_embedder(tmp_path / "emb").encode(["བོད"])),
+                          torch.tensor(load_embedder(smoke_repo / "models" / "embedder").encode(["བོད"])))

@@ -1,0 +1,117 @@
+"""Reward functions on real examples with the smoke reward embedder; arithmetic, caching, registry."""
+import numpy as np
+import pytest
+
+from semrl import SemrlError
+from semrl.rewards import (
+    LanguageReward,
+    SemanticReward,
+    build_rewards,
+    calibrate_tau,
+    rescale,
+    resolve_tau,
+    score,
+)
+
+from conftest import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def data(smoke_repo):
+    prepared = smoke_repo / "data" / "prepared"
+    return {"mt": read_jsonl(prepared / "mt" / "dev.jsonl"), "hl": read_jsonl(prepared / "headline" / "dev.jsonl"),
+            "embedder": smoke_repo / "models" / "embedder"}
+
+
+@pytest.fixture(scope="module")
+def semantic(data):
+    return SemanticReward(data["embedder"], tau=0.0)
+
+
+def test_identical_text_scores_high_and_unrelated_low(data, semantic):
+    refs = [r["bo"] for r in data["mt"][:10]]
+    unrelated = [r["title"] for r in data["hl"][:10]]  # Tibetan news headlines vs liturgical verse
+    same = semantic(None, refs, reference=refs)
+    other = semantic.similarity(unrelated, refs)
+    assert min(same) > 0.99
+    assert np.mean(other) < 0.5 and np.mean(other) < min(same) - 0.4
+    strict = SemanticReward(semantic.model, tau=0.6)
+    assert strict(None, unrelated, reference=refs) == [rescale(s, 0.6) for s in other]
+    assert sum(strict(None, unrelated, reference=refs)) < sum(strict(None, refs, reference=refs))
+
+
+def test_empty_completion_scores_zero(data, semantic):
+    ref = data["mt"][0]["bo"]
+    assert semantic(None, ["", "   "], reference=[ref, ref]) == [0.0, 0.0]
+    assert LanguageReward("bo")(None, ["", " ། "]) == [0.0, 0.0]
+
+
+def test_language_reward_on_real_text_and_mixed_script(data):
+    bo, zh = data["mt"][0]["bo"], data["mt"][0]["zh"]
+    lang = LanguageReward("bo")
+    assert lang(None, [bo, zh, bo + " " + zh[:3], bo + " (BBC) 2015"]) == [1.0, 0.0, 0.0, 0.0]
+    assert lang(None, [bo + " ༢༠༡༥ 2015 ། ,"]) == [1.0]  # digits and punctuation are allowed
+    assert LanguageReward("zh")(None, [zh, bo]) == [1.0, 0.0]
+    # conversational completions, as TRL passes them for chat datasets
+    assert lang(None, [[{"role": "assistant", "content": bo}]]) == [1.0]
+
+
+def test_tau_rescale_arithmetic():
+    assert rescale(0.7, 0.4) == pytest.approx(0.5)
+    assert rescale(0.4, 0.4) == 0.0 and rescale(0.1, 0.4) == 0.0 and rescale(-0.3, 0.0) == 0.0
+    assert rescale(1.0, 0.4) == pytest.approx(1.0)
+    assert rescale(0.55, 0.1) == pytest.approx(0.5)
+    assert calibrate_tau([0.1, 0.2, 0.3, 0.4, 0.5], 0.5) == pytest.approx(0.3)
+    assert calibrate_tau([0.1, 0.2, 0.3, 0.4, 0.5], 0.25) == pytest.approx(0.2)
+    assert resolve_tau({"tau": 0.35, "tau_quantile": 0.5}) == 0.35
+    assert resolve_tau({"tau": "auto", "tau_quantile": 0.5}, [0.2, 0.4]) == pytest.approx(0.3)
+    with pytest.raises(SemrlError, match="calibrate it from the cold-start"):
+        resolve_tau({"tau": "auto", "tau_quantile": 0.5})
+    with pytest.raises(SemrlError, match=r"tau must be in \[0, 1\)"):
+        SemanticReward(object(), tau=1.0)
+
+
+def test_reference_cache_gives_identical_values(data, semantic):
+    refs = [r["bo"] for r in data["mt"][:6] for _ in range(4)]  # G = 4 copies of each reference, as in GRPO
+    completions = [r[: len(r) // 2 + i] for i, r in enumerate(refs)]
+    cached, uncached = SemanticReward(semantic.model, 0.2), SemanticReward(semantic.model, 0.2, cache=False)
+    first = cached(None, completions, reference=refs)
+    assert len(cached.cache) == 6
+    assert first == cached(None, completions, reference=refs)  # second call served from the cache
+    assert np.allclose(first, uncached(None, completions, reference=refs), atol=1e-6)
+
+
+def short_is_good(prompts, completions, **columns):
+    """A custom reward plugged in by dotted path (the registry's extension point)."""
+    return [1.0 / (1 + len(c)) for c in completions]
+
+
+def test_registry_builds_paper_reward_and_plugins(data):
+    ctx = {"embedder": data["embedder"], "tau": 0.1, "script": "bo", "reference_column": "reference"}
+    funcs, weights = build_rewards([{"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0},
+                                    {"name": "test_rewards.short_is_good", "weight": 0.5},
+                                    {"name": "bleu"}, {"name": "chrf"}], ctx)
+    assert [f.__name__ for f in funcs] == ["semantic", "language", "short_is_good", "bleu", "chrf"]
+    assert weights == [1.5, 1.0, 0.5, 1.0, 1.0]
+    refs = [r["bo"] for r in data["mt"][:3]]
+    out = score(funcs, weights, [None] * 3, refs, reference=refs, prompt_id=[1, 2, 3])  # extra columns are fine
+    assert out["semantic"] == pytest.approx([1.0] * 3, abs=1e-5) and out["language"] == [1.0] * 3
+    assert out["bleu"] == pytest.approx([1.0] * 3) and out["chrf"] == pytest.approx([1.0] * 3)
+    expected_total = [1.5 * s + 1.0 * lang + 0.5 * c + b + ch for s, lang, c, b, ch in
+                      zip(out["semantic"], out["language"], out["short_is_good"], out["bleu"], out["chrf"])]
+    assert out["total"] == pytest.approx(expected_total)
+    zh = [r["zh"] for r in data["mt"][:3]]
+    assert max(score(funcs[3:], [1, 1], [None] * 3, zh, reference=refs)["bleu"]) < 0.05
+
+
+def test_registry_errors_are_clear(data):
+    ctx = {"embedder": data["embedder"], "tau": 0.0, "script": "bo", "reference_column": "reference"}
+    with pytest.raises(SemrlError, match="unknown reward 'semantc'; known: semantic, language, bleu, chrf"):
+        build_rewards([{"name": "semantc"}], ctx)
+    with pytest.raises(SemrlError, match="cannot import"):
+        build_rewards([{"name": "no_such_module.reward"}], ctx)
+    with pytest.raises(SemrlError, match="script must be 'bo' or 'zh'"):
+        build_rewards([{"name": "language", "script": "en"}], ctx)
+    funcs, _ = build_rewards([{"name": "semantic", "reference_column": "target"}], ctx)
+    with pytest.raises(SemrlError, match="column 'target' missing"):
+        funcs[0](None, ["ཀ"], reference=["ཀ"])
