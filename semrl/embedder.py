@@ -39,6 +39,9 @@ def _tiny_bert_dir(base_dir: Path, cfg: dict[str, Any], workdir: Path) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # The base tokenizer pads on the left for generation; an encoder with absolute positions must pad on
+    # the right, or a padded text's embedding changes with the batch it is encoded in.
+    tokenizer.padding_side = "right"
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=cfg["dim"], num_hidden_layers=cfg["layers"],
                         num_attention_heads=cfg["heads"], intermediate_size=2 * cfg["dim"],
                         max_position_embeddings=cfg["max_seq_length"], pad_token_id=tokenizer.pad_token_id)

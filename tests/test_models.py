@@ -98,3 +98,15 @@ def test_paper_code_paths_on_local_models(smoke_repo, tmp_path):
     assert "train_loss" not in m and m["dev_top1_bo2zh"] == original["dev_top1_bo2zh"]
     assert torch.allclose(torch.tensor(load_embedder(tmp_path / "emb").encode(["བོད"])),
                           torch.tensor(load_embedder(smoke_repo / "models" / "embedder").encode(["བོད"])))
+
+
+def test_embeddings_do_not_depend_on_the_batch(smoke_repo):
+    """Padding must not leak into an embedding (it did when the encoder inherited left padding)."""
+    import numpy as np
+
+    texts = ["བོད་ལྗོངས་ཀྱི་", "གདོད་ནས་ལྷུན་གྲུབ་འོད་གསལ་རིག་པའི་གཤིས། །ཡ་མཚན་མཆོག་གི་དངོས་གྲུབ་བརྙེས། །"]
+    for name in ("embedder", "eval_embedder"):
+        model = load_embedder(smoke_repo / "models" / name)
+        together = model.encode(texts, normalize_embeddings=True)
+        alone = np.stack([model.encode([t], normalize_embeddings=True)[0] for t in texts])
+        assert np.abs(together - alone).max() < 1e-4, name
