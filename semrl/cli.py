@@ -70,6 +70,21 @@ def embedder(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
+def train(
+    task: str = typer.Option("mt", help="mt (zh→bo), mt_bo2zh or headline"),
+    method: str = typer.Option(..., help="coldstart, sft, grpo or grpo_<ablation>"),
+    seed: int = typer.Option(0),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Train one (task, method, seed) into models/<task>/<method>/seed<k>/, resuming from its last checkpoint."""
+    from semrl import train as train_mod
+    from semrl.io import load_params
+
+    summary = run_step(lambda: train_mod.train_one(load_params(params), task, method, seed))
+    print("train: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+@app.command()
 def sources(
     manifest: Path = typer.Argument(..., help="a mirror's MANIFEST.tsv"),
     out: Path = typer.Option(Path("data/sources.tsv"), help="source list to write"),

@@ -39,10 +39,11 @@ def rescale(s: float, tau: float) -> float:
 
 def calibrate_tau(similarities: list[float], quantile: float) -> float:
     """tau = auto: the given quantile of the cold-start model's similarity on dev, i.e. the level a
-    cold-start output reaches (the paper's "minimal semantic adequacy level from the cold-start phase")."""
+    cold-start output reaches (the paper's "minimal semantic adequacy level from the cold-start phase").
+    Clipped at 0: a cold start below chance similarity gives no reason to reward negative cosines."""
     if not similarities:
         raise SemrlError("tau auto: no cold-start similarities to calibrate from")
-    return float(np.quantile(np.asarray(similarities, dtype=float), quantile))
+    return max(0.0, float(np.quantile(np.asarray(similarities, dtype=float), quantile)))
 
 
 class SemanticReward:

@@ -124,6 +124,51 @@ def metrics_callback():
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 scalars = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+                if "rewards/language/mean" in scalars:  # share of sampled completions not in the target script
+                    scalars["language_mixing_rate"] = 1.0 - scalars["rewards/language/mean"]
                 mlflow.log_metrics(scalars, step=state.global_step)
 
     return MlflowMetrics()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_stale_runs(params: dict[str, Any], run_key: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this run key whose process is gone (a kill -9 leaves them RUNNING);
+    called before a rerun resumes, so a crashed run never stays RUNNING."""
+    import socket
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    stale = client.search_runs([setup(params)],
+                               filter_string=f"tags.`semrl.run_key` = '{run_key}' and attributes.status = 'RUNNING'")
+    closed = []
+    for r in stale:
+        pid, host = int(r.data.tags.get("semrl.pid", "0") or 0), r.data.tags.get("semrl.host")
+        if host == socket.gethostname() and pid and _alive(pid):
+            continue
+        client.set_terminated(r.info.run_id, status="KILLED")
+        closed.append(r.info.run_id)
+    return closed
+
+
+def register(name: str, run_id: str, artifact_path: str) -> str:
+    """Register the run's artifact folder as a new version of model `name`; returns the version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    return client.create_model_version(name, source=source, run_id=run_id).version

@@ -63,6 +63,7 @@ def test_tau_rescale_arithmetic():
     assert rescale(0.55, 0.1) == pytest.approx(0.5)
     assert calibrate_tau([0.1, 0.2, 0.3, 0.4, 0.5], 0.5) == pytest.approx(0.3)
     assert calibrate_tau([0.1, 0.2, 0.3, 0.4, 0.5], 0.25) == pytest.approx(0.2)
+    assert calibrate_tau([-0.3, -0.1, 0.05], 0.5) == 0.0  # clipped: negative cosines earn nothing
     assert resolve_tau({"tau": 0.35, "tau_quantile": 0.5}) == 0.35
     assert resolve_tau({"tau": "auto", "tau_quantile": 0.5}, [0.2, 0.4]) == pytest.approx(0.3)
     with pytest.raises(SemrlError, match="calibrate it from the cold-start"):
