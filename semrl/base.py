@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
+from semrl.checkpoints import last_complete_checkpoint, step_of
 from semrl.io import atomic_write_text, read_jsonl
 
 SOURCE_FILE = "source.json"  # written instead of weights when the base is a named model
@@ -55,9 +56,11 @@ def resolve_named(b: dict[str, Any], out: Path) -> dict[str, Any]:
     """Paper profile: check the named model's config resolves and is a causal LM; record the reference."""
     from transformers import AutoConfig
 
-    ref = {"model": b["pretrained"], "revision": b.get("revision"), "trust_remote_code": bool(b.get("trust_remote_code"))}
+    ref = {"model": b["pretrained"], "revision": b.get("revision"),
+           "trust_remote_code": bool(b.get("trust_remote_code"))}
     try:
-        config = AutoConfig.from_pretrained(ref["model"], revision=ref["revision"], trust_remote_code=ref["trust_remote_code"])
+        config = AutoConfig.from_pretrained(ref["model"], revision=ref["revision"],
+                                            trust_remote_code=ref["trust_remote_code"])
     except (OSError, ValueError) as e:
         raise SemrlError(f"base.pretrained {ref['model']!r}: cannot resolve ({str(e).splitlines()[0]})") from None
     archs = getattr(config, "architectures", None) or []
@@ -113,7 +116,6 @@ def pretrain_tiny(params: dict[str, Any], out: Path) -> dict[str, Any]:
     import mlflow
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from semrl import tracking
     from semrl.tokenizer import tokens_per_syllable, train_tokenizer
@@ -165,14 +167,14 @@ def pretrain_tiny(params: dict[str, Any], out: Path) -> dict[str, Any]:
     )
     trainer = Trainer(model=model, args=args, train_dataset=_Blocks(train_blocks),
                       callbacks=[tracking.metrics_callback()])
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir)
     with tracking.run(params, "base-tiny", tags={"semrl.stage": "base"}, log_params={"base": b}):
         result = trainer.train(resume_from_checkpoint=last)
         metrics = {
             "n_params": n_params, "vocab_size": len(tokenizer), "train_blocks_zh": len(zh_blocks),
             "train_blocks_bo": n_bo, "train_tokens_seen": int(t["steps"]) * int(t["batch_size"]) * seq_len,
             "train_loss": round(result.training_loss, 4), "train_seconds": round(result.metrics["train_runtime"], 1),
-            "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else 0,
+            "resumed_from_step": step_of(last),
             "tokens_per_bo_syllable": round(tokens_per_syllable(tokenizer, bo_held[:50] or bo_train[:50]), 3),
         }
         for lang, held in (("zh", zh_held), ("bo", bo_held)):

@@ -85,6 +85,26 @@ def train(
 
 
 @app.command()
+def flow(
+    task: list[str] = typer.Option(None, help="tasks (default: train.tasks)"),
+    seed: list[int] = typer.Option(None, help="seeds (default: train.seeds)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Run the Prefect flow: cold start, then strong SFT and GRPO concurrently, for each task and seed."""
+    from semrl.flows import expansion
+
+    def go():
+        try:
+            return expansion(tasks=task or None, seeds=seed or None, params_path=str(params))
+        except RuntimeError as e:  # a failed branch: its own log already has the traceback
+            raise SemrlError(str(e)) from None
+
+    results = run_step(go)
+    for r in results:
+        print(f"flow: {r['task']}-{r['method']}-s{r['seed']}: {r['steps']} steps in {r['end'] - r['start']:.1f} s")
+
+
+@app.command()
 def sources(
     manifest: Path = typer.Argument(..., help="a mirror's MANIFEST.tsv"),
     out: Path = typer.Option(Path("data/sources.tsv"), help="source list to write"),

@@ -34,7 +34,8 @@ def setup(params: dict[str, Any]) -> str:
     cfg = tracking_config(params)
     mlflow.set_tracking_uri(cfg["uri"])
     exp = mlflow.get_experiment_by_name(cfg["experiment"])
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(cfg["experiment"], artifact_location=cfg["artifact_root"])
+    exp_id = exp.experiment_id if exp else \
+        mlflow.create_experiment(cfg["experiment"], artifact_location=cfg["artifact_root"])
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
+from semrl.checkpoints import last_complete_checkpoint, step_of
 from semrl.io import atomic_write_text, read_jsonl
 
 PARENT_RUN_ENV = "SEMRL_PARENT_RUN_ID"
@@ -98,7 +99,8 @@ def _fingerprint(path: Path) -> str:
     """Cheap identity of a model folder (names, sizes, mtimes), so checkpoints never resume onto another init."""
     if not path.is_dir():
         return str(path)
-    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(path.iterdir()) if p.is_file())
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
 
 
 def checkpoint_dir(params: dict[str, Any], task: str, method: str, seed: int) -> Path:
@@ -188,8 +190,9 @@ def make_trainer(params: dict[str, Any], task: Task, method: str, seed: int, tra
     if method in ("coldstart", "sft"):
         from trl import SFTConfig, SFTTrainer
 
+        max_length = int(params["train"]["max_input_tokens"]) + int(params["train"]["max_target_tokens"]) + 32
         args = SFTConfig(**_common_args(params, cfg, ckpt, seed), per_device_train_batch_size=int(cfg["batch_size"]),
-                         max_length=int(params["train"]["max_input_tokens"]) + int(params["train"]["max_target_tokens"]) + 32)
+                         max_length=max_length)  # + room for the instruction and chat markup
         return SFTTrainer(model=model_path, args=args, train_dataset=sft_dataset(train_items),
                           processing_class=tokenizer, peft_config=lora_config(params), callbacks=callbacks)
 
@@ -252,7 +255,6 @@ def train_one(params: dict[str, Any], task_name: str, method: str, seed: int) ->
     """Train one (task, method, seed) to models/<task>/<method>/seed<k>/, resuming from its last checkpoint."""
     import mlflow
     from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
     from semrl import tracking
 
@@ -282,7 +284,7 @@ def train_one(params: dict[str, Any], task_name: str, method: str, seed: int) ->
         (None if params["rewards"]["tau"] == "auto" else float(params["rewards"]["tau"]))
 
     ckpt = checkpoint_dir(params, task.name, method, seed)
-    last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+    last = last_complete_checkpoint(ckpt)
     name = run_name(task.name, method, seed)
     tags = {"semrl.task": task.name, "semrl.method": method, "semrl.seed": str(seed), "semrl.run_key": name,
             "semrl.pid": str(os.getpid()), "semrl.host": socket.gethostname()}
@@ -296,7 +298,7 @@ def train_one(params: dict[str, Any], task_name: str, method: str, seed: int) ->
     with tracking.run(params, name, tags=tags, log_params=logged) as active:
         trainer = make_trainer(params, task, method, seed, items, ckpt, tokenizer, tau)
         result = trainer.train(resume_from_checkpoint=last)
-        resumed = int(Path(last).name.split("-")[-1]) if last else 0
+        resumed = step_of(last)
         summary = {"task": task.name, "method": method, "seed": seed, "train_examples": len(items),
                    "steps": trainer.state.global_step, "resumed_from_step": resumed,
                    "final_loss": _last_logged(trainer.state.log_history, "loss"),

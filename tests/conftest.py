@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,12 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 os.environ.update(OFFLINE_ENV)
-# Tests never write into a user's tracking server: every test repo has its own sqlite store.
+# Tests never write into a user's tracking server or Prefect API: every test repo has its own sqlite
+# store, and Prefect runs ephemeral with its state in a temporary PREFECT_HOME.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="semrl-prefect-")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def mirror_dir() -> Path | None:
@@ -80,6 +85,22 @@ def smoke_repo(tmp_path_factory, repo_copy, mirror) -> Path:
     apply_overlay(dest / "params.yaml", dest / "configs" / "smoke.yaml")
     run(["dvc", "repro", "embedder"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
     return dest
+
+
+@pytest.fixture(scope="session")
+def trained_repo(smoke_repo, mirror) -> Path:
+    """smoke_repo after `dvc repro train@mt`: the Prefect flow ran cold start -> {sft || grpo}."""
+    run(["dvc", "repro", "train@mt"], smoke_repo, {"SEMRL_DATA_MIRROR": str(mirror)})
+    return smoke_repo
+
+
+def mlflow_runs(repo: Path) -> dict:
+    """name -> the newest MLflow run of that name in a test repo's store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["semrl"], output_format="list", order_by=["attributes.start_time ASC"])
+    return {r.info.run_name: r for r in runs}
 
 
 @pytest.fixture(scope="session")

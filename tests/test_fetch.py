@@ -7,10 +7,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_stage
 
 from semrl.fetch import FetchConfig, FetchError, fetch
 from semrl.sources import Source, read_sources, sources_from_manifest, write_sources
+
+from conftest import REPO, run_stage
 
 BODY = "བོད་ལྗོངས་ཀྱིས་ཁོར་ཡུག་སྲུང་སྐྱོང་ལམ་བུ་བསྐྲུན། ".encode() * 200
 

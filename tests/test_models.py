@@ -68,7 +68,8 @@ def test_base_metrics_and_mlflow_run(smoke_repo):
 def test_embedders_are_trained_and_independent(smoke_repo):
     metrics = json.loads((smoke_repo / "metrics" / "embedder.json").read_text())
     assert metrics["reward"]["dev_top1_bo2zh"] > metrics["reward"]["dev_top1_bo2zh_before"]
-    reward, evaluator = load_embedder(smoke_repo / "models" / "embedder"), load_embedder(smoke_repo / "models" / "eval_embedder")
+    reward = load_embedder(smoke_repo / "models" / "embedder")
+    evaluator = load_embedder(smoke_repo / "models" / "eval_embedder")
     assert type(reward[0]).__name__ == "StaticEmbedding" and type(evaluator[0]).__name__ == "Transformer"
     dev = read_jsonl(smoke_repo / "data" / "prepared" / "mt" / "dev.jsonl")[:8]
     a = reward.encode([r["bo"] for r in dev], normalize_embeddings=True)

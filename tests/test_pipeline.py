@@ -3,10 +3,11 @@ import json
 from collections import Counter
 
 import yaml
-from conftest import REPO, read_jsonl, run
 
 from semrl.io import sha256_file
 from semrl.text import in_script, normalize_zh, script_share
+
+from conftest import REPO, read_jsonl, run
 
 SPLITS = ("train", "dev", "test")
 

@@ -5,11 +5,12 @@ from collections import Counter
 
 import pytest
 import yaml
-from conftest import read_jsonl, run_stage
 
 from semrl import SemrlError
 from semrl.prepare import Ledger, claim_splits, extract_headline, group_documents, run, split_documents
 from semrl.text import normalize_bo
+
+from conftest import read_jsonl, run_stage
 
 
 def quarantine(p) -> list[dict]:

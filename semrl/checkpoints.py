@@ -1,0 +1,23 @@
+"""Resumable training: the last complete checkpoint a killed run left behind."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest `checkpoint-N` holding trainer_state.json, which the Trainer writes after the weights,
+    optimizer, scheduler and RNG state: a run killed while saving leaves a newer, partial folder that
+    must not be resumed from."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
+
+
+def step_of(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0

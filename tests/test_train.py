@@ -1,0 +1,155 @@
+"""Training on the smoke configuration: the Prefect flow through `dvc repro`, concurrent branches, loadable
+outputs, MLflow runs and registry, resume after kill -9, FAILED/KILLED runs."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import mlflow_runs, read_jsonl, run
+
+METHODS = ("coldstart", "sft", "grpo")
+
+
+def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
+    steps = {r["method"]: r for r in json.loads((trained_repo / "models" / "mt" / "flow_run.json").read_text())}
+    assert set(steps) == set(METHODS)
+    sft, grpo, cold = steps["sft"], steps["grpo"], steps["coldstart"]
+    assert cold["end"] <= min(sft["start"], grpo["start"])  # branches start from the finished cold start
+    assert sft["start"] < grpo["end"] and grpo["start"] < sft["end"], "sft and grpo did not overlap in time"
+    base = trained_repo / "models" / "mt"
+    tok = AutoTokenizer.from_pretrained(base / "coldstart" / "seed0" / "model")
+    for method in METHODS:
+        merged = AutoModelForCausalLM.from_pretrained(base / method / "seed0" / "model", use_safetensors=True)
+        assert merged.config.model_type == "qwen3"
+        assert (base / method / "seed0" / "adapter" / "adapter_config.json").is_file()
+    # A branch adapter applies to the cold-start model it was trained from and reproduces the merged model.
+    cold_model = AutoModelForCausalLM.from_pretrained(base / "coldstart" / "seed0" / "model")
+    grpo_model = PeftModel.from_pretrained(cold_model, base / "grpo" / "seed0" / "adapter").merge_and_unload()
+    merged = AutoModelForCausalLM.from_pretrained(base / "grpo" / "seed0" / "model")
+    ids = tok("把下面的中文翻译成藏文：你好", return_tensors="pt")
+    assert (grpo_model(**ids).logits - merged(**ids).logits).abs().max() < 1e-4
+    tau = json.loads((base / "coldstart" / "seed0" / "tau.json").read_text())
+    assert tau["tau_setting"] == "auto" and 0 <= tau["tau"] < 1 and tau["dev_samples"] == 8
+
+
+def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
+    runs = mlflow_runs(trained_repo)
+    parent = next(r for n, r in runs.items() if n.startswith("expansion-"))
+    assert parent.info.status == "FINISHED"
+    lock = yaml.safe_load((trained_repo / "dvc.lock").read_text())
+    assert "prepare" in lock["stages"]
+    client = mlflow.MlflowClient()
+    for method in METHODS:
+        r = runs[f"mt-{method}-s0"]
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert (r.data.tags["semrl.task"], r.data.tags["semrl.method"], r.data.tags["semrl.seed"]) == ("mt", method, "0")
+        assert r.data.tags["semrl.profile"] == "tiny" and len(r.data.tags["semrl.data_version"]) == 12
+        assert r.data.tags["semrl.git_commit"] and r.data.params["config.lr"]
+        assert len(client.get_metric_history(r.info.run_id, "loss")) >= 2
+        assert any(a.path == "model" for a in client.list_artifacts(r.info.run_id))
+        versions = client.search_model_versions(f"name = 'semrl-mt-{method}'")
+        assert any(v.run_id == r.info.run_id for v in versions)
+    grpo = runs["mt-grpo-s0"]
+    for key in ("reward", "reward_std", "rewards/semantic/mean", "rewards/language/mean", "kl", "entropy",
+                "completions/mean_length", "language_mixing_rate"):
+        assert key in grpo.data.metrics, key
+    assert json.loads(grpo.data.params["rewards"].replace("'", '"')) == [
+        {"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0}]
+
+
+def test_dvc_repro_does_not_retrain_unchanged(trained_repo):
+    assert "up to date" in run(["dvc", "status", "train@mt"], trained_repo).stdout
+
+
+def _resume_setup(trained_repo, tmp_path, method, steps):
+    """A params file training `method` for `steps` steps into tmp_path, from the flow's cold start."""
+    params = yaml.safe_load((trained_repo / "params.yaml").read_text())
+    params["train"].update(out_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ckpt"), save_steps=4)
+    params["train"][method]["max_steps"] = steps
+    shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _train_cmd(method, params_path):
+    return [sys.executable, "-m", "semrl.cli", "train", "--task", "mt", "--method", method, "--params", str(params_path)]
+
+
+def _wait_for_checkpoint(ckpt_root, proc, at_least=4, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = [p for p in ckpt_root.glob("**/checkpoint-*") if (p / "trainer_state.json").is_file()]
+        if any(int(p.name.split("-")[1]) >= at_least for p in done):
+            return
+        assert proc.poll() is None, "training ended before a checkpoint appeared"
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.mark.parametrize("method, steps", [("sft", 40), ("grpo", 24)])
+def test_kill_9_mid_training_resumes_from_the_last_checkpoint(trained_repo, tmp_path, method, steps):
+    params_path = _resume_setup(trained_repo, tmp_path, method, steps)
+    proc = subprocess.Popen(_train_cmd(method, params_path), cwd=trained_repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(tmp_path / "ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert mlflow_runs(trained_repo)[f"mt-{method}-s0"].info.status == "RUNNING"  # what kill -9 leaves
+    killed_id = mlflow_runs(trained_repo)[f"mt-{method}-s0"].info.run_id
+    subprocess.run(_train_cmd(method, params_path), cwd=trained_repo, check=True, capture_output=True)
+    summary = json.loads((tmp_path / "models" / "mt" / method / "seed0" / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= 4 and summary["steps"] == steps
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "mt" / method / "seed0" / "model")
+    assert mlflow.MlflowClient().get_run(killed_id).info.status == "KILLED"
+    assert mlflow.MlflowClient().get_run(summary["run_id"]).info.status == "FINISHED"
+
+
+def test_ctrl_c_ends_the_run_killed_and_a_crash_ends_it_failed(trained_repo, tmp_path):
+    params_path = _resume_setup(trained_repo, tmp_path, "sft", 400)
+    proc = subprocess.Popen(_train_cmd("sft", params_path), cwd=trained_repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(tmp_path / "ckpt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert mlflow_runs(trained_repo)["mt-sft-s0"].info.status == "KILLED"
+    # A reward that raises: the GRPO run ends FAILED, the process exits non-zero.
+    params = yaml.safe_load(params_path.read_text())
+    params["rewards"]["components"] = [{"name": "test_train.broken_reward"}]
+    params_path.write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": f"{trained_repo / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(_train_cmd("grpo", params_path), cwd=trained_repo, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    assert mlflow_runs(trained_repo)["mt-grpo-s0"].info.status == "FAILED"
+
+
+def broken_reward(prompts, completions, **columns):
+    raise ValueError("reward service unavailable")
+
+
+def test_prompts_and_splits(trained_repo):
+    from semrl.io import load_params
+    from semrl.train import TASKS, examples, seed_split
+
+    params = load_params(trained_repo / "params.yaml")
+    params["prepare"]["out_dir"] = str(trained_repo / "data" / "prepared")
+    tok = AutoTokenizer.from_pretrained(trained_repo / "models" / "base")
+    train = examples(params, TASKS["headline"], "train", tok)
+    assert train[0]["prompt"].startswith(TASKS["headline"].instruction)
+    assert all(len(tok(x["prompt"][len(TASKS["headline"].instruction):])["input_ids"]) <= 48 + 1 for x in train[:20])
+    cold, rest = seed_split(train, 24, seed=0)
+    assert len(cold) == 24 and not {x["id"] for x in cold} & {x["id"] for x in rest}
+    assert seed_split(train, 24, seed=1)[0] != cold  # each seed draws its own cold start
+    raw = read_jsonl(trained_repo / "data" / "prepared" / "headline" / "train.jsonl")
+    assert {x["reference"] for x in train} == {r["title"] for r in raw}
