@@ -105,6 +105,28 @@ def flow(
 
 
 @app.command()
+def evaluate(task: str = typer.Option("mt"), params: Path = PARAMS_OPTION) -> None:
+    """Evaluate base, cold start, strong SFT, GRPO (and ablations) on the task and on CMRC 2018 dev."""
+    from semrl import evaluate as evaluate_mod
+    from semrl.io import load_params
+
+    report = run_step(lambda: evaluate_mod.run(load_params(params), task))
+    for r in report["results"]:
+        print(f"evaluate {r['task']}-{r['method']}-s{r['seed']}: " +
+              ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
+
+
+@app.command()
+def report(params: Path = PARAMS_OPTION) -> None:
+    """Write the alignment-tax report (reports/), its plots and the MLflow `report` run."""
+    from semrl import report as report_mod
+    from semrl.io import load_params
+
+    run_step(lambda: report_mod.run(load_params(params)))
+    print("report: reports/alignment_tax.md, reports/alignment_tax.csv, reports/metrics.json, reports/plots/")
+
+
+@app.command()
 def sources(
     manifest: Path = typer.Argument(..., help="a mirror's MANIFEST.tsv"),
     out: Path = typer.Option(Path("data/sources.tsv"), help="source list to write"),

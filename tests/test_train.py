@@ -52,7 +52,8 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
         r = runs[f"mt-{method}-s0"]
         assert r.info.status == "FINISHED"
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert (r.data.tags["semrl.task"], r.data.tags["semrl.method"], r.data.tags["semrl.seed"]) == ("mt", method, "0")
+        tags = r.data.tags
+        assert (tags["semrl.task"], tags["semrl.method"], tags["semrl.seed"]) == ("mt", method, "0")
         assert r.data.tags["semrl.profile"] == "tiny" and len(r.data.tags["semrl.data_version"]) == 12
         assert r.data.tags["semrl.git_commit"] and r.data.params["config.lr"]
         assert len(client.get_metric_history(r.info.run_id, "loss")) >= 2
@@ -83,7 +84,8 @@ def _resume_setup(trained_repo, tmp_path, method, steps):
 
 
 def _train_cmd(method, params_path):
-    return [sys.executable, "-m", "semrl.cli", "train", "--task", "mt", "--method", method, "--params", str(params_path)]
+    return [sys.executable, "-m", "semrl.cli", "train", "--task", "mt", "--method", method,
+            "--params", str(params_path)]
 
 
 def _wait_for_checkpoint(ckpt_root, proc, at_least=4, timeout=240):

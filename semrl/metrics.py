@@ -1,0 +1,201 @@
+"""Evaluation metrics: BLEU-4/chrF/ROUGE-L on Tibetan syllables or Chinese characters, the official CMRC
+2018 EM/F1, and the NLL/KL drift of a model from the base model on answer tokens."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from semrl.text import in_script, metric_tokens
+
+# ---------------------------------------------------------------- task metrics
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str], lang: str) -> float:
+    """Corpus BLEU-4 in [0, 1] (the paper's scale) on syllable/character tokens."""
+    import sacrebleu
+
+    hyp = [metric_tokens(h, lang) for h in hypotheses]
+    ref = [metric_tokens(r, lang) for r in references]
+    return sacrebleu.corpus_bleu(hyp, [ref], tokenize="none").score / 100.0
+
+
+def corpus_chrf(hypotheses: list[str], references: list[str], lang: str) -> float:
+    import sacrebleu
+
+    hyp = [metric_tokens(h, lang) for h in hypotheses]
+    ref = [metric_tokens(r, lang) for r in references]
+    return sacrebleu.corpus_chrf(hyp, [ref]).score / 100.0
+
+
+class _SpaceTokenizer:
+    """rouge-score's default tokenizer drops non-ASCII text; ours is the metric tokenisation, pre-applied."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+
+def rouge_l(hypotheses: list[str], references: list[str], lang: str) -> float:
+    """Mean sentence ROUGE-L F1 in [0, 1] (rouge-score) on syllable/character tokens."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_SpaceTokenizer())
+    scores = [scorer.score(metric_tokens(r, lang), metric_tokens(h, lang))["rougeL"].fmeasure
+              for h, r in zip(hypotheses, references)]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def output_stats(outputs: list[str], script: str) -> dict[str, float]:
+    n = max(1, len(outputs))
+    return {
+        "language_consistency": sum(in_script(o, script) for o in outputs) / n,
+        "mean_length_chars": sum(len(o) for o in outputs) / n,
+        "empty_rate": sum(not o.strip() for o in outputs) / n,
+    }
+
+
+# ---------------------------------------------------------------- CMRC 2018 (official evaluation script)
+
+CMRC_PUNCTUATION = ['-', ':', '_', '*', '^', '/', '\\', '~', '`', '+', '=', '，', '。', '：', '？', '！', '“', '”',
+                    '；', '’', '《', '》', '……', '·', '、', '「', '」', '（', '）', '－', '～', '『', '』']
+
+
+def _word_tokenize(text: str) -> list[str]:
+    """Stands in for nltk.word_tokenize (its punkt data is a download) on the non-Chinese runs: words
+    and single punctuation marks."""
+    return re.findall(r"\w+|[^\w\s]", text)
+
+
+def mixed_segmentation(text: str, rm_punc: bool = False) -> list[str]:
+    """CMRC's segmentation: every Chinese character and listed punctuation mark alone, other runs as words."""
+    text = str(text).lower().strip()
+    segs, buf = [], ""
+    for ch in text:
+        if rm_punc and ch in CMRC_PUNCTUATION:
+            continue
+        if re.search(r"[\u4e00-\u9fa5]", ch) or ch in CMRC_PUNCTUATION:
+            if buf:
+                segs += _word_tokenize(buf)
+                buf = ""
+            segs.append(ch)
+        else:
+            buf += ch
+    if buf:
+        segs += _word_tokenize(buf)
+    return segs
+
+
+def remove_punctuation(text: str) -> str:
+    return "".join(ch for ch in str(text).lower().strip() if ch not in CMRC_PUNCTUATION)
+
+
+def _longest_common_substring(a: list[str], b: list[str]) -> int:
+    best, table = 0, [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a)):
+        for j in range(len(b)):
+            if a[i] == b[j]:
+                table[i + 1][j + 1] = table[i][j] + 1
+                best = max(best, table[i + 1][j + 1])
+    return best
+
+
+def cmrc_f1(answers: list[str], prediction: str) -> float:
+    """Max over references of the F1 of the longest common substring of segments (official script)."""
+    scores = []
+    pred = mixed_segmentation(prediction, rm_punc=True)
+    for ans in answers:
+        gold = mixed_segmentation(ans, rm_punc=True)
+        lcs = _longest_common_substring(gold, pred)
+        if lcs == 0:
+            scores.append(0.0)
+            continue
+        p, r = lcs / len(pred), lcs / len(gold)
+        scores.append(2 * p * r / (p + r))
+    return max(scores) if scores else 0.0
+
+
+def cmrc_em(answers: list[str], prediction: str) -> float:
+    return float(any(remove_punctuation(a) == remove_punctuation(prediction) for a in answers))
+
+
+def cmrc_scores(predictions: list[str], answers: list[list[str]]) -> dict[str, float]:
+    """EM, F1 and their average, in percent as CMRC reports them."""
+    em = 100.0 * float(np.mean([cmrc_em(a, p) for p, a in zip(predictions, answers)]))
+    f1 = 100.0 * float(np.mean([cmrc_f1(a, p) for p, a in zip(predictions, answers)]))
+    return {"cmrc_em": em, "cmrc_f1": f1, "cmrc_avg": (em + f1) / 2}
+
+
+# ---------------------------------------------------------------- drift from the base model
+
+
+def cmrc_prompt(context: str, question: str) -> str:
+    return f"阅读下面的文章，用文中的原话回答问题。\n文章：{context}\n问题：{question}"
+
+
+def answer_batches(tokenizer, items: list[dict[str, Any]], max_context_tokens: int, batch_size: int):
+    """Tokenised (chat prompt + gold answer) batches with a mask of the answer tokens, right-padded."""
+    import torch
+
+    for i in range(0, len(items), batch_size):
+        ids_list, masks = [], []
+        for item in items[i:i + batch_size]:
+            ctx_ids = tokenizer(item["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
+            context = tokenizer.decode(ctx_ids)
+            chat = [{"role": "user", "content": cmrc_prompt(context, item["question"])}]
+            prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            a_ids = tokenizer(item["answers"][0], add_special_tokens=False)["input_ids"]
+            ids_list.append(p_ids + a_ids)
+            masks.append([0] * len(p_ids) + [1] * len(a_ids))
+        width = max(map(len, ids_list))
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids_list])
+        mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
+        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids_list])
+        yield ids, attn, mask
+
+
+def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], max_context_tokens: int,
+                      batch_size: int = 8) -> tuple[list[float], list[float], list[float]]:
+    """Per question: mean NLL of the gold answer tokens under model and base, and the mean over answer
+    positions of KL(base || model) between their next-token distributions."""
+    import torch
+    import torch.nn.functional as F
+
+    nll_model, nll_base, kls = [], [], []
+    model.eval()
+    base.eval()
+    with torch.no_grad():
+        for ids, attn, mask in answer_batches(tokenizer, items, max_context_tokens, batch_size):
+            ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
+            target, pos = ids[:, 1:], mask[:, 1:].bool()  # the logits at t predict token t+1
+            lp_m = F.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+            lp_b = F.log_softmax(base(input_ids=ids.to(base.device), attention_mask=attn.to(base.device))
+                                 .logits[:, :-1].float().to(model.device), -1)
+            tok_m = -lp_m.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            tok_b = -lp_b.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            kl = (lp_b.exp() * (lp_b - lp_m)).sum(-1)
+            n = pos.sum(1).clamp(min=1)
+            nll_model += ((tok_m * pos).sum(1) / n).tolist()
+            nll_base += ((tok_b * pos).sum(1) / n).tolist()
+            kls += ((kl * pos).sum(1) / n).tolist()
+    return nll_model, nll_base, kls
+
+
+def drift_summary(nll_model: list[float], nll_base: list[float], kls: list[float]) -> dict[str, float]:
+    inc = np.asarray(nll_model) - np.asarray(nll_base)
+    return {"nll_increase_mean": float(inc.mean()), "nll_increase_p90": float(np.percentile(inc, 90)),
+            "kl_p90": float(np.percentile(kls, 90)), "answer_nll_mean": float(np.mean(nll_model)),
+            "answer_ppl": float(math.exp(np.mean(nll_model)))}
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (0 for a single seed: no estimate of the noise)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else float("nan"), 0.0
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))

@@ -1,0 +1,101 @@
+"""Metric functions against hand-computed values on small real examples."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semrl.metrics import (
+    answer_batches,
+    answer_nll_and_kl,
+    cmrc_em,
+    cmrc_f1,
+    cmrc_scores,
+    corpus_bleu,
+    corpus_chrf,
+    drift_summary,
+    mean_ci95,
+    mixed_segmentation,
+    output_stats,
+    rouge_l,
+)
+
+
+def test_bleu_on_tibetan_syllables_hand_computed():
+    ref = "བཀྲ་ཤིས་བདེ་ལེགས་ཞུ།"          # 5 syllables
+    hyp = "བཀྲ་ཤིས་བདེ་ལེགས།"             # its first 4: every n-gram precision is 1, only brevity penalises
+    assert corpus_bleu([hyp], [ref], "bo") == pytest.approx(math.exp(1 - 5 / 4), abs=1e-4)
+    assert corpus_bleu([ref], [ref], "bo") == pytest.approx(1.0)
+    assert corpus_bleu(["ཀ་ཁ"], [ref], "bo") == 0.0
+    assert corpus_chrf([ref], [ref], "bo") == pytest.approx(1.0)
+    # Chinese: one token per character
+    assert corpus_bleu(["祈祷无垢光"], ["祈祷无垢光尊者"], "zh") == pytest.approx(math.exp(1 - 7 / 5), abs=1e-4)
+
+
+def test_rouge_l_on_syllables_hand_computed():
+    # LCS of (ཀ ཁ ག) and (ཀ ག ཁ ང) is 2: P = 2/3, R = 2/4, F = 4/7
+    assert rouge_l(["ཀ་ཁ་ག"], ["ཀ་ག་ཁ་ང"], "bo") == pytest.approx(4 / 7)
+    assert rouge_l(["ཀ་ཁ་ག"], ["ཀ་ཁ་ག"], "bo") == pytest.approx(1.0)
+
+
+def test_output_stats():
+    s = output_stats(["བོད་ཀྱི", "中文", "", "བོད abc"], "bo")
+    assert s == {"language_consistency": 0.25, "mean_length_chars": (7 + 2 + 0 + 7) / 4, "empty_rate": 0.25}
+
+
+def test_cmrc_normalisation_em_f1_on_real_dev_answers():
+    # From CMRC 2018 dev (DEV_0): answers '光荣和ω-force' and '村雨城'.
+    assert mixed_segmentation("光荣和ω-force", rm_punc=True) == ["光", "荣", "和", "ωforce"]  # '-' dropped first
+    assert mixed_segmentation("光荣和ω-force") == ["光", "荣", "和", "ω", "-", "force"]
+    assert cmrc_em(["光荣和ω-force"], "光荣和ω-force。") == 1.0   # punctuation is ignored
+    assert cmrc_em(["村雨城"], "村雨城模式") == 0.0
+    assert cmrc_f1(["村雨城"], "村雨城模式") == pytest.approx(2 * 0.6 * 1.0 / 1.6)  # LCS 3: P 3/5, R 3/3
+    assert cmrc_f1(["村雨城", "雨城"], "雨城") == pytest.approx(1.0)                 # max over references
+    assert cmrc_f1(["村雨城"], "") == 0.0
+    s = cmrc_scores(["村雨城", "光荣"], [["村雨城"], ["光荣和ω-force"]])
+    f1_second = 2 * 1.0 * (2 / 4) / (1 + 2 / 4)  # LCS 光荣 of 4 answer segments
+    assert s["cmrc_em"] == pytest.approx(50.0) and s["cmrc_f1"] == pytest.approx(100 * (1 + f1_second) / 2)
+    assert s["cmrc_avg"] == pytest.approx((s["cmrc_em"] + s["cmrc_f1"]) / 2)
+
+
+def test_mean_ci95():
+    assert mean_ci95([1.0, 2.0, 3.0]) == pytest.approx((2.0, 4.302652729911275 / math.sqrt(3)))
+    assert mean_ci95([0.5]) == (0.5, 0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(smoke_repo):
+    from semrl.base import load_base
+    from semrl.io import read_jsonl
+
+    model, tok = load_base(smoke_repo / "models" / "base")
+    items = read_jsonl(smoke_repo / "data" / "prepared" / "general" / "cmrc_dev.jsonl")[:3]
+    return model, tok, items
+
+
+def test_drift_against_a_direct_computation(tiny):
+    base, tok, items = tiny
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    nll_m, nll_b, kls = answer_nll_and_kl(model, base, tok, items, max_context_tokens=48, batch_size=2)
+    # Direct: one question at a time, no padding, positions picked by hand.
+    for i, (ids, attn, mask) in enumerate(answer_batches(tok, items, 48, batch_size=1)):
+        torch.set_grad_enabled(False)
+        n = int(attn.sum())
+        ids, mask = ids[:, :n], mask[0, :n]
+        answer = [t for t in range(1, n) if mask[t]]
+        lp_m = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        lp_b = F.log_softmax(base(input_ids=ids).logits[0].float(), -1)
+        direct_m = -sum(lp_m[t - 1, ids[0, t]] for t in answer) / len(answer)
+        direct_b = -sum(lp_b[t - 1, ids[0, t]] for t in answer) / len(answer)
+        direct_kl = sum(F.kl_div(lp_m[t - 1], lp_b[t - 1], log_target=True, reduction="sum") for t in answer) / len(answer)
+        assert nll_m[i] == pytest.approx(float(direct_m), rel=1e-4)
+        assert nll_b[i] == pytest.approx(float(direct_b), rel=1e-4)
+        assert kls[i] == pytest.approx(float(direct_kl), rel=1e-3, abs=1e-6)
+    torch.set_grad_enabled(True)
+    same = answer_nll_and_kl(base, base, tok, items, 48, 2)
+    assert drift_summary(*same)["nll_increase_mean"] == 0.0 and max(same[2]) < 1e-6
+    assert drift_summary(nll_m, nll_b, kls)["kl_p90"] > 0
