@@ -15,6 +15,32 @@ app = typer.Typer(help="semrl: low-resource language expansion with semantic-rew
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (run from the project root)")
 
 
+@app.callback()
+def _use_running_servers() -> None:
+    """Every command (and so every DVC stage) logs to `semrl up`'s servers when they run, and runs with
+    telemetry off and Prefect's ephemeral server given time to start on a busy 2-core machine."""
+    import os
+
+    for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                       "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(key, value)
+
+    from semrl.io import load_params
+    from semrl.servers import discover
+
+    if Path("params.yaml").is_file():
+        try:
+            os.environ.update(discover(load_params("params.yaml")))
+        except SemrlError:
+            pass
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def run_step(step: Callable[[], object]) -> object:
     """Run a step, turning user-facing errors into `error:` lines and a non-zero exit, not tracebacks."""
     try:
@@ -117,6 +143,17 @@ def evaluate(task: str = typer.Option("mt"), params: Path = PARAMS_OPTION) -> No
 
 
 @app.command()
+def transfer(params: Path = PARAMS_OPTION) -> None:
+    """Few-shot transfer: fine-tune the source task's SFT and GRPO models on a few target-task examples."""
+    from semrl import evaluate as evaluate_mod
+    from semrl.io import load_params
+
+    report = run_step(lambda: evaluate_mod.run_transfer(load_params(params)))
+    for r in report["results"]:
+        print(f"transfer {r['method']}-s{r['seed']}: sim_reward {r['sim_reward']:.4f}, sim_eval {r['sim_eval']:.4f}")
+
+
+@app.command()
 def report(params: Path = PARAMS_OPTION) -> None:
     """Write the alignment-tax report (reports/), its plots and the MLflow `report` run."""
     from semrl import report as report_mod
@@ -124,6 +161,62 @@ def report(params: Path = PARAMS_OPTION) -> None:
 
     run_step(lambda: report_mod.run(load_params(params)))
     print("report: reports/alignment_tax.md, reports/alignment_tax.csv, reports/metrics.json, reports/plots/")
+
+
+@app.command()
+def up(params: Path = PARAMS_OPTION) -> None:
+    """Start the local Prefect and MLflow servers (127.0.0.1, state inside the project); idempotent."""
+    from semrl import servers as srv
+    from semrl.io import load_params
+
+    for s in srv.servers(load_params(params)):
+        took = run_step(lambda: srv.start(s, Path.cwd()))
+        print(f"{s.name:8} {s.url}  " + (f"started in {took:.1f} s" if took else "already running") +
+              f"  (log {s.log_file})")
+
+
+@app.command()
+def down(params: Path = PARAMS_OPTION) -> None:
+    """Stop the local servers started by `semrl up`."""
+    from semrl import servers as srv
+    from semrl.io import load_params
+
+    for s in srv.servers(load_params(params)):
+        print(f"{s.name:8} " + ("stopped" if srv.stop(s) else "was not running"))
+
+
+@app.command()
+def status(params: Path = PARAMS_OPTION) -> None:
+    """Report the local servers: running and healthy, and their UI URLs."""
+    from semrl import servers as srv
+    from semrl.io import load_params
+
+    for s in srv.servers(load_params(params)):
+        pid, ok = srv.pid_of(s), srv.healthy(s)
+        state = "healthy" if pid and ok else ("running, not answering" if pid else "stopped")
+        print(f"{s.name:8} {state:24} {s.url if pid else ''}")
+
+
+@app.command()
+def serve(
+    params: Path = PARAMS_OPTION,
+    cron: str = typer.Option(None, help="cron schedule (default: deployment.cron)"),
+    name: str = typer.Option(None, help="deployment name (default: deployment.name)"),
+) -> None:
+    """Register the `expansion/<name>` deployment with its cron schedule and serve its runs (Ctrl-C stops)."""
+    import os
+
+    from semrl.flows import expansion
+    from semrl.io import load_params
+
+    p = load_params(params)
+    d = p["deployment"]
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("no Prefect server: start one with `semrl up` (or set PREFECT_API_URL)")
+    expansion.serve(name=name or d["name"], cron=cron or d["cron"], tags=["semrl"],
+                    description="cold start -> {strong SFT || GRPO}, evaluation and report",
+                    parameters={"tasks": d["tasks"], "seeds": d["seeds"], "profile": d["profile"],
+                                "params_path": str(params), "evaluate": bool(d["evaluate"])})
 
 
 @app.command()

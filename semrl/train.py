@@ -9,6 +9,7 @@ which is both branches' starting point and GRPO's KL reference.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,10 +55,15 @@ def methods(params: dict[str, Any]) -> list[str]:
     return ["sft", "grpo"] + [f"grpo_{name}" for name, a in ablations.items() if a.get("enabled")]
 
 
+TRANSFER_PREFIX = "transfer_from_"
+
+
 def method_config(params: dict[str, Any], method: str) -> dict[str, Any]:
     t = params["train"]
     if method in ("coldstart", "sft"):
         return t[method]
+    if method.startswith(TRANSFER_PREFIX):
+        return params["transfer"]
     if method == "grpo" or method.startswith("grpo_"):
         return t["grpo"]
     raise SemrlError(f"unknown method {method!r} (known: coldstart, {', '.join(methods(params))})")
@@ -77,6 +83,8 @@ def reward_components(params: dict[str, Any], method: str) -> list[dict[str, Any
 
 
 def output_dir(params: dict[str, Any], task: str, method: str, seed: int) -> Path:
+    if method.startswith(TRANSFER_PREFIX):  # its own DVC output, apart from models/<task>/
+        return Path(params["train"]["out_dir"]) / "transfer" / task / method / f"seed{seed}"
     return Path(params["train"]["out_dir"]) / task / method / f"seed{seed}"
 
 
@@ -89,9 +97,13 @@ def init_model_dir(params: dict[str, Any], task: str, method: str, seed: int) ->
         from semrl.base import base_reference
 
         return Path(base_reference(params["base"]["out_dir"])["model"])
-    path = output_dir(params, task, "coldstart", seed) / "model"
+    if method.startswith(TRANSFER_PREFIX):  # few-shot transfer starts from a trained source-task model
+        source = params["transfer"]["source_task"]
+        path = output_dir(params, source, method.removeprefix(TRANSFER_PREFIX), seed) / "model"
+    else:
+        path = output_dir(params, task, "coldstart", seed) / "model"
     if not (path / "config.json").is_file():
-        raise SemrlError(f"{path}: no cold-start model for {task} seed {seed}; train `coldstart` first")
+        raise SemrlError(f"{path}: no starting model for {task}-{method}-s{seed}; train it first")
     return path
 
 
@@ -187,7 +199,7 @@ def make_trainer(params: dict[str, Any], task: Task, method: str, seed: int, tra
     cfg = method_config(params, method)
     model_path = str(init_model_dir(params, task.name, method, seed))
     callbacks = [tracking.metrics_callback()]
-    if method in ("coldstart", "sft"):
+    if method in ("coldstart", "sft") or method.startswith(TRANSFER_PREFIX):
         from trl import SFTConfig, SFTTrainer
 
         max_length = int(params["train"]["max_input_tokens"]) + int(params["train"]["max_target_tokens"]) + 32
@@ -251,8 +263,35 @@ def _merged(trainer):
     return model
 
 
+@contextlib.contextmanager
+def exclusive(params: dict[str, Any], task: str, method: str, seed: int):
+    """One process at a time per (task, method, seed): two flow runs that would write the same output
+    folder are refused clearly instead of clobbering each other (different seeds run side by side)."""
+    import fcntl
+
+    path = Path(params["train"]["checkpoint_dir"]) / "locks" / f"{run_name(task, method, seed)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise SemrlError(f"{run_name(task, method, seed)} is being trained by another run "
+                             f"(pid {f.read().strip() or '?'}); refusing to write the same outputs") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
 def train_one(params: dict[str, Any], task_name: str, method: str, seed: int) -> dict[str, Any]:
     """Train one (task, method, seed) to models/<task>/<method>/seed<k>/, resuming from its last checkpoint."""
+    with exclusive(params, task_name, method, seed):
+        return _train_one(params, task_name, method, seed)
+
+
+def _train_one(params: dict[str, Any], task_name: str, method: str, seed: int) -> dict[str, Any]:
     import mlflow
     from transformers import AutoTokenizer
 
@@ -270,6 +309,8 @@ def train_one(params: dict[str, Any], task_name: str, method: str, seed: int) ->
     train_items = examples(params, task, "train", tokenizer)
     cold, remaining = seed_split(train_items, int(params["train"]["coldstart"]["samples"]), seed)
     items = cold if method == "coldstart" else remaining
+    if method.startswith(TRANSFER_PREFIX):  # few-shot: the first `samples` of the seed-shuffled train split
+        items = seed_split(train_items, int(params["transfer"]["samples"]), seed)[0]
     if not items:
         raise SemrlError(f"{task.name}: no training examples for {method} (train split {len(train_items)}, "
                          f"cold start {len(cold)})")

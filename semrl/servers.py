@@ -1,0 +1,136 @@
+"""Local Prefect and MLflow servers for the UIs: `semrl up`, `semrl down`, `semrl status`.
+
+Both bind to 127.0.0.1, keep their state inside the project (SQLite databases, the artifact folder),
+run with telemetry/analytics and MLflow's job execution off, log to `.semrl/logs/` and record their PID
+in `.semrl/run/`. `up` returns once each answers its health endpoint and is idempotent; pipelines find
+running servers through `discover()` and fall back to the embedded defaults (SQLite file, ephemeral
+Prefect) when none runs."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semrl import SemrlError
+
+STATE_DIR = Path(".semrl")
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return self.url + ("/api/health" if self.name == "prefect" else "/health")
+
+    @property
+    def pid_file(self) -> Path:
+        return STATE_DIR / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return STATE_DIR / "logs" / f"{self.name}.log"
+
+    def command(self, root: Path) -> list[str]:
+        if self.name == "prefect":
+            return [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)]
+        return [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
+                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                "--default-artifact-root", (root / "mlartifacts").as_uri(), "--workers", "1"]
+
+    def env(self, root: Path) -> dict[str, str]:
+        env = {**os.environ, **QUIET_ENV}
+        env.setdefault("PREFECT_HOME", str(root / ".prefect"))
+        env.pop("PREFECT_API_URL", None)  # the server must not try to reach another API
+        return env
+
+
+def servers(params: dict[str, Any]) -> list[Server]:
+    s = params.get("servers", {})
+    host = s.get("host", "127.0.0.1")
+    return [Server("prefect", int(s.get("prefect_port", 4200)), host),
+            Server("mlflow", int(s.get("mlflow_port", 5000)), host)]
+
+
+def healthy(server: Server, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(server.health_url, timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def pid_of(server: Server) -> int | None:
+    try:
+        pid = int(server.pid_file.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start(server: Server, root: Path, timeout_s: float = 90.0) -> float:
+    """Start one server detached and wait for its health endpoint; returns the seconds it took."""
+    if pid_of(server) and healthy(server):
+        return 0.0
+    if healthy(server):
+        raise SemrlError(f"{server.name}: something else already answers on {server.url}; choose another port "
+                         f"(servers.{server.name}_port)")
+    server.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    server.log_file.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with server.log_file.open("ab") as log:
+        proc = subprocess.Popen(server.command(root), stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                                env=server.env(root), start_new_session=True)
+    server.pid_file.write_text(str(proc.pid))
+    while time.time() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise SemrlError(f"{server.name} exited with {proc.returncode} while starting; see {server.log_file}")
+        if healthy(server):
+            return time.time() - t0
+        time.sleep(0.5)
+    stop(server)
+    raise SemrlError(f"{server.name} did not answer {server.health_url} within {timeout_s:.0f} s; "
+                     f"see {server.log_file}")
+
+
+def stop(server: Server, timeout_s: float = 20.0) -> bool:
+    pid = pid_of(server)
+    server.pid_file.unlink(missing_ok=True)
+    if not pid:
+        return False
+    os.killpg(pid, signal.SIGTERM)  # the whole group: uvicorn/gunicorn workers too
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def discover(params: dict[str, Any]) -> dict[str, str]:
+    """Environment for running pipelines: the running servers' URLs, unless the user set their own."""
+    env = {}
+    for s in servers(params):
+        var = "PREFECT_API_URL" if s.name == "prefect" else "MLFLOW_TRACKING_URI"
+        if var not in os.environ and pid_of(s) and healthy(s, timeout=0.5):
+            env[var] = s.url + ("/api" if s.name == "prefect" else "")
+    return env

@@ -1,0 +1,48 @@
+"""Evaluation and the report stage on the smoke outputs, through `dvc repro report`."""
+import csv
+import json
+
+import mlflow
+
+from conftest import mlflow_runs, read_jsonl, run
+
+
+def test_evaluate_and_report_stages(trained_repo, mirror):
+    run(["dvc", "repro", "report"], trained_repo, {"SEMRL_DATA_MIRROR": str(mirror)})
+    reports = trained_repo / "reports"
+
+    ev = json.loads((reports / "eval" / "mt.json").read_text())
+    methods = [(r["method"], r["seed"]) for r in ev["results"]]
+    assert methods == [("base", None), ("coldstart", 0), ("sft", 0), ("grpo", 0)]
+    base = ev["results"][0]
+    assert base["nll_increase_mean"] == 0.0 and base["kl_p90"] < 1e-6  # the base does not drift from itself
+    for r in ev["results"]:
+        for key in ("bleu", "chrf", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars",
+                    "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_p90", "kl_p90"):
+            assert key in r and r[key] == r[key], key
+    assert ev["results"][2]["kl_p90"] > 0  # a trained model has moved
+    assert "not an LLM judge" in ev["preference"]["judge"] and ev["preference"]["pairs"] == 8
+    assert len(read_jsonl(reports / "eval" / "mt_outputs.jsonl")) == 4 * 4
+
+    md = (reports / "alignment_tax.md").read_text()
+    for heading in ("### Cold start vs GRPO", "### Strong SFT vs GRPO", "### Preference", "### Verdicts",
+                    "## Trade-off"):
+        assert heading in md
+    assert "one seed, no estimate of the noise" in md  # a single seed is never presented as a win
+    lock_version = json.loads((reports / "metrics.json").read_text())["meta"]["data_version"]
+    assert f"data version `{lock_version}`" in md
+    rows = list(csv.DictReader((reports / "alignment_tax.csv").open()))
+    assert {"task", "method", "n_seeds", "bleu", "bleu_ci", "cmrc_avg", "tax_cmrc_avg", "task_gain"} <= set(rows[0])
+    assert [r["method"] for r in rows] == ["base", "coldstart", "sft", "grpo"]
+    for png in (reports / "plots" / "tradeoff.png", reports / "curves" / "training_mt.png"):
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+    report = mlflow_runs(trained_repo)["report"]
+    assert report.info.status == "FINISHED" and report.data.tags["semrl.kind"] == "report"
+    linked = set(report.data.tags["semrl.report.runs"].split(","))
+    runs = mlflow_runs(trained_repo)
+    assert {runs[f"mt-{m}-s0"].info.run_id for m in ("coldstart", "sft", "grpo")} <= linked
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)}
+    assert {"alignment_tax.json", "alignment_tax.md", "plots"} <= files
+    assert "up to date" in run(["dvc", "status", "report"], trained_repo).stdout
