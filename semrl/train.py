@@ -202,9 +202,13 @@ def make_trainer(params: dict[str, Any], task: Task, method: str, seed: int, tra
     if method in ("coldstart", "sft") or method.startswith(TRANSFER_PREFIX):
         from trl import SFTConfig, SFTTrainer
 
-        max_length = int(params["train"]["max_input_tokens"]) + int(params["train"]["max_target_tokens"]) + 32
+        # Room for the longest templated prompt (instruction, truncated input, chat markup: its length in
+        # tokens depends on the tokenizer) plus the target budget, so no example loses its completion.
+        prompts = tokenizer.apply_chat_template([[{"role": "user", "content": x["prompt"]}] for x in train_items],
+                                                add_generation_prompt=True, tokenize=False)
+        longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
         args = SFTConfig(**_common_args(params, cfg, ckpt, seed), per_device_train_batch_size=int(cfg["batch_size"]),
-                         max_length=max_length)  # + room for the instruction and chat markup
+                         max_length=longest + int(params["train"]["max_target_tokens"]))
         return SFTTrainer(model=model_path, args=args, train_dataset=sft_dataset(train_items),
                           processing_class=tokenizer, peft_config=lora_config(params), callbacks=callbacks)
 

@@ -45,9 +45,15 @@ def mirror() -> Path:
     return m
 
 
+def child_env(extra: dict | None = None) -> dict:
+    """The environment for a child process. mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI into this
+    process, so a child would log wherever the last test pointed: children get only what a test passes."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    return {**inherited, **OFFLINE_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra or {})}
+
+
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **OFFLINE_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                **(env or {})}
+    full_env = child_env(env)
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

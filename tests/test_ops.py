@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, run
+from conftest import REPO, child_env, run
 
 
 def free_port() -> int:
@@ -41,7 +41,7 @@ def live(trained_repo):
     semrl(["down"], trained_repo)
 
 
-def test_up_is_idempotent_and_status_reports_health(live):
+def test_up_is_idempotent_and_status_reports_health(live, monkeypatch):
     repo, urls, _ = live
     assert "already running" in semrl(["up"], repo).stdout
     status = semrl(["status"], repo).stdout
@@ -54,13 +54,11 @@ def test_up_is_idempotent_and_status_reports_health(live):
     from semrl.io import load_params
     from semrl.servers import discover
 
-    cwd = os.getcwd()
-    os.chdir(repo)
-    try:
-        assert discover(load_params("params.yaml")) == {"PREFECT_API_URL": urls["prefect"] + "/api",
-                                                        "MLFLOW_TRACKING_URI": urls["mlflow"]}
-    finally:
-        os.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.chdir(repo)
+    assert discover(load_params("params.yaml")) == {"PREFECT_API_URL": urls["prefect"] + "/api",
+                                                    "MLFLOW_TRACKING_URI": urls["mlflow"]}
 
 
 async def _deployment(api_url: str, name: str, timeout: float = 120):
@@ -103,7 +101,7 @@ def served(live):
     repo, urls, env = live
     os.environ.update(env)
     proc = subprocess.Popen([sys.executable, "-m", "semrl.cli", "serve", "--cron", "30 3 * * *"], cwd=repo,
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=child_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     dep, schedules = asyncio.run(_deployment(env["PREFECT_API_URL"], "expansion/nightly"))
     yield repo, urls, env, dep, schedules

@@ -14,7 +14,7 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import mlflow_runs, read_jsonl, run
+from conftest import child_env, mlflow_runs, read_jsonl, run
 
 METHODS = ("coldstart", "sft", "grpo")
 
@@ -102,14 +102,14 @@ def _wait_for_checkpoint(ckpt_root, proc, at_least=4, timeout=240):
 @pytest.mark.parametrize("method, steps", [("sft", 40), ("grpo", 24)])
 def test_kill_9_mid_training_resumes_from_the_last_checkpoint(trained_repo, tmp_path, method, steps):
     params_path = _resume_setup(trained_repo, tmp_path, method, steps)
-    proc = subprocess.Popen(_train_cmd(method, params_path), cwd=trained_repo,
+    proc = subprocess.Popen(_train_cmd(method, params_path), cwd=trained_repo, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_checkpoint(tmp_path / "ckpt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert mlflow_runs(trained_repo)[f"mt-{method}-s0"].info.status == "RUNNING"  # what kill -9 leaves
     killed_id = mlflow_runs(trained_repo)[f"mt-{method}-s0"].info.run_id
-    subprocess.run(_train_cmd(method, params_path), cwd=trained_repo, check=True, capture_output=True)
+    subprocess.run(_train_cmd(method, params_path), cwd=trained_repo, check=True, capture_output=True, env=child_env())
     summary = json.loads((tmp_path / "models" / "mt" / method / "seed0" / "summary.json").read_text())
     assert summary["resumed_from_step"] >= 4 and summary["steps"] == steps
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "models" / "mt" / method / "seed0" / "model")
@@ -119,7 +119,7 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(trained_repo, tmp_
 
 def test_ctrl_c_ends_the_run_killed_and_a_crash_ends_it_failed(trained_repo, tmp_path):
     params_path = _resume_setup(trained_repo, tmp_path, "sft", 400)
-    proc = subprocess.Popen(_train_cmd("sft", params_path), cwd=trained_repo,
+    proc = subprocess.Popen(_train_cmd("sft", params_path), cwd=trained_repo, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(tmp_path / "ckpt", proc)
     proc.send_signal(signal.SIGINT)
@@ -130,7 +130,7 @@ def test_ctrl_c_ends_the_run_killed_and_a_crash_ends_it_failed(trained_repo, tmp
     params = yaml.safe_load(params_path.read_text())
     params["rewards"]["components"] = [{"name": "test_train.broken_reward"}]
     params_path.write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": f"{trained_repo / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
+    env = child_env({"PYTHONPATH": f"{trained_repo / 'tests'}:{os.environ.get('PYTHONPATH', '')}"})
     proc = subprocess.run(_train_cmd("grpo", params_path), cwd=trained_repo, capture_output=True, text=True, env=env)
     assert proc.returncode != 0
     assert mlflow_runs(trained_repo)["mt-grpo-s0"].info.status == "FAILED"
