@@ -13,6 +13,6 @@ shot() {  # url file
     --screenshot="$2" "$1" 2>/dev/null
 }
 shot "$prefect/deployments" "$out/prefect-deployments.png"
-shot "$mlflow/#/experiments/$(python -c 'import mlflow; print(mlflow.get_experiment_by_name("semrl").experiment_id)')" \
+shot "$mlflow/#/experiments/$(MLFLOW_TRACKING_URI=$mlflow python -c 'import mlflow; print(mlflow.get_experiment_by_name("semrl").experiment_id)')/runs" \
   "$out/mlflow-experiment.png"
 ls -la "$out"
