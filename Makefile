@@ -30,7 +30,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
+# PROFILE=paper merges configs/paper.yaml into params.yaml first (undo: git checkout params.yaml).
+PROFILE ?=
+
 run: $(STAMP)
+	$(if $(PROFILE),PATH="$(CURDIR)/$(BIN):$$PATH" semrl check $(PROFILE) && PATH="$(CURDIR)/$(BIN):$$PATH" semrl profile $(PROFILE))
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 	@PATH="$(CURDIR)/$(BIN):$$PATH" semrl where
 

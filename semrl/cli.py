@@ -220,6 +220,38 @@ def serve(
 
 
 @app.command()
+def check(
+    profile: str = typer.Argument(None, help="a profile in configs/ (default: params.yaml as it is)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Validate a profile before any download: batch shapes, LoRA targets, rewards, sources, memory."""
+    from semrl.check import check as check_profile
+    from semrl.check import profile_params
+
+    problems, facts = run_step(lambda: check_profile(profile_params(params, profile)))
+    for fact in facts:
+        print(f"  {fact}")
+    for problem in problems:
+        print(f"problem: {problem}")
+    print(f"{len(problems)} problem(s)")
+    if problems:
+        raise SystemExit(1)
+
+
+@app.command()
+def profile(name: str = typer.Argument(..., help="configs/<name>.yaml"), params: Path = PARAMS_OPTION) -> None:
+    """Merge configs/<name>.yaml into params.yaml (the single source of truth for `dvc repro`); undo with
+    `git checkout params.yaml`."""
+    from semrl.io import apply_overlay
+
+    overlay = Path("configs") / f"{name}.yaml"
+    if not overlay.is_file():
+        fail(f"{overlay}: no such profile (have: {', '.join(p.stem for p in Path('configs').glob('*.yaml'))})")
+    merged = run_step(lambda: apply_overlay(params, overlay))
+    print(f"{params}: profile {merged.get('profile')} applied from {overlay}")
+
+
+@app.command()
 def sources(
     manifest: Path = typer.Argument(..., help="a mirror's MANIFEST.tsv"),
     out: Path = typer.Option(Path("data/sources.tsv"), help="source list to write"),
