@@ -189,6 +189,9 @@ def _common_args(params: dict[str, Any], cfg: dict[str, Any], ckpt: Path, seed: 
         seed=seed, report_to=[], bf16=bool(t["bf16"]), fp16=False,
         gradient_checkpointing=bool(t["gradient_checkpointing"]), use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        # CPU data parallel (torchrun) needs gloo; set only when launched multi-process, or a lone
+        # process waits for a process group that never forms.
+        ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
     )
 
 
@@ -289,8 +292,20 @@ def exclusive(params: dict[str, Any], task: str, method: str, seed: int):
         yield
 
 
+def rank() -> int:
+    """This process's rank under `accelerate launch` / `torchrun` (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def train_one(params: dict[str, Any], task_name: str, method: str, seed: int) -> dict[str, Any]:
-    """Train one (task, method, seed) to models/<task>/<method>/seed<k>/, resuming from its last checkpoint."""
+    """Train one (task, method, seed) to models/<task>/<method>/seed<k>/, resuming from its last checkpoint.
+    Under a multi-process launch every rank trains; rank 0 alone locks, tracks and saves."""
+    if rank() != 0:
+        return _train_one(params, task_name, method, seed)
     with exclusive(params, task_name, method, seed):
         return _train_one(params, task_name, method, seed)
 
@@ -335,17 +350,23 @@ def _train_one(params: dict[str, Any], task_name: str, method: str, seed: int) -
             "semrl.pid": str(os.getpid()), "semrl.host": socket.gethostname()}
     if os.environ.get(PARENT_RUN_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
-    tracking.close_stale_runs(params, name)
+    main = rank() == 0
     logged = {"task": task.name, "method": method, "seed": seed, "train_examples": len(items),
-              "config": method_config(params, method), "lora": params["train"]["lora"], "init": str(init)}
+              "config": method_config(params, method), "lora": params["train"]["lora"], "init": str(init),
+              "world_size": world_size()}
     if method.startswith("grpo"):
         logged.update(rewards=reward_components(params, method), tau=tau)
-    with tracking.run(params, name, tags=tags, log_params=logged) as active:
+    if main:
+        tracking.close_stale_runs(params, name)
+    tracked = tracking.run(params, name, tags=tags, log_params=logged) if main else contextlib.nullcontext()
+    with tracked as active:
         trainer = make_trainer(params, task, method, seed, items, ckpt, tokenizer, tau)
         result = trainer.train(resume_from_checkpoint=last)
+        if not main:
+            return {"rank": rank(), "steps": trainer.state.global_step}
         resumed = step_of(last)
         summary = {"task": task.name, "method": method, "seed": seed, "train_examples": len(items),
-                   "steps": trainer.state.global_step, "resumed_from_step": resumed,
+                   "world_size": world_size(), "steps": trainer.state.global_step, "resumed_from_step": resumed,
                    "final_loss": _last_logged(trainer.state.log_history, "loss"),
                    "train_seconds": round(result.metrics["train_runtime"], 2), "run_id": active.info.run_id}
         if tau is not None:

@@ -1,0 +1,35 @@
+"""SFT and GRPO with 2 processes on CPU (torchrun, gloo): both complete, rank 0 alone tracks and saves."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM
+
+from conftest import child_env, mlflow_runs
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+def test_two_process_data_parallel_training(trained_repo, tmp_path, method):
+    params = yaml.safe_load((trained_repo / "params.yaml").read_text())
+    params["train"].update(out_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ckpt"))
+    params["train"][method]["max_steps"] = 4
+    shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    before = {r.info.run_id for r in mlflow_runs(trained_repo).values()}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "semrl.cli", "train",
+                           "--task", "mt", "--method", method, "--seed", "0", "--params", str(path)],
+                          cwd=trained_repo, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "models" / "mt" / method / "seed0"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    new = [r for r in mlflow_runs(trained_repo).values() if r.info.run_id not in before]
+    assert [r.info.run_name for r in new] == [f"mt-{method}-s0"]  # one run, not one per rank
+    assert new[0].info.status == "FINISHED" and new[0].data.params["world_size"] == "2"
