@@ -286,7 +286,9 @@ def where() -> None:
         ("models/embedder/", "reward embedder (sentence-transformers)"),
         ("models/eval_embedder/", "independent evaluation embedder (sentence-transformers)"),
         ("metrics/", "base.json (perplexity, size), embedder.json (retrieval top-1)"),
-        ("mlflow.db", "MLflow runs: `mlflow ui --backend-store-uri sqlite:///mlflow.db` (127.0.0.1)"),
+        ("models/mt/", "trained models: <method>/seed<k>/{model,adapter}/, flow_run.json"),
+        ("reports/alignment_tax.md", "the alignment-tax report (+ .csv, metrics.json, plots/, curves/)"),
+        ("mlflow.db", "MLflow runs: `semrl up`, then http://127.0.0.1:5000 (Prefect UI on :4200)"),
     ]:
         mark = "ok " if Path(path).exists() else "-- "
         print(f"{mark}{path:32} {what}")
