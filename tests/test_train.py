@@ -42,9 +42,15 @@ def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
 
 
 def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
-    runs = mlflow_runs(trained_repo)
-    parent = next(r for n, r in runs.items() if n.startswith("expansion-"))
-    assert parent.info.status == "FINISHED"
+    # The flow's own runs: seed 0, nested under a parent (other tests add standalone runs of the same names).
+    mlflow_runs(trained_repo)  # points MLflow at the repo's store
+    nested = [r for r in mlflow.search_runs(experiment_names=["semrl"], output_format="list",
+                                            filter_string="tags.`semrl.seed` = '0' and tags.`semrl.task` = 'mt'")
+              if "mlflow.parentRunId" in r.data.tags]
+    [parent_id] = {r.data.tags["mlflow.parentRunId"] for r in nested}
+    parent = mlflow.get_run(parent_id)
+    runs = {r.info.run_name: r for r in nested}
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("expansion-")
     lock = yaml.safe_load((trained_repo / "dvc.lock").read_text())
     assert "prepare" in lock["stages"]
     client = mlflow.MlflowClient()
