@@ -73,10 +73,11 @@ def report_step(params_path: str, parent_run_id: str) -> str:
 def run_params(params_path: str, profile: str | None, run_id: str) -> str:
     """The params file a run uses: params_path, or it with configs/<profile>.yaml merged in (saved per run,
     so a scheduled and a manual run with different profiles never see each other's settings)."""
-    if not profile:
+    params = load_params(params_path)
+    if not profile or profile == params.get("profile"):
         return params_path
     overlay = Path("configs") / f"{profile}.yaml"
-    merged = deep_merge(load_params(params_path), {**load_params(overlay), "profile": profile})
+    merged = deep_merge(params, {**load_params(overlay), "profile": profile})
     path = Path(".semrl") / "params" / f"{run_id}.yaml"
     import yaml
 

@@ -53,3 +53,19 @@ def test_cli_check_exit_codes_and_profile_apply(tmp_path):
     assert merged["train"]["lora"]["r"] == 64 and merged["train"]["grpo"]["lr"] == 5.0e-7
     assert merged["rewards"]["ablations"]["bleu_language"]["components"]  # merged, not replaced
     assert merged["prepare"] == params["prepare"]  # untouched sections stay
+
+
+def test_flow_run_params_apply_a_profile_per_run(tmp_path, monkeypatch):
+    from semrl.flows import run_params
+
+    monkeypatch.chdir(REPO)
+    assert run_params("params.yaml", None, "r1") == "params.yaml"
+    assert run_params("params.yaml", "tiny", "r1") == "params.yaml"  # already the profile in force
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "paper.yaml").write_text((REPO / "configs" / "paper.yaml").read_text())
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    path = run_params("params.yaml", "paper", "r2")
+    merged = load_params(path)
+    assert path.endswith("r2.yaml") and merged["profile"] == "paper" and merged["train"]["lora"]["r"] == 64
+    assert load_params("params.yaml")["profile"] == "tiny"  # the shared params file is untouched
