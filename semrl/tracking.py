@@ -84,8 +84,9 @@ def run(params: dict[str, Any], name: str, tags: dict[str, str] | None = None,
     import mlflow
 
     setup(params)
-    all_tags = {"semrl.profile": str(params.get("profile", "")), "semrl.git_commit": git_commit(),
-                "mlflow.source.git.commit": git_commit().removesuffix("-dirty"),
+    commit = git_commit()
+    all_tags = {"semrl.profile": str(params.get("profile", "")), "semrl.git_commit": commit,
+                "mlflow.source.git.commit": commit.removesuffix("-dirty"),
                 "semrl.data_version": data_version(), **(tags or {})}
 
     def on_term(signum, frame):
