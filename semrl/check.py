@@ -92,6 +92,7 @@ def check(params: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(problems, facts). No problem means the profile is ready to run."""
     from semrl.rewards import REGISTRY
     from semrl.sources import read_sources
+    from semrl.tables import read_tables, unpinned
     from semrl.train import TASKS, methods, reward_components
 
     problems, facts = [], [f"profile: {params.get('profile')}"]
@@ -137,6 +138,14 @@ def check(params: dict[str, Any]) -> tuple[list[str], list[str]]:
         facts.append(f"sources: {len(read_sources(params['fetch']['sources']))} files in {params['fetch']['sources']}")
     except SemrlError as e:
         problems.append(str(e))
+    try:
+        tables = read_tables(params)
+        facts.append(f"tables: {len(tables)}" + "".join(
+            f"\n  {t.name}: {t.type} {t.dataset or t.url} -> {t.task} ({t.use})" for t in tables))
+        facts += [f"warning: fetch.tables {t.name}: revision {t.revision!r} is not a commit; pin the one fetch "
+                  f"records in data/raw/{t.provenance}" for t in tables if unpinned(t)]
+    except SemrlError as e:
+        problems += str(e).splitlines()
     try:
         config = architecture(params)
         names, shapes, n_params = _linear_modules(config)

@@ -6,10 +6,15 @@ written to a temp file in the destination folder and renamed only after its size
 an interrupted or corrupted download never becomes a valid file. With a mirror configured
 (SEMRL_DATA_MIRROR, or `fetch.mirror` in params.yaml) files are read from the mirror instead of the
 network, through the same verification.
+
+Tables declared in `fetch.tables` (see semrl.tables) follow: a file is downloaded (or copied) the same
+way; a Hugging Face dataset split is exported to JSONL from a local folder, the mirror's snapshot
+(`<mirror>/huggingface/datasets/<id>/<revision>/`) or the hub. Each gets a provenance record beside it.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import tempfile
@@ -25,8 +30,9 @@ from tqdm import tqdm
 
 from semrl import SemrlError
 from semrl.cldr import babel_version, cldr_pairs_tsv
-from semrl.io import sha256_file
+from semrl.io import atomic_write_text, sha256_file
 from semrl.sources import Source, mirror_relpath, read_sources
+from semrl.tables import TableSource, read_tables, unpinned
 
 MIRROR_ENV = "SEMRL_DATA_MIRROR"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -75,7 +81,8 @@ class FetchResult:
 
 
 def _verify(src: Source, size: int, digest: str) -> None:
-    if digest != src.sha256 or size != src.bytes:
+    # A user's table may come without a pinned hash or size; sources.tsv always has both.
+    if (src.sha256 is not None and digest != src.sha256) or (src.bytes is not None and size != src.bytes):
         raise FetchError(
             f"{src.name}: sha256 mismatch for {src.url}: expected {src.sha256} ({src.bytes} bytes), "
             f"got {digest} ({size} bytes)"
@@ -135,7 +142,7 @@ def _download_once(src: Source, dest: Path, timeout_s: float, progress: Callable
             raise TransientError(f"truncated body after {sink.size} bytes ({e.__class__.__name__})") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
             raise TransientError(f"{e.__class__.__name__}") from None
-        if sink.size < src.bytes:
+        if src.bytes is not None and sink.size < src.bytes:
             raise TransientError(f"truncated body: {sink.size} of {src.bytes} bytes")
         sink.commit(src)
         return sink.size
@@ -240,8 +247,142 @@ def fetch(sources: list[Source], cfg: FetchConfig, show_progress: bool = True) -
     return result
 
 
+# ---------------------------------------------------------------- tables (fetch.tables)
+
+HF_MIRROR = "huggingface/datasets"  # <mirror>/huggingface/datasets/<id>/<revision>/: a snapshot of the repo
+
+
+def _as_source(table: TableSource) -> Source:
+    return Source(table.filename, table.name, "url", str(table.url), table.sha256, table.bytes, table.licence)
+
+
+def _load_hf(table: TableSource, mirror: Path | None):
+    """(dataset split, the revision it is) from a local folder, the mirror's snapshot or the hub."""
+    import datasets
+
+    folder = None if table.is_hub else Path(str(table.dataset))
+    if folder is None and mirror:
+        folder = mirror / HF_MIRROR / str(table.dataset) / str(table.revision)
+        if not folder.is_dir():
+            raise FetchError(f"{table.name}: {table.dataset}@{table.revision} missing from mirror {mirror} "
+                             f"(expected a snapshot folder {folder})")
+    try:
+        if folder is not None:
+            if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+                ds = datasets.load_from_disk(str(folder))  # written by save_to_disk
+                if isinstance(ds, datasets.DatasetDict):
+                    if table.split not in ds:
+                        raise ValueError(f"Unknown split {table.split!r}; available: {list(ds)}")
+                    ds = ds[table.split]
+            else:
+                ds = datasets.load_dataset(str(folder), name=table.config, split=table.split)
+            return ds, table.revision
+        from huggingface_hub import HfApi
+
+        resolved = HfApi().dataset_info(str(table.dataset), revision=table.revision).sha
+        return datasets.load_dataset(str(table.dataset), name=table.config, split=table.split,
+                                     revision=resolved), resolved
+    except FetchError:
+        raise
+    except Exception as e:  # datasets/hub raise many kinds (missing split, config, repo, offline)
+        where = folder or f"{table.dataset}@{table.revision}"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise FetchError(f"{table.name}: cannot load {where} (config {table.config!r}, split {table.split!r}): "
+                         f"{first}") from None
+
+
+def _export_hf(table: TableSource, dest: Path, mirror: Path | None) -> dict[str, Any]:
+    """The mapped columns of one split as JSONL (one row per line, row order kept)."""
+    ds, revision = _load_hf(table, mirror)
+    wanted = list(dict.fromkeys(table.columns.values()))
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise FetchError(f"{table.name}: columns {missing} not in {table.dataset} split {table.split} "
+                         f"(has: {', '.join(ds.column_names)}); fix fetch.tables columns")
+    sink = _Sink(dest)
+    try:
+        rows = 0
+        for batch in tqdm(ds.select_columns(wanted).iter(batch_size=1000), total=-(-len(ds) // 1000),
+                          desc=f"export {table.name}", unit="k rows", disable=len(ds) < 10_000):
+            for values in zip(*(batch[c] for c in wanted)):
+                line = json.dumps(dict(zip(wanted, values)), ensure_ascii=False, default=str) + "\n"
+                sink.write(line.encode("utf-8"))
+                rows += 1
+        sink.commit(_as_source(table))
+        return {"rows": rows, "resolved_revision": revision}
+    finally:
+        sink.discard()
+
+
+def _copy_local(table: TableSource, dest: Path) -> None:
+    path = Path(str(table.url).removeprefix("file://"))
+    if not path.is_file():
+        raise FetchError(f"{table.name}: {path} not found (fetch.tables url)")
+    sink = _Sink(dest)
+    try:
+        with path.open("rb") as f:
+            while block := f.read(CHUNK):
+                sink.write(block)
+        sink.commit(_as_source(table))
+    finally:
+        sink.discard()
+
+
+def _table_current(table: TableSource, root: Path) -> bool:
+    prov = root / table.provenance
+    if not prov.is_file() or not (root / table.filename).is_file():
+        return False
+    try:
+        record = json.loads(prov.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    return record.get("table") == table.describe() and record.get("sha256") == sha256_file(root / table.filename)
+
+
+def fetch_table(table: TableSource, cfg: FetchConfig) -> int:
+    """Get one table into cfg.dest/tables/ and write its provenance; returns its size in bytes."""
+    dest = cfg.dest / table.filename
+    extra: dict[str, Any] = {}
+    if table.type == "hf":
+        extra = _export_hf(table, dest, cfg.mirror)
+    elif table.is_remote:
+        src = _as_source(table)
+        copy_from_mirror(src, dest, cfg.mirror) if cfg.mirror else download(src, dest, cfg)
+    else:
+        _copy_local(table, dest)
+    record = {"table": table.describe(), **extra, "sha256": sha256_file(dest), "bytes": dest.stat().st_size}
+    atomic_write_text(cfg.dest / table.provenance, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+    return record["bytes"]
+
+
+def fetch_tables(tables: list[TableSource], cfg: FetchConfig, result: FetchResult) -> None:
+    """Tables one at a time (a hub export is CPU-bound); all failures reported together."""
+    errors = []
+    for table in tables:
+        if _table_current(table, cfg.dest):
+            result.up_to_date += 1
+            continue
+        try:
+            result.bytes += fetch_table(table, cfg)
+            result.fetched += 1
+        except SemrlError as e:
+            errors.append(str(e))
+        if unpinned(table):
+            print(f"fetch: {table.name}: revision {table.revision!r} is not a commit; the commit it resolved to is "
+                  f"in {cfg.dest / table.provenance} (pin it in fetch.tables)")
+    known = {t.filename for t in tables} | {t.provenance for t in tables}
+    for stale in sorted((cfg.dest / "tables").glob("*")) if (cfg.dest / "tables").is_dir() else []:
+        if f"tables/{stale.name}" not in known:  # a table removed from params must leave data/raw too
+            stale.unlink()
+    if errors:
+        raise FetchError("\n".join(errors) + f"\nfetch failed for {len(errors)} of {len(tables)} tables")
+
+
 def run(params: dict[str, Any]) -> FetchResult:
     cfg = FetchConfig.from_params(params)
     if cfg.mirror and not cfg.mirror.is_dir():
         raise FetchError(f"mirror {cfg.mirror} is not a directory (set by {MIRROR_ENV} or fetch.mirror)")
-    return fetch(read_sources(params["fetch"]["sources"]), cfg)
+    tables = read_tables(params)  # validated before anything is downloaded
+    result = fetch(read_sources(params["fetch"]["sources"]), cfg)
+    fetch_tables(tables, cfg, result)
+    return result

@@ -10,6 +10,9 @@ group, since several Lotsawa texts are republished under two IDs), seeded. Exact
 split; a text that appears in two splits (either side of a pair, title or body of an article) is
 leakage: evaluation splits are kept whole and the record is quarantined from the later split in the
 order test, dev, train, so the training split gives way.
+
+Tables from `fetch.tables` (a user's or a hub corpus) join the MT or headline records through the same
+normalisation, checks, de-duplication and leakage rules, each whole in one split or split on its own.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Any, Iterable
 
 from semrl import SemrlError
 from semrl.io import atomic_write_text, write_jsonl
+from semrl.tables import TASK_FIELDS, TableSource, iter_rows, map_columns, read_tables
 from semrl.text import (
     BO_OPENERS,
     BO_SHADS,
@@ -287,10 +291,11 @@ def read_cldr(raw: Path, cfg: dict, ledger: Ledger) -> list[dict]:
     return records
 
 
-def prepare_mt(raw: Path, cfg: dict, seed: int, ledger: Ledger) -> dict[str, list[dict]]:
+def prepare_mt(raw: Path, cfg: dict, seed: int, ledger: Ledger, tables: list[TableSource]) -> dict[str, list[dict]]:
     by_split = split_records(read_lotsawa(raw, cfg, ledger), ("zh", "bo"), cfg["dev_frac"], cfg["test_frac"], seed)
     if cfg["cldr_pairs"]:
         by_split["train"] += read_cldr(raw, cfg, ledger)  # lexicon entries: training data only
+    add_tables(by_split, raw, [t for t in tables if t.task == "mt"], cfg, seed, ledger)
     return claim_splits(by_split, ("zh", "bo"), lambda r: r["source"], ledger, lambda r: (r["_file"], r["_line"]))
 
 
@@ -336,20 +341,24 @@ def extract_headline(text: str, cfg: dict) -> Headline:
     else:
         return Headline(None, "", skipped, "title_missing", f"only labels in the first {len(skipped)} segments")
     title, body = segment, _LEADING_JUNK.sub("", after).strip()
+    return Headline(title, body, skipped, *(headline_problem(title, body, cfg) or (None, "")))
+
+
+def headline_problem(title: str, body: str, cfg: dict) -> tuple[str, str] | None:
+    """(reason, detail) when a title/body pair is outside the configured bounds, else None."""
     n = len(bo_syllables(title))
     if n < cfg["title_min_syllables"]:
-        return Headline(title, body, skipped, "title_too_short", f"{n} syllables < {cfg['title_min_syllables']}")
+        return "title_too_short", f"{n} syllables < {cfg['title_min_syllables']}"
     if n > cfg["title_max_syllables"]:
-        return Headline(title, body, skipped, "title_too_long", f"{n} syllables > {cfg['title_max_syllables']}")
+        return "title_too_long", f"{n} syllables > {cfg['title_max_syllables']}"
     share = script_share(title, "bo")
     if share < cfg["title_min_tibetan_ratio"]:
-        return Headline(title, body, skipped, "title_not_tibetan",
-                        f"{share:.0%} Tibetan letters < {cfg['title_min_tibetan_ratio']:.0%}")
+        return "title_not_tibetan", f"{share:.0%} Tibetan letters < {cfg['title_min_tibetan_ratio']:.0%}"
     if len(body) < cfg["body_min_chars"]:
-        return Headline(title, body, skipped, "body_too_short", f"{len(body)} chars < {cfg['body_min_chars']}")
+        return "body_too_short", f"{len(body)} chars < {cfg['body_min_chars']}"
     if len(body) > cfg["body_max_chars"]:
-        return Headline(title, body, skipped, "body_too_long", f"{len(body)} chars > {cfg['body_max_chars']}")
-    return Headline(title, body, skipped)
+        return "body_too_long", f"{len(body)} chars > {cfg['body_max_chars']}"
+    return None
 
 
 def lead_overlap(title: str, body: str) -> float:
@@ -359,7 +368,8 @@ def lead_overlap(title: str, body: str) -> float:
     return sum((t & lead_syl).values()) / max(1, sum(t.values()))
 
 
-def prepare_headlines(raw: Path, cfg: dict, seed: int, ledger: Ledger) -> dict[str, list[dict]]:
+def prepare_headlines(raw: Path, cfg: dict, seed: int, ledger: Ledger,
+                      tables: list[TableSource]) -> dict[str, list[dict]]:
     source = "nanhai_news"
     records = []
     for path in _glob(raw, cfg["files_glob"], "Nanhai news"):
@@ -385,7 +395,59 @@ def prepare_headlines(raw: Path, cfg: dict, seed: int, ledger: Ledger) -> dict[s
             "_file": rel,
         })
     by_split = split_records(records, ("title", "body"), cfg["dev_frac"], cfg["test_frac"], seed)
-    return claim_splits(by_split, ("title", "body"), lambda r: r["source"], ledger, lambda r: (r["_file"], 1))
+    add_tables(by_split, raw, [t for t in tables if t.task == "headline"], cfg, seed, ledger)
+    return claim_splits(by_split, ("title", "body"), lambda r: r["source"], ledger,
+                        lambda r: (r["_file"], r.get("_line", 1)))
+
+
+# ---------------------------------------------------------------- tables (fetch.tables)
+
+
+def table_records(raw: Path, table: TableSource, cfg: dict, ledger: Ledger) -> list[dict]:
+    """A table's rows as MT pairs or headlines, through the same normalisation and checks as the
+    built-in corpora; every row is kept or quarantined with its line."""
+    path = raw / table.filename
+    if not path.is_file():
+        raise SemrlError(f"{path}: missing; run `dvc repro fetch` or `semrl fetch` (fetch.tables {table.name})")
+    rel, records = _rel(path, raw), []
+    for row in iter_rows(path, str(table.format)):
+        ledger.take(table.name)
+        fields, why = map_columns(table, row.values) if row.values is not None else (None, row.error)
+        if fields is None:
+            reason = "malformed" if row.values is None else "missing_field"
+            ledger.reject(table.name, rel, row.line, reason, why, json.dumps(row.values, ensure_ascii=False)[:EXCERPT])
+            continue
+        doc = f"{table.name}-{fields.get('doc', row.line)}"
+        if table.task == "mt":
+            bo, zh = normalize_bo(fields["bo"]), normalize_zh(fields["zh"])
+            if cfg["strip_openers"]:
+                bo = strip_openers(bo)
+            problem, text = _pair_problem(bo, zh, cfg["zh_min_han_ratio"]), f"{bo} ||| {zh}"
+            record = {"zh": zh, "bo": bo}
+        else:
+            title, body = normalize_bo(fields["title"]), normalize_bo(fields["body"])
+            problem, text = headline_problem(title, body, cfg), title
+            record = {"title": title, "body": body, "region": table.name}
+        if problem:
+            ledger.reject(table.name, rel, row.line, problem[0], problem[1], text)
+            continue
+        records.append({"id": f"{table.name}-{row.line:06d}", **record, "source": table.name, "doc": doc,
+                        "_file": rel, "_line": row.line})
+    return records
+
+
+def add_tables(by_split: dict[str, list[dict]], raw: Path, tables: list[TableSource], cfg: dict, seed: int,
+               ledger: Ledger) -> None:
+    """Each table goes whole to its split, or (use: split) through its own seeded document split, so
+    adding a table never reshuffles the built-in corpora's splits."""
+    for table in tables:
+        records = table_records(raw, table, cfg, ledger)
+        if table.use == "split":
+            keys = TASK_FIELDS[table.task]
+            for split, part in split_records(records, keys, cfg["dev_frac"], cfg["test_frac"], seed).items():
+                by_split[split] += part
+        else:
+            by_split[table.use] += records
 
 
 # ---------------------------------------------------------------- language-model text
@@ -495,8 +557,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         raise SemrlError(f"{raw}: raw data folder missing (run `dvc repro fetch` or `semrl fetch`)")
     seed, ledger = int(p["seed"]), Ledger()
 
-    mt = prepare_mt(raw, p["mt"], seed, ledger)
-    headline = prepare_headlines(raw, p["headline"], seed, ledger)
+    tables = read_tables(params)
+    mt = prepare_mt(raw, p["mt"], seed, ledger, tables)
+    headline = prepare_headlines(raw, p["headline"], seed, ledger, tables)
     lm_zh = _dedupe_texts(lm_zh_items(raw, p["lm"], ledger), ledger)
     lm_bo = _dedupe_texts(lm_bo_items(raw, p["lm"], ledger), ledger)
     cmrc_dev = prepare_cmrc_dev(raw, p["general"], ledger)

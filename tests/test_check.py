@@ -23,6 +23,8 @@ def test_both_profiles_pass(in_repo):
     assert problems == [], problems
     assert any("4,022.5 M parameters" in f for f in facts)  # Qwen3-4B, from its config
     assert any("8 generations = 32 completions" in f for f in facts)
+    assert any("cmhg: hf KEVVVV/CMHG -> headline (split)" in f for f in facts)
+    assert any("warning: fetch.tables cmhg: revision 'main' is not a commit" in f for f in facts)
 
 
 def test_broken_profile_lists_every_problem(in_repo):
@@ -33,11 +35,14 @@ def test_broken_profile_lists_every_problem(in_repo):
     params["rewards"]["components"] = [{"name": "semantc"}, {"name": "mypkg.missing"}]
     params["fetch"]["cldr"] = False
     params["check"] = {"gpu_memory_gib": 0.0001}
+    params["fetch"]["tables"] = [{"name": "pairs", "type": "file", "url": "https://x.org/p.tsv", "task": "mt",
+                                  "columns": {"bo": "bo"}}]
     problems, _ = check(params)
     text = "\n".join(problems)
     for expected in ("num_generations: GRPO needs at least 2", "loss_type: 'ppo' unknown", "['c_attn'] not in",
                      "unknown task 'summarise'", "reward 'semantc'", "reward 'mypkg.missing'",
-                     "cldr_pairs needs fetch.cldr", "exceeds check.gpu_memory_gib"):
+                     "cldr_pairs needs fetch.cldr", "exceeds check.gpu_memory_gib",
+                     "fetch.tables[0] (pairs): columns lacks ['zh']", "(pairs): a URL needs sha256"):
         assert expected in text, expected
 
 
