@@ -195,12 +195,26 @@ def _common_args(params: dict[str, Any], cfg: dict[str, Any], ckpt: Path, seed: 
     )
 
 
+def model_init_kwargs(params: dict[str, Any], method: str) -> dict[str, Any]:
+    """How the starting model is loaded: the base's pinned revision and remote-code choice for a cold
+    start from a named model, and bf16 weights when training in bf16 (TRL's default is float32, twice
+    the memory of a frozen 4B base under LoRA)."""
+    kwargs: dict[str, Any] = {"dtype": "bfloat16" if params["train"]["bf16"] else "float32"}
+    if method == "coldstart":
+        from semrl.base import base_reference
+
+        ref = base_reference(params["base"]["out_dir"])
+        kwargs.update(revision=ref.get("revision"), trust_remote_code=bool(ref.get("trust_remote_code")))
+    return kwargs
+
+
 def make_trainer(params: dict[str, Any], task: Task, method: str, seed: int, train_items: list[dict],
                  ckpt: Path, tokenizer, tau: float | None):
     from semrl import tracking
 
     cfg = method_config(params, method)
     model_path = str(init_model_dir(params, task.name, method, seed))
+    init_kwargs = model_init_kwargs(params, method)
     callbacks = [tracking.metrics_callback()]
     if method in ("coldstart", "sft") or method.startswith(TRANSFER_PREFIX):
         from trl import SFTConfig, SFTTrainer
@@ -211,7 +225,7 @@ def make_trainer(params: dict[str, Any], task: Task, method: str, seed: int, tra
                                                 add_generation_prompt=True, tokenize=False)
         longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
         args = SFTConfig(**_common_args(params, cfg, ckpt, seed), per_device_train_batch_size=int(cfg["batch_size"]),
-                         max_length=longest + int(params["train"]["max_target_tokens"]))
+                         max_length=longest + int(params["train"]["max_target_tokens"]), model_init_kwargs=init_kwargs)
         return SFTTrainer(model=model_path, args=args, train_dataset=sft_dataset(train_items),
                           processing_class=tokenizer, peft_config=lora_config(params), callbacks=callbacks)
 
@@ -229,7 +243,7 @@ def make_trainer(params: dict[str, Any], task: Task, method: str, seed: int, tra
         num_generations=g, max_completion_length=int(params["train"]["max_target_tokens"]),
         temperature=float(cfg["temperature"]), top_p=float(cfg["top_p"]), beta=float(cfg["beta"]),
         loss_type=cfg["loss_type"], epsilon=float(cfg["epsilon"]), reward_weights=weights,
-        use_vllm=bool(cfg["use_vllm"]), scale_rewards=cfg["scale_rewards"],
+        use_vllm=bool(cfg["use_vllm"]), scale_rewards=cfg["scale_rewards"], model_init_kwargs=init_kwargs,
     )
     return GRPOTrainer(model=model_path, reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(train_items, r["reference_column"]),
@@ -255,19 +269,58 @@ def calibrate_tau(params: dict[str, Any], task: Task, model, tokenizer, seed: in
             "dev_similarity_mean": round(sum(sims) / len(sims), 6)}
 
 
+def grpo_tau(params: dict[str, Any], task: str, seed: int) -> float:
+    """The τ a GRPO run uses: the number in rewards.tau, or (auto) the one its cold start calibrated."""
+    if params["rewards"]["tau"] != "auto":
+        return float(params["rewards"]["tau"])
+    tau_file = output_dir(params, task, "coldstart", seed) / "tau.json"
+    if not tau_file.is_file():
+        raise SemrlError(f"{tau_file}: missing; the cold start writes it (rewards.tau is auto)")
+    return float(json.loads(tau_file.read_text())["tau"])
+
+
 def _last_logged(history: list[dict], key: str) -> float | None:
     """The last value the trainer logged for key, across resumes (a resumed run's own average is partial)."""
     values = [h[key] for h in history if key in h]
     return round(float(values[-1]), 6) if values else None
 
 
-def _merged(trainer):
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):
-        import copy
+def trainable_fingerprint(model) -> str:
+    """A hash of the trainable weights. Data-parallel ranks must agree bit for bit after training (their
+    gradients are all-reduced); under ZeRO-3 each rank holds only its partition, so they differ."""
+    import hashlib
 
-        return copy.deepcopy(model).merge_and_unload()
-    return model
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_outputs(params: dict[str, Any], method: str, trainer, init: Path, out: Path, main: bool):
+    """Save the trained weights and return (on rank 0) the full model with any adapter merged in.
+
+    Every rank calls this: Trainer.save_model gathers ZeRO-3 partitions from all ranks (a collective),
+    and only rank 0 writes. The merged model is rebuilt from the saved files, never from the in-memory
+    (possibly sharded) training model, so it is the same under one process, DDP, ZeRO-2 and ZeRO-3."""
+    from transformers import AutoModelForCausalLM
+
+    lora = params["train"]["lora"]["enabled"]
+    saved = out / ("adapter" if lora else "model")
+    trainer.save_model(str(saved))
+    if not main:
+        return None
+    (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's arguments are in MLflow
+    kwargs = model_init_kwargs(params, method)
+    if not lora:
+        return AutoModelForCausalLM.from_pretrained(saved, use_safetensors=True, dtype=kwargs["dtype"])
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(str(init), **kwargs)
+    merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
+    merged.save_pretrained(out / "model", safe_serialization=True)
+    return merged
 
 
 @contextlib.contextmanager
@@ -334,14 +387,7 @@ def _train_one(params: dict[str, Any], task_name: str, method: str, seed: int) -
         raise SemrlError(f"{task.name}: no training examples for {method} (train split {len(train_items)}, "
                          f"cold start {len(cold)})")
     out = output_dir(params, task.name, method, seed)
-    tau_info = None
-    if method.startswith("grpo"):
-        tau_file = output_dir(params, task.name, "coldstart", seed) / "tau.json"
-        tau_info = json.loads(tau_file.read_text()) if tau_file.is_file() else None
-        if tau_info is None and params["rewards"]["tau"] == "auto":
-            raise SemrlError(f"{tau_file}: missing; the cold start writes it (rewards.tau is auto)")
-    tau = float(tau_info["tau"]) if tau_info and params["rewards"]["tau"] == "auto" else \
-        (None if params["rewards"]["tau"] == "auto" else float(params["rewards"]["tau"]))
+    tau = grpo_tau(params, task.name, seed) if method.startswith("grpo") else None
 
     ckpt = checkpoint_dir(params, task.name, method, seed)
     last = last_complete_checkpoint(ckpt)
@@ -362,20 +408,18 @@ def _train_one(params: dict[str, Any], task_name: str, method: str, seed: int) -
     with tracked as active:
         trainer = make_trainer(params, task, method, seed, items, ckpt, tokenizer, tau)
         result = trainer.train(resume_from_checkpoint=last)
+        fingerprint = trainable_fingerprint(trainer.model)
+        merged = save_outputs(params, method, trainer, init, out, main)
         if not main:
-            return {"rank": rank(), "steps": trainer.state.global_step}
+            return {"rank": rank(), "steps": trainer.state.global_step, "trainable_sha256": fingerprint}
         resumed = step_of(last)
         summary = {"task": task.name, "method": method, "seed": seed, "train_examples": len(items),
                    "world_size": world_size(), "steps": trainer.state.global_step, "resumed_from_step": resumed,
                    "final_loss": _last_logged(trainer.state.log_history, "loss"),
-                   "train_seconds": round(result.metrics["train_runtime"], 2), "run_id": active.info.run_id}
+                   "train_seconds": round(result.metrics["train_runtime"], 2), "run_id": active.info.run_id,
+                   "trainable_sha256": fingerprint}
         if tau is not None:
             summary["tau"] = tau
-        out.mkdir(parents=True, exist_ok=True)
-        if params["train"]["lora"]["enabled"]:
-            trainer.model.save_pretrained(out / "adapter", safe_serialization=True)
-        merged = _merged(trainer)
-        merged.save_pretrained(out / "model", safe_serialization=True)
         tokenizer.save_pretrained(out / "model")
         if method == "coldstart":
             info = calibrate_tau(params, task, merged, tokenizer, seed) if params["rewards"]["tau"] == "auto" else \
