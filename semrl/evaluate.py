@@ -91,10 +91,12 @@ def run(params: dict[str, Any], task_name: str) -> dict[str, Any]:
 
     from semrl.base import load_base
     from semrl.embedder import load_embedder
-    from semrl.generation import generate
+    from semrl.generation import accelerator, generate, weights_dtype
 
     task, e = get_task(task_name), params["eval"]
-    base, tokenizer = load_base(params["base"]["out_dir"])
+    dtype, device = weights_dtype(params), accelerator()
+    base, tokenizer = load_base(params["base"]["out_dir"], dtype=dtype)
+    base.to(device)
     test = examples(params, task, "test", tokenizer)[: int(e["test_samples"])]
     cmrc_path = Path(params["prepare"]["out_dir"]) / "general" / "cmrc_dev.jsonl"
     cmrc = read_jsonl(cmrc_path)[: int(e["cmrc_samples"])]
@@ -105,7 +107,8 @@ def run(params: dict[str, Any], task_name: str) -> dict[str, Any]:
     refs = [x["reference"] for x in test]
     results, outputs, samples = [], {}, []
     for method, seed, path in variants(params, task_name):
-        model = base if path is None else AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+        model = base if path is None else \
+            AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device)
         torch.manual_seed(0)
         outs = generate(model, tokenizer, [x["prompt"] for x in test], int(e["max_new_tokens"]),
                         batch_size=int(e["batch_size"]), desc=f"{task_name}-{method}")
@@ -132,7 +135,7 @@ def run_transfer(params: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from semrl.embedder import load_embedder
-    from semrl.generation import generate
+    from semrl.generation import accelerator, generate, weights_dtype
     from semrl.train import TRANSFER_PREFIX, output_dir, train_one
 
     t, e = params["transfer"], params["eval"]
@@ -151,7 +154,8 @@ def run_transfer(params: dict[str, Any]) -> dict[str, Any]:
             train_one(params, target.name, method, int(seed))
             model_dir = output_dir(params, target.name, method, int(seed)) / "model"
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True,
+                                                         dtype=weights_dtype(params)).to(accelerator())
             test = examples(params, target, "test", tokenizer)[: int(e["test_samples"])]
             outs = generate(model, tokenizer, [x["prompt"] for x in test], int(e["max_new_tokens"]),
                             batch_size=int(e["batch_size"]), desc=method)

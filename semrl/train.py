@@ -314,13 +314,14 @@ def save_outputs(params: dict[str, Any], method: str, trainer, init: Path, out: 
     (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's arguments are in MLflow
     kwargs = model_init_kwargs(params, method)
     if not lora:
-        return AutoModelForCausalLM.from_pretrained(saved, use_safetensors=True, dtype=kwargs["dtype"])
+        model = AutoModelForCausalLM.from_pretrained(saved, use_safetensors=True, dtype=kwargs["dtype"])
+        return model.to(trainer.args.device)
     from peft import PeftModel
 
     base = AutoModelForCausalLM.from_pretrained(str(init), **kwargs)
     merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
     merged.save_pretrained(out / "model", safe_serialization=True)
-    return merged
+    return merged.to(trainer.args.device)  # the cold start samples with it next (tau calibration)
 
 
 @contextlib.contextmanager
@@ -416,6 +417,7 @@ def _train_one(params: dict[str, Any], task_name: str, method: str, seed: int) -
         summary = {"task": task.name, "method": method, "seed": seed, "train_examples": len(items),
                    "world_size": world_size(), "steps": trainer.state.global_step, "resumed_from_step": resumed,
                    "final_loss": _last_logged(trainer.state.log_history, "loss"),
+                   "tokens": _last_logged(trainer.state.log_history, "num_tokens"),
                    "train_seconds": round(result.metrics["train_runtime"], 2), "run_id": active.info.run_id,
                    "trainable_sha256": fingerprint}
         if tau is not None:
