@@ -1,0 +1,24 @@
+"""The benchmark scripts run on the smoke model and print what they promise (they are not timed tests)."""
+import json
+import sys
+
+from conftest import REPO, run
+
+
+def test_train_speed_reports_every_branch_and_gpu_smoke_refuses_without_cuda(trained_repo, tmp_path):
+    out = tmp_path / "speed.json"
+    summary = trained_repo / "models" / "mt" / "coldstart" / "seed0" / "summary.json"
+    before = summary.read_text()
+    proc = run([sys.executable, str(REPO / "bench" / "train_speed.py"), "--devices", "cpu", "--sft-steps", "3",
+                "--grpo-steps", "3", "--out", str(out)], trained_repo)
+    rows = json.loads(out.read_text())
+    assert [(r["device"], r["branch"], r["steps"]) for r in rows] == [
+        ("cpu", "coldstart", 3), ("cpu", "sft", 3), ("cpu", "grpo", 3)]
+    for r in rows:
+        assert r["step_s_median"] > 0 and r["tokens_per_s"] > 0 and r["wall_s"] >= r["train_s"]
+    assert "| cpu | grpo | 3 |" in proc.stdout
+    # The trained repo's own models and MLflow store are untouched: the benchmark works in a scratch folder.
+    assert summary.read_text() == before
+
+    smoke = run(["bash", str(REPO / "bench" / "gpu_smoke.sh")], trained_repo, check=False)
+    assert smoke.returncode == 2 and "torch sees no CUDA device" in smoke.stderr
