@@ -167,6 +167,11 @@ def copy_from_mirror(src: Source, dest: Path, mirror: Path, progress: Callable[[
     path = mirror / mirror_relpath(src.url)
     if not path.is_file():
         raise FetchError(f"{src.name}: missing from mirror {mirror} (expected {path}) for {src.url}")
+    return copy_verified(src, path, dest, progress)
+
+
+def copy_verified(src: Source, path: Path, dest: Path, progress: Callable[[int], None] = lambda n: None) -> int:
+    """Copy a local file to dest through the same size + sha256 check as a download."""
     sink = _Sink(dest)
     try:
         with path.open("rb") as f:
@@ -314,19 +319,6 @@ def _export_hf(table: TableSource, dest: Path, mirror: Path | None) -> dict[str,
         sink.discard()
 
 
-def _copy_local(table: TableSource, dest: Path) -> None:
-    path = Path(str(table.url).removeprefix("file://"))
-    if not path.is_file():
-        raise FetchError(f"{table.name}: {path} not found (fetch.tables url)")
-    sink = _Sink(dest)
-    try:
-        with path.open("rb") as f:
-            while block := f.read(CHUNK):
-                sink.write(block)
-        sink.commit(_as_source(table))
-    finally:
-        sink.discard()
-
 
 def _table_current(table: TableSource, root: Path) -> bool:
     prov = root / table.provenance
@@ -349,7 +341,10 @@ def fetch_table(table: TableSource, cfg: FetchConfig) -> int:
         src = _as_source(table)
         copy_from_mirror(src, dest, cfg.mirror) if cfg.mirror else download(src, dest, cfg)
     else:
-        _copy_local(table, dest)
+        path = Path(str(table.url).removeprefix("file://"))
+        if not path.is_file():
+            raise FetchError(f"{table.name}: {path} not found (fetch.tables url)")
+        copy_verified(_as_source(table), path, dest)
     record = {"table": table.describe(), **extra, "sha256": sha256_file(dest), "bytes": dest.stat().st_size}
     atomic_write_text(cfg.dest / table.provenance, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
     return record["bytes"]
