@@ -141,7 +141,7 @@ def check(params: dict[str, Any]) -> tuple[list[str], list[str]]:
     try:
         tables = read_tables(params)
         facts.append(f"tables: {len(tables)}" + "".join(
-            f"\n  {t.name}: {t.type} {t.dataset or t.url} -> {t.task} ({t.use})" for t in tables))
+            f"\n    {t.name}: {t.type} {t.dataset or t.url} -> {t.task} ({t.use})" for t in tables))
         facts += [f"warning: fetch.tables {t.name}: revision {t.revision!r} is not a commit; pin the one fetch "
                   f"records in data/raw/{t.provenance}" for t in tables if unpinned(t)]
     except SemrlError as e:
