@@ -319,7 +319,6 @@ def _export_hf(table: TableSource, dest: Path, mirror: Path | None) -> dict[str,
         sink.discard()
 
 
-
 def _table_current(table: TableSource, root: Path) -> bool:
     prov = root / table.provenance
     if not prov.is_file() or not (root / table.filename).is_file():
@@ -337,9 +336,10 @@ def fetch_table(table: TableSource, cfg: FetchConfig) -> int:
     extra: dict[str, Any] = {}
     if table.type == "hf":
         extra = _export_hf(table, dest, cfg.mirror)
+    elif table.is_remote and cfg.mirror:
+        copy_from_mirror(_as_source(table), dest, cfg.mirror)
     elif table.is_remote:
-        src = _as_source(table)
-        copy_from_mirror(src, dest, cfg.mirror) if cfg.mirror else download(src, dest, cfg)
+        download(_as_source(table), dest, cfg)
     else:
         path = Path(str(table.url).removeprefix("file://"))
         if not path.is_file():

@@ -199,7 +199,9 @@ def model_init_kwargs(params: dict[str, Any], method: str) -> dict[str, Any]:
     """How the starting model is loaded: the base's pinned revision and remote-code choice for a cold
     start from a named model, and bf16 weights when training in bf16 (TRL's default is float32, twice
     the memory of a frozen 4B base under LoRA)."""
-    kwargs: dict[str, Any] = {"dtype": "bfloat16" if params["train"]["bf16"] else "float32"}
+    from semrl.generation import weights_dtype
+
+    kwargs: dict[str, Any] = {"dtype": weights_dtype(params)}
     if method == "coldstart":
         from semrl.base import base_reference
 
