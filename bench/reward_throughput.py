@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 
-from semrl.embedder import load_embedder
-from semrl.io import read_jsonl
-from semrl.rewards import SemanticReward, rescale
-from semrl.text import TSHEG
+from semrl.models.embedder import load_embedder
+from semrl.core.io import read_jsonl
+from semrl.training.rewards import SemanticReward, rescale
+from semrl.core.text import TSHEG
 
 
 def naive_semantic(model, completions: list[str], references: list[str], tau: float) -> list[float]:

@@ -4,7 +4,7 @@
 """
 import sys
 
-from semrl.flows import expansion  # noqa: F401  (the deployment entry point: flows/expansion.py:expansion)
+from semrl.ops.flows import expansion  # noqa: F401  (the deployment entry point: flows/expansion.py:expansion)
 
 if __name__ == "__main__":
     from semrl.cli import app

@@ -17,28 +17,32 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file 
 
 @app.callback()
 def _use_running_servers() -> None:
-    """Every command (and so every DVC stage) logs to `semrl up`'s servers when they run, and runs with
-    telemetry off and Prefect's ephemeral server given time to start on a busy 2-core machine."""
+    """Every command (and so every DVC stage) runs in the quiet environment (semrl.core.env) and logs to
+    `semrl up`'s servers when they run."""
     import os
 
-    for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-                       "TOKENIZERS_PARALLELISM": "false"}.items():
-        os.environ.setdefault(key, value)
+    from semrl.core.config import load_config
+    from semrl.core.env import apply_quiet_env
+    from semrl.core.servers import discover
 
-    from semrl.io import load_params
-    from semrl.servers import discover
-
+    apply_quiet_env()
     if Path("params.yaml").is_file():
         try:
-            os.environ.update(discover(load_params("params.yaml")))
+            os.environ.update(discover(load_config("params.yaml").servers))
         except SemrlError:
-            pass
+            pass  # the command itself reports a broken params file
 
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(1)
+
+
+def config(path: Path):
+    """The validated config of a params file (every problem at once, as `error:` lines)."""
+    from semrl.core.config import load_config
+
+    return run_step(lambda: load_config(path))
 
 
 def run_step(step: Callable[[], object]) -> object:
@@ -57,56 +61,51 @@ def run_step(step: Callable[[], object]) -> object:
 @app.command()
 def fetch(params: Path = PARAMS_OPTION) -> None:
     """Get the corpora listed in data/sources.tsv into data/raw/ (sha256-verified; mirror via SEMRL_DATA_MIRROR)."""
-    from semrl import fetch as fetch_mod
-    from semrl.io import load_params
+    from semrl.data import fetch as fetch_mod
 
-    r = run_step(lambda: fetch_mod.run(load_params(params)))
+    r = run_step(lambda: fetch_mod.run(config(params)))
     print(f"fetch: {r.fetched} fetched ({r.bytes / 1e6:.1f} MB), {r.up_to_date} already verified, {r.skipped} disabled")
 
 
 @app.command()
 def prepare(params: Path = PARAMS_OPTION) -> None:
     """Clean, normalise and split the raw corpora into data/prepared/ (quarantine + stats.json)."""
-    from semrl import prepare as prepare_mod
-    from semrl.io import load_params
+    from semrl.data import prepare as prepare_mod
 
-    stats = run_step(lambda: prepare_mod.run(load_params(params)))
+    stats = run_step(lambda: prepare_mod.run(config(params)))
     print(prepare_mod.summary(stats))
 
 
 @app.command()
 def base(params: Path = PARAMS_OPTION) -> None:
     """Build the base causal LM into models/base/ (tiny: train tokenizer + pretrain; paper: resolve a named model)."""
-    from semrl import base as base_mod
-    from semrl.io import load_params
+    from semrl.models import base as base_mod
 
-    metrics = run_step(lambda: base_mod.run(load_params(params)))
+    metrics = run_step(lambda: base_mod.run(config(params)))
     print("base: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
 
 
 @app.command()
 def embedder(params: Path = PARAMS_OPTION) -> None:
     """Build the reward embedder (models/embedder/) and the independent evaluation embedder (models/eval_embedder/)."""
-    from semrl import embedder as embedder_mod
-    from semrl.io import load_params
+    from semrl.models import embedder as embedder_mod
 
-    metrics = run_step(lambda: embedder_mod.run(load_params(params)))
+    metrics = run_step(lambda: embedder_mod.run(config(params)))
     for role, m in metrics.items():
         print(f"embedder {role}: " + ", ".join(f"{k} {v}" for k, v in m.items()))
 
 
 @app.command()
 def train(
-    task: str = typer.Option("mt", help="mt (zh→bo), mt_bo2zh or headline"),
-    method: str = typer.Option(..., help="coldstart, sft, grpo or grpo_<ablation>"),
+    task: str = typer.Option("mt", help="a task defined in params `tasks` (mt, mt_bo2zh, headline)"),
+    method: str = typer.Option(..., help="coldstart, sft, grpo, an enabled ablation grpo_<name>, transfer_from_<m>"),
     seed: int = typer.Option(0),
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Train one (task, method, seed) into models/<task>/<method>/seed<k>/, resuming from its last checkpoint."""
-    from semrl import train as train_mod
-    from semrl.io import load_params
+    from semrl.training import run as train_mod
 
-    summary = run_step(lambda: train_mod.train_one(load_params(params), task, method, seed))
+    summary = run_step(lambda: train_mod.train_one(config(params), task, method, seed))
     print("train: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 
 
@@ -117,11 +116,13 @@ def flow(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Run the Prefect flow: cold start, then strong SFT and GRPO concurrently, for each task and seed."""
-    from semrl.flows import expansion
+    from semrl.ops.flows import configured
+
+    cfg = config(params)
 
     def go():
         try:
-            return expansion(tasks=task or None, seeds=seed or None, params_path=str(params))
+            return configured(cfg)(tasks=task or None, seeds=seed or None, params_path=str(params))
         except RuntimeError as e:  # a failed branch: its own log already has the traceback
             raise SemrlError(str(e)) from None
 
@@ -133,10 +134,9 @@ def flow(
 @app.command()
 def evaluate(task: str = typer.Option("mt"), params: Path = PARAMS_OPTION) -> None:
     """Evaluate base, cold start, strong SFT, GRPO (and ablations) on the task and on CMRC 2018 dev."""
-    from semrl import evaluate as evaluate_mod
-    from semrl.io import load_params
+    from semrl.evaluation import evaluate as evaluate_mod
 
-    report = run_step(lambda: evaluate_mod.run(load_params(params), task))
+    report = run_step(lambda: evaluate_mod.run(config(params), task))
     for r in report["results"]:
         print(f"evaluate {r['task']}-{r['method']}-s{r['seed']}: " +
               ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
@@ -144,11 +144,14 @@ def evaluate(task: str = typer.Option("mt"), params: Path = PARAMS_OPTION) -> No
 
 @app.command()
 def transfer(params: Path = PARAMS_OPTION) -> None:
-    """Few-shot transfer: fine-tune the source task's SFT and GRPO models on a few target-task examples."""
-    from semrl import evaluate as evaluate_mod
-    from semrl.io import load_params
+    """Few-shot transfer: fine-tune the source task's SFT and GRPO models on a few target-task examples,
+    then score them on the target task's test split."""
+    from semrl.evaluation.evaluate import evaluate_transfer
+    from semrl.training.transfer import train_transfer
 
-    report = run_step(lambda: evaluate_mod.run_transfer(load_params(params)))
+    cfg = config(params)
+    run_step(lambda: train_transfer(cfg))
+    report = run_step(lambda: evaluate_transfer(cfg))
     for r in report["results"]:
         print(f"transfer {r['method']}-s{r['seed']}: sim_reward {r['sim_reward']:.4f}, sim_eval {r['sim_eval']:.4f}")
 
@@ -156,20 +159,18 @@ def transfer(params: Path = PARAMS_OPTION) -> None:
 @app.command()
 def report(params: Path = PARAMS_OPTION) -> None:
     """Write the alignment-tax report (reports/), its plots and the MLflow `report` run."""
-    from semrl import report as report_mod
-    from semrl.io import load_params
+    from semrl.evaluation import report as report_mod
 
-    run_step(lambda: report_mod.run(load_params(params)))
+    run_step(lambda: report_mod.run(config(params)))
     print("report: reports/alignment_tax.md, reports/alignment_tax.csv, reports/metrics.json, reports/plots/")
 
 
 @app.command()
 def up(params: Path = PARAMS_OPTION) -> None:
     """Start the local Prefect and MLflow servers (127.0.0.1, state inside the project); idempotent."""
-    from semrl import servers as srv
-    from semrl.io import load_params
+    from semrl.core import servers as srv
 
-    for s in srv.servers(load_params(params)):
+    for s in srv.servers(config(params).servers):
         took = run_step(lambda: srv.start(s, Path.cwd()))
         print(f"{s.name:8} {s.url}  " + (f"started in {took:.1f} s" if took else "already running") +
               f"  (log {s.log_file})")
@@ -178,20 +179,18 @@ def up(params: Path = PARAMS_OPTION) -> None:
 @app.command()
 def down(params: Path = PARAMS_OPTION) -> None:
     """Stop the local servers started by `semrl up`."""
-    from semrl import servers as srv
-    from semrl.io import load_params
+    from semrl.core import servers as srv
 
-    for s in srv.servers(load_params(params)):
+    for s in srv.servers(config(params).servers):
         print(f"{s.name:8} " + ("stopped" if srv.stop(s) else "was not running"))
 
 
 @app.command()
 def status(params: Path = PARAMS_OPTION) -> None:
     """Report the local servers: running and healthy, and their UI URLs."""
-    from semrl import servers as srv
-    from semrl.io import load_params
+    from semrl.core import servers as srv
 
-    for s in srv.servers(load_params(params)):
+    for s in srv.servers(config(params).servers):
         pid, ok = srv.pid_of(s), srv.healthy(s)
         state = "healthy" if pid and ok else ("running, not answering" if pid else "stopped")
         print(f"{s.name:8} {state:24} {s.url if pid else ''}")
@@ -206,17 +205,16 @@ def serve(
     """Register the `expansion/<name>` deployment with its cron schedule and serve its runs (Ctrl-C stops)."""
     import os
 
-    from semrl.flows import expansion
-    from semrl.io import load_params
+    from semrl.ops.flows import configured
 
-    p = load_params(params)
-    d = p["deployment"]
+    cfg = config(params)
+    d = cfg.deployment
     if not os.environ.get("PREFECT_API_URL"):
         fail("no Prefect server: start one with `semrl up` (or set PREFECT_API_URL)")
-    expansion.serve(name=name or d["name"], cron=cron or d["cron"], tags=["semrl"],
-                    description="cold start -> {strong SFT || GRPO}, evaluation and report",
-                    parameters={"tasks": d["tasks"], "seeds": d["seeds"], "profile": d["profile"],
-                                "params_path": str(params), "evaluate": bool(d["evaluate"])})
+    configured(cfg).serve(name=name or d.name, cron=cron or d.cron, tags=["semrl"],
+                          description="cold start -> {strong SFT || GRPO}, evaluation and report",
+                          parameters={"tasks": d.tasks, "seeds": d.seeds, "profile": d.profile,
+                                      "params_path": str(params), "evaluate": d.evaluate})
 
 
 @app.command()
@@ -225,10 +223,17 @@ def check(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Validate a profile before any download: batch shapes, LoRA targets, rewards, sources, memory."""
-    from semrl.check import check as check_profile
-    from semrl.check import profile_params
+    from semrl.core.config import load_config
+    from semrl.ops.check import check as check_profile
 
-    problems, facts = run_step(lambda: check_profile(profile_params(params, profile)))
+    try:
+        cfg = load_config(params, profile)
+    except SemrlError as e:
+        for line in str(e).splitlines()[:-1]:
+            print(f"problem: {line}")
+        print(str(e).splitlines()[-1])
+        raise SystemExit(1)
+    problems, facts = run_step(lambda: check_profile(cfg))
     for fact in facts:
         print(f"  {fact}")
     for problem in problems:
@@ -242,13 +247,11 @@ def check(
 def profile(name: str = typer.Argument(..., help="configs/<name>.yaml"), params: Path = PARAMS_OPTION) -> None:
     """Merge configs/<name>.yaml into params.yaml (the single source of truth for `dvc repro`); undo with
     `git checkout params.yaml`."""
-    from semrl.io import apply_overlay
+    from semrl.core.config import apply_overlay, profile_overlay
 
-    overlay = Path("configs") / f"{name}.yaml"
-    if not overlay.is_file():
-        fail(f"{overlay}: no such profile (have: {', '.join(p.stem for p in Path('configs').glob('*.yaml'))})")
+    overlay = run_step(lambda: profile_overlay(name))
     merged = run_step(lambda: apply_overlay(params, overlay))
-    print(f"{params}: profile {merged.get('profile')} applied from {overlay}")
+    print(f"{params}: profile {merged.profile} applied from {overlay}")
 
 
 @app.command()
@@ -259,8 +262,8 @@ def sources(
     """Derive data/sources.tsv from a mirror manifest (URLs, hashes, licences) plus the CLDR pairs entry."""
     import hashlib
 
-    from semrl.cldr import babel_version, cldr_pairs_tsv
-    from semrl.sources import Source, sources_from_manifest, write_sources
+    from semrl.data.cldr import babel_version, cldr_pairs_tsv
+    from semrl.data.sources import Source, sources_from_manifest, write_sources
 
     def derive():
         rows = sources_from_manifest(manifest)

@@ -14,18 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from semrl.core.env import QUIET_ENV
+
 REPO = Path(__file__).resolve().parents[1]
-OFFLINE_ENV = {
-    "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
+OFFLINE_ENV = {**QUIET_ENV, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # nothing downloads in tests
 os.environ.update(OFFLINE_ENV)
 # Tests never write into a user's tracking server or Prefect API: every test repo has its own sqlite
 # store, and Prefect runs ephemeral with its state in a temporary PREFECT_HOME.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="semrl-prefect-")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def mirror_dir() -> Path | None:
@@ -84,7 +82,7 @@ def repo_copy(tmp_path_factory, mirror) -> Path:
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory, repo_copy, mirror) -> Path:
     """repo_copy with the smoke overlay applied and `dvc repro embedder` run (base + both embedders)."""
-    from semrl.io import apply_overlay
+    from semrl.core.config import apply_overlay
 
     dest = tmp_path_factory.mktemp("smoke") / "repo"
     shutil.copytree(repo_copy, dest, symlinks=True)

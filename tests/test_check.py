@@ -1,11 +1,10 @@
 """`semrl check` on both profiles, on broken profiles, and `semrl profile` applying an overlay."""
-import copy
-
 import pytest
 import yaml
 
-from semrl.check import check, profile_params
-from semrl.io import apply_overlay, load_params
+from semrl import SemrlError
+from semrl.core.config import Config, apply_overlay, load_config, read_yaml
+from semrl.ops.check import check
 
 from conftest import REPO, run
 
@@ -17,51 +16,69 @@ def in_repo(monkeypatch):
 
 
 def test_both_profiles_pass(in_repo):
-    problems, facts = check(profile_params("params.yaml", None))
+    problems, facts = check(load_config("params.yaml"))
     assert problems == [] and any("3.9 M parameters" in f for f in facts)
-    problems, facts = check(profile_params("params.yaml", "paper"))
+    assert "methods: coldstart, sft, grpo, transfer_from_sft, transfer_from_grpo" in facts
+    problems, facts = check(load_config("params.yaml", "paper"))
     assert problems == [], problems
     assert any("4,022.5 M parameters" in f for f in facts)  # Qwen3-4B, from its config
     assert any("8 generations = 32 completions" in f for f in facts)
     assert any("cmhg: hf KEVVVV/CMHG -> headline (split)" in f for f in facts)
     assert any("warning: fetch.tables cmhg: revision 'main' is not a commit" in f for f in facts)
+    assert "methods: coldstart, sft, grpo, grpo_bleu_language, grpo_bleu_semantic_language, grpo_bleu_semantic, " \
+           "transfer_from_sft, transfer_from_grpo" in facts  # the paper's reward ablations are branches there
 
 
 def test_broken_profile_lists_every_problem(in_repo):
-    params = copy.deepcopy(profile_params("params.yaml", None))
-    params["train"]["grpo"].update(num_generations=1, loss_type="ppo")
+    """What the schema cannot know (the architecture, importable rewards, the source files) `check` finds."""
+    params = read_yaml("params.yaml")
     params["train"]["lora"]["target_modules"] = ["q_proj", "c_attn"]
-    params["train"]["tasks"] = ["mt", "summarise"]
     params["rewards"]["components"] = [{"name": "semantc"}, {"name": "mypkg.missing"}]
     params["fetch"]["cldr"] = False
-    params["check"] = {"gpu_memory_gib": 0.0001}
+    params["check"]["gpu_memory_gib"] = 0.0001
     params["fetch"]["tables"] = [{"name": "pairs", "type": "file", "url": "https://x.org/p.tsv", "task": "mt",
                                   "columns": {"bo": "bo"}}]
-    problems, _ = check(params)
+    problems, _ = check(Config.model_validate(params))
     text = "\n".join(problems)
-    for expected in ("num_generations: GRPO needs at least 2", "loss_type: 'ppo' unknown", "['c_attn'] not in",
-                     "unknown task 'summarise'", "reward 'semantc'", "reward 'mypkg.missing'",
+    for expected in ("['c_attn'] not in", "train.grpo (grpo): reward 'semantc'", "reward 'mypkg.missing'",
                      "cldr_pairs needs fetch.cldr", "exceeds check.gpu_memory_gib",
                      "fetch.tables[0] (pairs): columns lacks ['zh']", "(pairs): a URL needs sha256"):
         assert expected in text, expected
+    assert len(problems) == 7, problems
 
 
 def test_cli_check_exit_codes_and_profile_apply(tmp_path):
     assert "0 problem(s)" in run(["semrl", "check"], REPO).stdout
-    params = load_params(REPO / "params.yaml")
+    params = read_yaml(REPO / "params.yaml")
     params["train"]["grpo"]["num_generations"] = 1
+    params["train"]["grpo"]["loss_type"] = "ppo"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     proc = run(["semrl", "check", "--params", str(tmp_path / "params.yaml")], REPO, check=False)
-    assert proc.returncode == 1 and "problem: train.grpo.num_generations" in proc.stdout
+    assert proc.returncode == 1, proc.stdout
+    assert "problem: " in proc.stdout and "train.grpo.num_generations: Input should be greater than or equal to 2" \
+        in proc.stdout and "train.grpo.loss_type: Input should be 'grpo', 'dapo', 'dr_grpo' or 'bnpo'" in proc.stdout
+    params["train"]["grpo"].update(num_generations=2, loss_type="grpo")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    before = read_yaml(tmp_path / "params.yaml")
     merged = apply_overlay(tmp_path / "params.yaml", REPO / "configs" / "paper.yaml")
-    assert merged["profile"] == "paper" and merged["base"]["pretrained"] == "Qwen/Qwen3-4B"
-    assert merged["train"]["lora"]["r"] == 64 and merged["train"]["grpo"]["lr"] == 5.0e-7
-    assert merged["rewards"]["ablations"]["bleu_language"]["components"]  # merged, not replaced
-    assert merged["prepare"] == params["prepare"]  # untouched sections stay
+    after = read_yaml(tmp_path / "params.yaml")
+    assert merged.profile == "paper" == after["profile"] and merged.base.pretrained == "Qwen/Qwen3-4B"
+    assert merged.train.lora.r == 64 and merged.train.grpo.lr == 5.0e-7
+    assert merged.rewards.ablations["bleu_language"].components  # merged, not replaced
+    assert after["prepare"] == before["prepare"]  # untouched sections stay
+
+
+def test_profile_overlay_with_a_bad_key_is_refused_before_writing(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text("train:\n  grpo:\n    temprature: 0.7\n")
+    with pytest.raises(SemrlError, match=r"bad.yaml:3: train.grpo.temprature: unknown key; did you mean "
+                                         r"'temperature'\?"):
+        apply_overlay(tmp_path / "params.yaml", tmp_path / "bad.yaml")
+    assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
 
 
 def test_flow_run_params_apply_a_profile_per_run(tmp_path, monkeypatch):
-    from semrl.flows import run_params
+    from semrl.ops.flows import run_params
 
     monkeypatch.chdir(REPO)
     assert run_params("params.yaml", None, "r1") == "params.yaml"
@@ -71,6 +88,6 @@ def test_flow_run_params_apply_a_profile_per_run(tmp_path, monkeypatch):
     (tmp_path / "configs" / "paper.yaml").write_text((REPO / "configs" / "paper.yaml").read_text())
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     path = run_params("params.yaml", "paper", "r2")
-    merged = load_params(path)
-    assert path.endswith("r2.yaml") and merged["profile"] == "paper" and merged["train"]["lora"]["r"] == 64
-    assert load_params("params.yaml")["profile"] == "tiny"  # the shared params file is untouched
+    merged = load_config(path)
+    assert path.endswith("r2.yaml") and merged.profile == "paper" and merged.train.lora.r == 64
+    assert load_config("params.yaml").profile == "tiny"  # the shared params file is untouched

@@ -33,7 +33,8 @@ def test_two_process_data_parallel_training(trained_repo, tmp_path, method):
     # were all-reduced; unsynchronised ranks on different data shards would diverge at step 1).
     rank1 = next(line for line in proc.stdout.splitlines() if line.startswith("train: rank 1"))
     assert "steps 4" in rank1 and f"trainable_sha256 {summary['trainable_sha256']}" in rank1
-    assert AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    assert model.config.model_type == "qwen3" and (out / "adapter" / "adapter_model.safetensors").is_file()
     new = [r for r in mlflow_runs(trained_repo).values() if r.info.run_id not in before]
     assert [r.info.run_name for r in new] == [f"mt-{method}-s0"]  # one run, not one per rank
     assert new[0].info.status == "FINISHED" and new[0].data.params["world_size"] == "2"

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from semrl.fetch import FetchConfig, FetchError, fetch
-from semrl.sources import Source, read_sources, sources_from_manifest, write_sources
+from semrl import SemrlError
+from semrl.core.config import FetchConfig
+from semrl.data.fetch import FetchError, fetch
+from semrl.data.sources import Source, read_sources, sources_from_manifest, write_sources
 
 from conftest import REPO, run_stage
 
@@ -158,7 +160,7 @@ def test_bad_source_list_names_file_and_line(tmp_path):
     path = tmp_path / "sources.tsv"
     write_sources(path, [source("a", "http://127.0.0.1/a")])
     path.write_text(path.read_text().replace("CC0-1.0", "CC0-1.0\textra"))
-    with pytest.raises(Exception, match=r"sources.tsv:2: expected 7 tab-separated columns, found 8"):
+    with pytest.raises(SemrlError, match=r"sources.tsv:2: expected 7 tab-separated columns, found 8"):
         read_sources(path)
 
 

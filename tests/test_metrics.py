@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semrl.metrics import (
+from semrl.core.config import EvalConfig
+from semrl.evaluation.metrics import (
     answer_batches,
     answer_nll_and_kl,
     cmrc_em,
@@ -66,8 +67,8 @@ def test_mean_ci95():
 
 @pytest.fixture(scope="module")
 def tiny(smoke_repo):
-    from semrl.base import load_base
-    from semrl.io import read_jsonl
+    from semrl.models.base import load_base
+    from semrl.core.io import read_jsonl
 
     model, tok = load_base(smoke_repo / "models" / "base")
     items = read_jsonl(smoke_repo / "data" / "prepared" / "general" / "cmrc_dev.jsonl")[:3]
@@ -80,15 +81,16 @@ def test_drift_against_a_direct_computation(tiny):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    nll_m, nll_b, kls = answer_nll_and_kl(model, base, tok, items, max_context_tokens=48, batch_size=2)
+    prompt = EvalConfig().cmrc_prompt
+    nll_m, nll_b, kls = answer_nll_and_kl(model, base, tok, items, prompt, max_context_tokens=48, batch_size=2)
     # Direct: one question at a time, no padding, positions picked by hand.
-    for i, (ids, attn, mask) in enumerate(answer_batches(tok, items, 48, batch_size=1)):
-        torch.set_grad_enabled(False)
+    for i, (ids, attn, mask) in enumerate(answer_batches(tok, items, prompt, 48, batch_size=1)):
         n = int(attn.sum())
         ids, mask = ids[:, :n], mask[0, :n]
         answer = [t for t in range(1, n) if mask[t]]
-        lp_m = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-        lp_b = F.log_softmax(base(input_ids=ids).logits[0].float(), -1)
+        with torch.no_grad():  # local: the global grad mode stays as it was, even if an assert fails
+            lp_m = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            lp_b = F.log_softmax(base(input_ids=ids).logits[0].float(), -1)
         direct_m = -sum(lp_m[t - 1, ids[0, t]] for t in answer) / len(answer)
         direct_b = -sum(lp_b[t - 1, ids[0, t]] for t in answer) / len(answer)
         kl_terms = [F.kl_div(lp_m[t - 1], lp_b[t - 1], log_target=True, reduction="sum") for t in answer]
@@ -96,7 +98,6 @@ def test_drift_against_a_direct_computation(tiny):
         assert nll_m[i] == pytest.approx(float(direct_m), rel=1e-4)
         assert nll_b[i] == pytest.approx(float(direct_b), rel=1e-4)
         assert kls[i] == pytest.approx(float(direct_kl), rel=1e-3, abs=1e-6)
-    torch.set_grad_enabled(True)
-    same = answer_nll_and_kl(base, base, tok, items, 48, 2)
+    same = answer_nll_and_kl(base, base, tok, items, prompt, 48, 2)
     assert drift_summary(*same)["nll_increase_mean"] == 0.0 and max(same[2]) < 1e-6
     assert drift_summary(nll_m, nll_b, kls)["kl_p90"] > 0

@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from semrl import SemrlError
-from semrl.base import load_base, resolve_named
-from semrl.embedder import build_one, load_embedder
-from semrl.io import load_params
-from semrl.tokenizer import tokens_per_syllable, train_tokenizer
-from semrl.tracking import tracking_config
+from semrl.core.config import BaseConfig, TrackingConfig, load_config
+from semrl.core.tracking import tracking_config
+from semrl.models.base import load_base, resolve_named
+from semrl.models.embedder import build_one, load_embedder
+from semrl.models.tokenizer import tokens_per_syllable, train_tokenizer
 
 from conftest import read_jsonl
 
@@ -41,24 +41,30 @@ def test_base_reloads_offline_and_generates(smoke_repo):
     assert model.config.model_type == "qwen3" and model.config.tie_word_embeddings
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "把这句话翻译成藏文：你好"}],
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    # ChatML exactly as Qwen3 writes it, ending where the assistant's answer starts
+    assert tokenizer.decode(prompt["input_ids"][0]) == \
+        "<|im_start|>user\n把这句话翻译成藏文：你好<|im_end|>\n<|im_start|>assistant\n"
+    n = prompt["input_ids"].shape[1]
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
-    assert out.shape[1] > prompt["input_ids"].shape[1]
-    assert "<|im_start|>assistant\n" in tokenizer.decode(out[0])
+    again = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert (out[0, :n] == prompt["input_ids"][0]).all() and n < out.shape[1] <= n + 8
+    assert (out == again).all()  # greedy decoding is deterministic
+    assert tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")  # generation stops at the turn end
 
 
 def test_base_metrics_and_mlflow_run(smoke_repo):
     metrics = json.loads((smoke_repo / "metrics" / "base.json").read_text())
     assert metrics["n_params"] > 10_000 and math.isfinite(metrics["heldout_ppl_zh"])
     assert metrics["heldout_ppl_zh"] < metrics["vocab_size"] * 2  # learnt something beyond uniform guessing
-    params = load_params(smoke_repo / "params.yaml")
-    mlflow.set_tracking_uri(tracking_config({"tracking": {"uri": f"sqlite:///{smoke_repo}/mlflow.db",
-                                                          "artifact_root": str(smoke_repo / "mlartifacts")}})["uri"])
+    params = load_config(smoke_repo / "params.yaml")
+    store = TrackingConfig(uri=f"sqlite:///{smoke_repo}/mlflow.db", artifact_root=smoke_repo / "mlartifacts")
+    mlflow.set_tracking_uri(tracking_config(store)["uri"])
     runs = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
     by_name = {r.info.run_name: r for r in runs}
     assert {"base-tiny", "embedder-reward", "embedder-eval"} <= set(by_name)
     base = by_name["base-tiny"]
     assert base.info.status == "FINISHED"
-    assert base.data.tags["semrl.profile"] == params["profile"] == "tiny"
+    assert base.data.tags["semrl.profile"] == params.profile == "tiny"
     assert len(base.data.tags["semrl.data_version"]) == 12 and base.data.tags["semrl.git_commit"]
     history = mlflow.MlflowClient().get_metric_history(base.info.run_id, "loss")
     assert len(history) >= 3 and history[-1].value < history[0].value
@@ -79,21 +85,22 @@ def test_embedders_are_trained_and_independent(smoke_repo):
 
 def test_paper_code_paths_on_local_models(smoke_repo, tmp_path):
     # A named base model (here a local path in place of Qwen/Qwen3-4B) is resolved, not trained ...
-    b = {"pretrained": str(smoke_repo / "models" / "base"), "revision": None, "trust_remote_code": False}
+    b = BaseConfig(pretrained=str(smoke_repo / "models" / "base"))
     info = resolve_named(b, tmp_path / "base")
     assert info["model_type"] == "qwen3" and (tmp_path / "base" / "source.json").is_file()
     model, tokenizer = load_base(tmp_path / "base")
     assert model.generate(**tokenizer("你好", return_tensors="pt"), max_new_tokens=2).shape[1] >= 2
     # ... and a model that is not a causal LM is refused with a clear error.
     with pytest.raises(SemrlError, match="not a causal LM"):
-        resolve_named({**b, "pretrained": str(smoke_repo / "models" / "eval_embedder")}, tmp_path / "x")
+        resolve_named(b.model_copy(update={"pretrained": str(smoke_repo / "models" / "eval_embedder")}),
+                      tmp_path / "x")
     # A named embedder (here the smoke reward embedder in place of KEVVVV/bo2zh-embedding) loads as is.
-    params = load_params(smoke_repo / "params.yaml")
-    params["prepare"]["out_dir"] = str(smoke_repo / "data" / "prepared")
-    params["base"]["out_dir"] = str(smoke_repo / "models" / "base")
-    params["tracking"] = {"uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_root": str(tmp_path / "art")}
-    params["embedder"]["reward"].update(kind="pretrained", model=str(smoke_repo / "models" / "embedder"),
-                                        out_dir=str(tmp_path / "emb"))
+    params = load_config(smoke_repo / "params.yaml")
+    params.prepare.out_dir = smoke_repo / "data" / "prepared"
+    params.base.out_dir = smoke_repo / "models" / "base"
+    params.tracking = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=tmp_path / "art")
+    params.embedder.reward = params.embedder.reward.model_copy(update=dict(
+        kind="pretrained", model=str(smoke_repo / "models" / "embedder"), out_dir=tmp_path / "emb"))
     m = build_one(params, "reward")
     original = json.loads((smoke_repo / "metrics" / "embedder.json").read_text())["reward"]
     assert "train_loss" not in m and m["dev_top1_bo2zh"] == original["dev_top1_bo2zh"]

@@ -51,13 +51,13 @@ def test_up_is_idempotent_and_status_reports_health(live, monkeypatch):
         os.kill(pid, 0)
         assert (repo / ".semrl" / "logs" / f"{name}.log").is_file()
     # pipelines pick the running servers up by themselves
-    from semrl.io import load_params
-    from semrl.servers import discover
+    from semrl.core.config import load_config
+    from semrl.core.servers import discover
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.chdir(repo)
-    assert discover(load_params("params.yaml")) == {"PREFECT_API_URL": urls["prefect"] + "/api",
+    assert discover(load_config("params.yaml").servers) == {"PREFECT_API_URL": urls["prefect"] + "/api",
                                                     "MLFLOW_TRACKING_URI": urls["mlflow"]}
 
 
@@ -172,11 +172,11 @@ def test_a_failing_branch_fails_alone_and_is_not_retried(live, tmp_path):
 
 
 def test_second_run_of_the_same_outputs_is_refused(trained_repo):
-    from semrl.io import load_params
-    from semrl.train import exclusive
+    from semrl.core.config import load_config
+    from semrl.training.run import exclusive
 
-    params = load_params(trained_repo / "params.yaml")
-    params["train"]["checkpoint_dir"] = str(trained_repo / "checkpoints")
-    with exclusive(params, "mt", "sft", 9):
+    cfg = load_config(trained_repo / "params.yaml")
+    cfg.train.checkpoint_dir = trained_repo / "checkpoints"
+    with exclusive(cfg, "mt", "sft", 9):
         proc = semrl(["train", "--method", "sft", "--seed", "9"], trained_repo, check=False)
     assert proc.returncode == 1 and "is being trained by another run" in proc.stderr

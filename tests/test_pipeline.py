@@ -4,8 +4,8 @@ from collections import Counter
 
 import yaml
 
-from semrl.io import sha256_file
-from semrl.text import in_script, normalize_zh, script_share
+from semrl.core.io import sha256_file
+from semrl.core.text import in_script, normalize_zh, script_share
 
 from conftest import REPO, read_jsonl, run
 

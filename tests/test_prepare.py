@@ -7,10 +7,17 @@ import pytest
 import yaml
 
 from semrl import SemrlError
-from semrl.prepare import Ledger, claim_splits, extract_headline, group_documents, run, split_documents
-from semrl.text import normalize_bo
+from semrl.core.config import Config, PrepareHeadline
+from semrl.core.text import normalize_bo
+from semrl.data import prepare
+from semrl.data.prepare import Ledger, claim_splits, extract_headline, group_documents, split_documents
 
 from conftest import read_jsonl, run_stage
+
+
+def run(p: dict) -> dict:
+    """`prepare` on a params dict (the small fixture's, edited by the test), validated as a stage would."""
+    return prepare.run(Config.model_validate(p))
 
 
 def quarantine(p) -> list[dict]:
@@ -207,8 +214,7 @@ def test_accounting_mismatch_fails_the_stage():
         ledger.check(Counter({"lotsawa": 1}))
 
 
-HEADLINE_CFG = {"max_label_segments": 2, "label_max_syllables": 2, "title_min_syllables": 4, "title_max_syllables": 50,
-                "title_min_tibetan_ratio": 0.9, "body_min_chars": 20, "body_max_chars": 20000}
+HEADLINE_CFG = PrepareHeadline(body_min_chars=20)
 
 
 def test_headline_skips_labels_ids_and_openers_on_real_openings():

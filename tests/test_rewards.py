@@ -3,14 +3,13 @@ import numpy as np
 import pytest
 
 from semrl import SemrlError
-from semrl.rewards import (
+from semrl.training.rewards import (
     LanguageReward,
     SemanticReward,
     build_rewards,
-    calibrate_tau,
     rescale,
-    resolve_tau,
     score,
+    tau_from_similarities,
 )
 
 from conftest import read_jsonl
@@ -61,13 +60,19 @@ def test_tau_rescale_arithmetic():
     assert rescale(0.4, 0.4) == 0.0 and rescale(0.1, 0.4) == 0.0 and rescale(-0.3, 0.0) == 0.0
     assert rescale(1.0, 0.4) == pytest.approx(1.0)
     assert rescale(0.55, 0.1) == pytest.approx(0.5)
-    assert calibrate_tau([0.1, 0.2, 0.3, 0.4, 0.5], 0.5) == pytest.approx(0.3)
-    assert calibrate_tau([0.1, 0.2, 0.3, 0.4, 0.5], 0.25) == pytest.approx(0.2)
-    assert calibrate_tau([-0.3, -0.1, 0.05], 0.5) == 0.0  # clipped: negative cosines earn nothing
-    assert resolve_tau({"tau": 0.35, "tau_quantile": 0.5}) == 0.35
-    assert resolve_tau({"tau": "auto", "tau_quantile": 0.5}, [0.2, 0.4]) == pytest.approx(0.3)
-    with pytest.raises(SemrlError, match="calibrate it from the cold-start"):
-        resolve_tau({"tau": "auto", "tau_quantile": 0.5})
+    assert tau_from_similarities([0.1, 0.2, 0.3, 0.4, 0.5], 0.5) == pytest.approx(0.3)
+    assert tau_from_similarities([0.1, 0.2, 0.3, 0.4, 0.5], 0.25) == pytest.approx(0.2)
+    assert tau_from_similarities([-0.3, -0.1, 0.05], 0.5) == 0.0  # clipped: negative cosines earn nothing
+    with pytest.raises(SemrlError, match="no cold-start similarities"):
+        tau_from_similarities([], 0.5)
+    from pydantic import ValidationError
+
+    from semrl.core.config import RewardsConfig
+
+    assert RewardsConfig(tau=0.35).tau == 0.35 and RewardsConfig(tau="auto").tau == "auto"
+    for bad in (1.0, -0.1, "median"):
+        with pytest.raises(ValidationError):
+            RewardsConfig(tau=bad)
     with pytest.raises(SemrlError, match=r"tau must be in \[0, 1\)"):
         SemanticReward(object(), tau=1.0)
 

@@ -13,9 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from semrl import SemrlError
-from semrl.fetch import FetchConfig, FetchError, FetchResult, fetch_tables
-from semrl.prepare import run
-from semrl.tables import read_tables
+from semrl.core.config import Config, FetchConfig
+from semrl.data import prepare
+from semrl.data.fetch import FetchError, FetchResult, fetch_tables
+from semrl.data.tables import read_tables
+
+
+def run(p: dict) -> dict:
+    return prepare.run(Config.model_validate(p))
 
 from conftest import read_jsonl
 
@@ -63,7 +68,8 @@ def with_tables(p: dict, *tables: dict) -> dict:
 
 def fetch_into(raw, p, mirror=None) -> FetchResult:
     result = FetchResult()
-    fetch_tables(read_tables(p), FetchConfig(dest=raw, mirror=mirror, retries=0, timeout_s=5), result)
+    fetch_tables(read_tables(p["fetch"]["tables"]), FetchConfig(dest=raw, mirror=mirror, retries=0, timeout_s=5),
+                 result)
     return result
 
 
@@ -211,7 +217,7 @@ def test_bad_table_definitions_are_all_listed(params):
          "columns": {"title": "t", "body": "b"}},
     ]
     with pytest.raises(SemrlError) as e:
-        read_tables(with_tables(params, *bad))
+        read_tables(with_tables(params, *bad)["fetch"]["tables"])
     text = str(e.value)
     for expected in ("fetch.tables[0] (lotsawa): name 'lotsawa' is a built-in corpus",
                      "fetch.tables[1] (Bad Name): unknown keys ['colour']", "name must be lowercase",
@@ -223,4 +229,4 @@ def test_bad_table_definitions_are_all_listed(params):
         assert expected in text, expected
     assert "fetch.tables[4] (news):" not in text  # a valid entry raises nothing
     ok = copy.deepcopy(bad[4])
-    assert read_tables(with_tables(params, ok))[0].format == "jsonl"
+    assert read_tables(with_tables(params, ok)["fetch"]["tables"])[0].format == "jsonl"

@@ -1,7 +1,7 @@
 """Unit tests of Tibetan/Chinese text rules on real lines from the corpora."""
 import pytest
 
-from semrl.text import (
+from semrl.core.text import (
     decode_lines,
     decode_utf8,
     desegment,

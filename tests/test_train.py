@@ -147,15 +147,19 @@ def broken_reward(prompts, completions, **columns):
 
 
 def test_prompts_and_splits(trained_repo):
-    from semrl.io import load_params
-    from semrl.train import TASKS, examples, seed_split
+    from semrl.core.config import load_config
+    from semrl.core.tasks import get_task
+    from semrl.training.trainers import seed_split
 
-    params = load_params(trained_repo / "params.yaml")
-    params["prepare"]["out_dir"] = str(trained_repo / "data" / "prepared")
+    cfg = load_config(trained_repo / "params.yaml")
+    cfg.prepare.out_dir = trained_repo / "data" / "prepared"
     tok = AutoTokenizer.from_pretrained(trained_repo / "models" / "base")
-    train = examples(params, TASKS["headline"], "train", tok)
-    assert train[0]["prompt"].startswith(TASKS["headline"].instruction)
-    assert all(len(tok(x["prompt"][len(TASKS["headline"].instruction):])["input_ids"]) <= 48 + 1 for x in train[:20])
+    task = get_task(cfg, "headline")
+    train = task.examples("train", tok, cfg.train.max_input_tokens)
+    instruction = task.prompt.removesuffix("{input}")
+    assert instruction == "为下面的藏文新闻写一个藏文标题：\n" and all(x["prompt"].startswith(instruction) for x in train)
+    cut = [len(tok(x["prompt"][len(instruction):])["input_ids"]) for x in train[:20]]
+    assert max(cut) <= 48 + 1 and max(cut) >= 40  # bodies are long: the input budget is what cuts them
     cold, rest = seed_split(train, 24, seed=0)
     assert len(cold) == 24 and not {x["id"] for x in cold} & {x["id"] for x in rest}
     assert seed_split(train, 24, seed=1)[0] != cold  # each seed draws its own cold start

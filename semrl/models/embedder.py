@@ -9,11 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from semrl import SemrlError
-from semrl.io import atomic_write_text, read_jsonl
-
-KINDS = ("static", "transformer", "pretrained")
-
+from semrl.core.config import Config, EmbedderRole
+from semrl.core.io import atomic_write_text, read_jsonl
 
 def load_embedder(path: str | Path, device: str | None = None):
     from sentence_transformers import SentenceTransformer
@@ -22,6 +22,40 @@ def load_embedder(path: str | Path, device: str | None = None):
     if not (path / "modules.json").is_file():
         raise SemrlError(f"{path}: no sentence-transformers model here (run `dvc repro embedder`)")
     return SentenceTransformer(str(path), device=device, trust_remote_code=False)
+
+
+class Similarity:
+    """Cosine similarity of texts to references under a frozen sentence embedder. Reference embeddings are
+    cached (a GRPO batch holds each reference G times, and epochs repeat them); an empty text scores 0
+    (it has no meaningful embedding)."""
+
+    def __init__(self, embedder: Any, cache: bool = True, batch_size: int = 64):
+        self.model = load_embedder(embedder) if isinstance(embedder, (str, Path)) else embedder
+        self.cache: dict[str, np.ndarray] | None = {} if cache else None
+        self.batch_size = batch_size
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+
+    def _references(self, references: list[str]) -> np.ndarray:
+        if self.cache is None:
+            return self._encode(references)
+        missing = list(dict.fromkeys(r for r in references if r not in self.cache))
+        if missing:
+            self.cache.update(zip(missing, self._encode(missing)))
+        return np.stack([self.cache[r] for r in references])
+
+    def similarity(self, texts: list[str], references: list[str]) -> list[float]:
+        if len(texts) != len(references):
+            raise SemrlError(f"similarity: {len(texts)} texts but {len(references)} references")
+        filled = [i for i, t in enumerate(texts) if t.strip()]
+        s = np.zeros(len(texts))
+        if filled:
+            comp = self._encode([texts[i] for i in filled])
+            refs = self._references([references[i] for i in filled])
+            s[filled] = np.einsum("ij,ij->i", comp, refs)
+        return [float(x) for x in np.nan_to_num(s)]
 
 
 def retrieval_top1(model, queries: list[str], targets: list[str], batch_size: int = 128) -> float:
@@ -34,7 +68,7 @@ def retrieval_top1(model, queries: list[str], targets: list[str], batch_size: in
     return sum(targets[j] == targets[i] for i, j in enumerate(best)) / max(1, len(queries))
 
 
-def _tiny_bert_dir(base_dir: Path, cfg: dict[str, Any], workdir: Path) -> Path:
+def _tiny_bert_dir(base_dir: Path, cfg: EmbedderRole, workdir: Path) -> Path:
     """A small BERT initialised from scratch with the base tokenizer, saved where `Transformer` can load it."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -42,61 +76,56 @@ def _tiny_bert_dir(base_dir: Path, cfg: dict[str, Any], workdir: Path) -> Path:
     # The base tokenizer pads on the left for generation; an encoder with absolute positions must pad on
     # the right, or a padded text's embedding changes with the batch it is encoded in.
     tokenizer.padding_side = "right"
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=cfg["dim"], num_hidden_layers=cfg["layers"],
-                        num_attention_heads=cfg["heads"], intermediate_size=2 * cfg["dim"],
-                        max_position_embeddings=cfg["max_seq_length"], pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=cfg.dim, num_hidden_layers=cfg.layers,
+                        num_attention_heads=cfg.heads, intermediate_size=2 * cfg.dim,
+                        max_position_embeddings=cfg.max_seq_length, pad_token_id=tokenizer.pad_token_id)
     BertModel(config).save_pretrained(workdir, safe_serialization=True)
     tokenizer.save_pretrained(workdir)
     return workdir
 
 
-def build_model(cfg: dict[str, Any], base_dir: Path, workdir: Path):
+def build_model(cfg: EmbedderRole, base_dir: Path, workdir: Path):
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, StaticEmbedding, Transformer
     from tokenizers import Tokenizer
 
-    kind = cfg["kind"]
-    if kind not in KINDS:
-        raise SemrlError(f"embedder kind {kind!r} unknown (known: {', '.join(KINDS)})")
-    torch.manual_seed(int(cfg["seed"]))
-    if kind == "pretrained":
-        if not cfg.get("model"):
+    torch.manual_seed(cfg.seed)
+    if cfg.kind == "pretrained":
+        if not cfg.model:
             raise SemrlError("embedder kind 'pretrained' needs `model` (a hub id or local path)")
-        return SentenceTransformer(cfg["model"], revision=cfg.get("revision"),
-                                   trust_remote_code=bool(cfg.get("trust_remote_code")))
-    if kind == "static":
+        return SentenceTransformer(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if cfg.kind == "static":
         tokenizer = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
-        return SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=cfg["dim"])])
-    source = cfg.get("model") or _tiny_bert_dir(base_dir, cfg, workdir)  # e.g. hfl/cino-large-v2 at paper scale
+        return SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=cfg.dim)])
+    source = cfg.model or _tiny_bert_dir(base_dir, cfg, workdir)  # e.g. hfl/cino-large-v2 at paper scale
     encoder = Transformer(str(source), model_kwargs={"use_safetensors": True},
-                          processor_kwargs={"trust_remote_code": bool(cfg.get("trust_remote_code"))})
-    encoder.max_seq_length = cfg["max_seq_length"]
+                          processor_kwargs={"trust_remote_code": cfg.trust_remote_code})
+    encoder.max_seq_length = cfg.max_seq_length
     return SentenceTransformer(modules=[encoder, Pooling(encoder.get_embedding_dimension(), "mean")])
 
 
-def training_pairs(prepared: Path, use_headlines: bool) -> list[dict[str, str]]:
+def training_pairs(prepared: Path, cfg: EmbedderRole) -> list[dict[str, str]]:
     pairs = [{"anchor": r["bo"], "positive": r["zh"]} for r in read_jsonl(prepared / "mt" / "train.jsonl")]
-    if use_headlines:
-        pairs += [{"anchor": r["title"], "positive": r["body"][:500]}
+    if cfg.use_headlines:
+        pairs += [{"anchor": r["title"], "positive": r["body"][:cfg.headline_body_chars]}
                   for r in read_jsonl(prepared / "headline" / "train.jsonl")]
     return pairs
 
 
-def train(model, pairs: list[dict[str, str]], cfg: dict[str, Any], workdir: Path) -> float:
+def train(model, pairs: list[dict[str, str]], cfg: EmbedderRole, workdir: Path) -> float:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.training_args import BatchSamplers
 
-    from semrl import tracking
+    from semrl.core import tracking
 
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(workdir / "trainer"), num_train_epochs=float(cfg["epochs"]),
-        per_device_train_batch_size=int(cfg["batch_size"]), learning_rate=float(cfg["lr"]),
-        warmup_steps=int(cfg.get("warmup_steps", 0)), seed=int(cfg["seed"]), report_to=[], save_strategy="no",
-        logging_steps=10, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
+        output_dir=str(workdir / "trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed, report_to=[], save_strategy="no",
+        logging_steps=cfg.logging_steps, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # duplicate texts in a batch would be false negatives
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
@@ -105,26 +134,26 @@ def train(model, pairs: list[dict[str, str]], cfg: dict[str, Any], workdir: Path
     return trainer.train().training_loss
 
 
-def build_one(params: dict[str, Any], role: str) -> dict[str, Any]:
+def build_one(config: Config, role: str) -> dict[str, Any]:
     import mlflow
 
-    from semrl import tracking
-    from semrl.base import base_reference
+    from semrl.core import tracking
+    from semrl.models.base import base_reference
 
-    cfg = params["embedder"][role]
-    prepared = Path(params["prepare"]["out_dir"])
+    cfg: EmbedderRole = getattr(config.embedder, role)
+    prepared = config.prepare.out_dir
     dev = read_jsonl(prepared / "mt" / "dev.jsonl")
     bo_dev, zh_dev = [r["bo"] for r in dev], [r["zh"] for r in dev]
-    base_dir = Path(base_reference(params["base"]["out_dir"])["model"])
-    out = Path(cfg["out_dir"])
+    base_dir = Path(base_reference(config.base.out_dir)["model"])
+    out = cfg.out_dir
     with tempfile.TemporaryDirectory() as tmp, \
-            tracking.run(params, f"embedder-{role}", tags={"semrl.stage": "embedder", "semrl.embedder": role},
-                         log_params={"embedder": cfg}):
+            tracking.run(config, f"embedder-{role}", tags={"semrl.stage": "embedder", "semrl.embedder": role},
+                         log_params={"embedder": cfg.model_dump(mode="json")}):
         model = build_model(cfg, base_dir, Path(tmp))
-        metrics = {"kind": cfg["kind"], "dev_pairs": len(dev),
+        metrics = {"kind": cfg.kind, "dev_pairs": len(dev),
                    "dev_top1_bo2zh_before": round(retrieval_top1(model, bo_dev, zh_dev), 4)}
-        if cfg["kind"] != "pretrained" or cfg.get("finetune"):
-            pairs = training_pairs(prepared, bool(cfg["use_headlines"]))
+        if cfg.kind != "pretrained" or cfg.finetune:
+            pairs = training_pairs(prepared, cfg)
             metrics["train_pairs"] = len(pairs)
             metrics["train_loss"] = round(train(model, pairs, cfg, Path(tmp)), 4)
         metrics["dev_top1_bo2zh"] = round(retrieval_top1(model, bo_dev, zh_dev), 4)
@@ -135,7 +164,7 @@ def build_one(params: dict[str, Any], role: str) -> dict[str, Any]:
     return metrics
 
 
-def run(params: dict[str, Any]) -> dict[str, Any]:
-    metrics = {role: build_one(params, role) for role in ("reward", "eval")}
-    atomic_write_text(params["embedder"]["metrics_file"], json.dumps(metrics, indent=2) + "\n")
+def run(config: Config) -> dict[str, Any]:
+    metrics = {role: build_one(config, role) for role in ("reward", "eval")}
+    atomic_write_text(config.embedder.metrics_file, json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -8,15 +8,16 @@ them (`reward_weights`) and logs each one separately (`rewards/<name>/mean`).
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from semrl import SemrlError
-from semrl.text import in_script, metric_tokens
+from semrl.core.config import RewardComponent
+from semrl.core.io import import_dotted
+from semrl.core.text import in_script, metric_tokens
+from semrl.models.embedder import Similarity
 
 RewardFunc = Callable[..., list[float]]
 
@@ -37,7 +38,7 @@ def rescale(s: float, tau: float) -> float:
     return max(0.0, (s - tau) / (1.0 - tau))
 
 
-def calibrate_tau(similarities: list[float], quantile: float) -> float:
+def tau_from_similarities(similarities: list[float], quantile: float) -> float:
     """tau = auto: the given quantile of the cold-start model's similarity on dev, i.e. the level a
     cold-start output reaches (the paper's "minimal semantic adequacy level from the cold-start phase").
     Clipped at 0: a cold start below chance similarity gives no reason to reward negative cosines."""
@@ -46,9 +47,8 @@ def calibrate_tau(similarities: list[float], quantile: float) -> float:
     return max(0.0, float(np.quantile(np.asarray(similarities, dtype=float), quantile)))
 
 
-class SemanticReward:
-    """R_sim under a frozen sentence embedder. Reference embeddings are cached (a GRPO batch holds each
-    reference G times, and epochs repeat them); completions are encoded in one batch per call."""
+class SemanticReward(Similarity):
+    """R_sim under a frozen sentence embedder (semrl.models.embedder.Similarity), rescaled by tau."""
 
     __name__ = "semantic"
 
@@ -56,38 +56,12 @@ class SemanticReward:
                  batch_size: int = 64):
         if not 0.0 <= float(tau) < 1.0:
             raise SemrlError(f"semantic reward: tau must be in [0, 1), got {tau}")
-        if isinstance(embedder, (str, Path)):
-            from semrl.embedder import load_embedder
-
-            embedder = load_embedder(embedder)
-        self.model, self.tau, self.reference_column = embedder, float(tau), reference_column
-        self.cache: dict[str, np.ndarray] | None = {} if cache else None
-        self.batch_size = batch_size
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
-
-    def _references(self, references: list[str]) -> np.ndarray:
-        if self.cache is None:
-            return self._encode(references)
-        missing = list(dict.fromkeys(r for r in references if r not in self.cache))
-        if missing:
-            self.cache.update(zip(missing, self._encode(missing)))
-        return np.stack([self.cache[r] for r in references])
+        super().__init__(embedder, cache=cache, batch_size=batch_size)
+        self.tau, self.reference_column = float(tau), reference_column
 
     def similarity(self, completions: list[Any], references: list[str]) -> list[float]:
-        """Cosine s per pair; an empty completion scores 0 (an empty text has no meaningful embedding)."""
-        texts = [completion_text(c) for c in completions]
-        if len(texts) != len(references):
-            raise SemrlError(f"semantic reward: {len(texts)} completions but {len(references)} references")
-        filled = [i for i, t in enumerate(texts) if t.strip()]
-        s = np.zeros(len(texts))
-        if filled:
-            comp = self._encode([texts[i] for i in filled])
-            refs = self._references([references[i] for i in filled])
-            s[filled] = np.einsum("ij,ij->i", comp, refs)
-        return [float(x) for x in np.nan_to_num(s)]
+        """Cosine s per (completion, reference) pair; TRL's completions may be message lists."""
+        return super().similarity([completion_text(c) for c in completions], references)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
         if self.reference_column not in columns:
@@ -98,7 +72,7 @@ class SemanticReward:
 
 class LanguageReward:
     """R_lang = 1 if the completion is entirely in the target script, else 0 (empty output: 0). The rule
-    (semrl.text.in_script): at least one letter and every letter in the script; digits, punctuation,
+    (semrl.core.text.in_script): at least one letter and every letter in the script; digits, punctuation,
     symbols and whitespace of any script are allowed."""
 
     __name__ = "language"
@@ -171,27 +145,20 @@ REGISTRY: dict[str, Callable[..., RewardFunc]] = {
 }
 
 
-def _import(path: str) -> Any:
-    module, _, attr = path.replace(":", ".").rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise SemrlError(f"reward {path!r}: cannot import ({e})") from None
-
-
-def build_rewards(components: list[dict[str, Any]], context: dict[str, Any]) -> tuple[list[RewardFunc], list[float]]:
+def build_rewards(components: Iterable[RewardComponent | dict[str, Any]],
+                  context: dict[str, Any]) -> tuple[list[RewardFunc], list[float]]:
     """(reward functions, weights) from `[{name, weight, **options}]`. A name is a registered reward or a
     dotted import path to a TRL-style reward function (or a class/factory called with the options).
     context supplies the defaults: embedder (path or model), tau (a number), script, reference_column."""
     funcs, weights = [], []
     for comp in components:
-        comp = dict(comp)
-        name, weight = comp.pop("name", None), float(comp.pop("weight", 1.0))
+        comp = comp if isinstance(comp, RewardComponent) else RewardComponent.model_validate(comp)
+        name, weight, options = comp.name, comp.weight, comp.options
         if name in REGISTRY:
-            func = REGISTRY[name](context, **comp)
-        elif name and "." in name:
-            obj = _import(name)
-            func = obj(**comp) if comp or inspect.isclass(obj) else obj
+            func = REGISTRY[name](context, **options)
+        elif "." in name:
+            obj = import_dotted(name)
+            func = obj(**options) if options or inspect.isclass(obj) else obj
             if not getattr(func, "__name__", None):
                 func.__name__ = name.rpartition(".")[2]
         else:
@@ -208,13 +175,3 @@ def score(funcs: list[RewardFunc], weights: list[float], prompts: list[Any], com
     out = {f.__name__: [float(v) for v in f(prompts, completions, **columns)] for f in funcs}
     out["total"] = [sum(w * out[f.__name__][i] for f, w in zip(funcs, weights)) for i in range(len(completions))]
     return out
-
-
-def resolve_tau(cfg: dict[str, Any], cold_start_similarities: list[float] | None = None) -> float:
-    """`rewards.tau`: a number, or `auto` (needs the cold-start model's similarities on dev)."""
-    tau = cfg["tau"]
-    if tau == "auto":
-        if cold_start_similarities is None:
-            raise SemrlError("rewards.tau is auto: calibrate it from the cold-start model's dev similarities")
-        return calibrate_tau(cold_start_similarities, float(cfg["tau_quantile"]))
-    return float(tau)

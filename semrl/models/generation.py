@@ -13,11 +13,6 @@ def accelerator() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def weights_dtype(params: dict[str, Any]) -> str:
-    """bf16 weights for inference when the profile trains in bf16 (halves a 4B model's memory)."""
-    return "bfloat16" if params["train"]["bf16"] else "float32"
-
-
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
              desc: str = "generate") -> list[str]:

@@ -6,7 +6,7 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from semrl.text import bo_syllables
+from semrl.core.text import bo_syllables
 
 # The GPT-2/Qwen byte-level regex splits Tibetan at every vowel sign and subjoined letter (they are \p{M}).
 # Split instead on: one Han character; a run of letters+marks with its trailing tsheg (a Tibetan syllable,

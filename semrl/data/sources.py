@@ -19,7 +19,7 @@ class Source:
     source: str  # corpus the file belongs to (licence and attribution are per corpus)
     type: str  # "url": download; "cldr": generate bo-zh name pairs from babel's CLDR data
     url: str  # canonical URL at a pinned commit; for cldr, "babel:<version>"
-    sha256: str | None  # None only for a user's table given without a hash (see semrl.tables)
+    sha256: str | None  # None only for a user's table given without a hash (see semrl.data.tables)
     bytes: int | None
     licence: str
 

@@ -15,13 +15,13 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from semrl import SemrlError
+from semrl.core.config import ServersConfig
+from semrl.core.env import QUIET_ENV
+from semrl.core.io import pid_alive
 
 STATE_DIR = Path(".semrl")
-QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 
 @dataclass
@@ -60,11 +60,8 @@ class Server:
         return env
 
 
-def servers(params: dict[str, Any]) -> list[Server]:
-    s = params.get("servers", {})
-    host = s.get("host", "127.0.0.1")
-    return [Server("prefect", int(s.get("prefect_port", 4200)), host),
-            Server("mlflow", int(s.get("mlflow_port", 5000)), host)]
+def servers(cfg: ServersConfig) -> list[Server]:
+    return [Server("prefect", cfg.prefect_port, cfg.host), Server("mlflow", cfg.mlflow_port, cfg.host)]
 
 
 def healthy(server: Server, timeout: float = 1.0) -> bool:
@@ -78,10 +75,9 @@ def healthy(server: Server, timeout: float = 1.0) -> bool:
 def pid_of(server: Server) -> int | None:
     try:
         pid = int(server.pid_file.read_text().strip())
-        os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    return pid if pid_alive(pid) else None
 
 
 def start(server: Server, root: Path, timeout_s: float = 90.0) -> float:
@@ -117,19 +113,17 @@ def stop(server: Server, timeout_s: float = 20.0) -> bool:
     os.killpg(pid, signal.SIGTERM)  # the whole group: uvicorn/gunicorn workers too
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
+        if not pid_alive(pid):
             return True
         time.sleep(0.2)
     os.killpg(pid, signal.SIGKILL)
     return True
 
 
-def discover(params: dict[str, Any]) -> dict[str, str]:
+def discover(cfg: ServersConfig) -> dict[str, str]:
     """Environment for running pipelines: the running servers' URLs, unless the user set their own."""
     env = {}
-    for s in servers(params):
+    for s in servers(cfg):
         var = "PREFECT_API_URL" if s.name == "prefect" else "MLFLOW_TRACKING_URI"
         if var not in os.environ and pid_of(s) and healthy(s, timeout=0.5):
             env[var] = s.url + ("/api" if s.name == "prefect" else "")

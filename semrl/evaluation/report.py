@@ -9,18 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
-from semrl.io import atomic_write_text
+from semrl.core.config import Config
+from semrl.core.io import atomic_write_text
+from semrl.core.methods import methods
+from semrl.core.tasks import Task, tasks
 
-TASK_METRIC = {"mt": "bleu", "mt_bo2zh": "bleu", "headline": "rouge_l"}
+METRIC_LABELS = {"bleu": "BLEU-4", "chrf": "chrF", "rouge_l": "ROUGE-L"}
 COLUMNS = ["bleu", "chrf", "rouge_l", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars",
            "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90"]
 
 
-def aggregate(results: list[dict[str, Any]]):
-    """One row per task x method: mean and 95 % CI half-width of each metric over seeds, and the tax."""
+def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
+    """One row per task x method: mean and 95 % CI half-width of each metric over seeds, and the tax and
+    the task gain on each task's primary metric (`primary`: task -> metric)."""
     import pandas as pd
 
-    from semrl.metrics import mean_ci95
+    from semrl.evaluation.metrics import mean_ci95
 
     df = pd.DataFrame(results)
     rows = []
@@ -34,7 +38,7 @@ def aggregate(results: list[dict[str, Any]]):
             # The alignment tax: the drop in general competence from the base model (positive = forgot).
             row["tax_cmrc_avg"] = float(base["cmrc_avg"].mean() - g["cmrc_avg"].mean())
             row["tax_cmrc_avg_ci"] = mean_ci95((base["cmrc_avg"].mean() - g["cmrc_avg"]).tolist())[1]
-            metric = TASK_METRIC.get(task, "bleu")
+            metric = primary[task]
             row["task_gain"] = float(g[metric].mean() - base[metric].mean())
             row["task_gain_ci"] = mean_ci95((g[metric] - base[metric].mean()).tolist())[1]
         rows.append(row)
@@ -75,7 +79,7 @@ def compare(df, a: str, b: str, col: str) -> str:
     return f"{col}: {a} {ra[col]:.4f} vs {b} {rb[col]:.4f} — within the noise (95 % CIs overlap)"
 
 
-def training_curves(params: dict[str, Any], task: str, out: Path) -> tuple[Path | None, list[str]]:
+def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, list[str]]:
     """Per-branch training curves (loss; GRPO reward per component, KL, completion length) from MLflow."""
     import matplotlib
 
@@ -83,9 +87,9 @@ def training_curves(params: dict[str, Any], task: str, out: Path) -> tuple[Path 
     import matplotlib.pyplot as plt
     import mlflow
 
-    from semrl import tracking
+    from semrl.core import tracking
 
-    exp_id = tracking.setup(params)
+    exp_id = tracking.setup(cfg)
     client = mlflow.MlflowClient()
     runs = client.search_runs([exp_id], order_by=["attributes.start_time DESC"],
                               filter_string=f"tags.`semrl.task` = '{task}' and attributes.status = 'FINISHED'")
@@ -150,13 +154,14 @@ def tradeoff_plot(df, out: Path) -> Path:
     return path
 
 
-def transfer_section(path: Path) -> list[str]:
+def transfer_section(path: Path, tasks: dict[str, Task]) -> list[str]:
     md = ["## Few-shot transfer", ""]
     ev = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"enabled": False}
     if not ev.get("enabled"):
         return md + ["Not enabled (`transfer.enabled`).", ""]
-    df = aggregate([{**r, "method": f"from {r['source']}"} for r in ev["results"]])
-    metric = [("rouge_l", "ROUGE-L")] if ev["target_task"] == "headline" else [("bleu", "BLEU-4")]
+    target = tasks[ev["target_task"]]
+    df = aggregate([{**r, "method": f"from {r['source']}"} for r in ev["results"]], {})
+    metric = [(target.primary_metric, METRIC_LABELS[target.primary_metric])]
     md += [f"{ev['source_task']} models fine-tuned on {ev['results'][0]['samples']} {ev['target_task']} examples "
            f"(paper: 1,000 headlines; sim 0.5690 from RL vs 0.5456 from SFT).", "",
            _table(df, metric + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)")]), "",
@@ -164,25 +169,26 @@ def transfer_section(path: Path) -> list[str]:
     return md
 
 
-def run(params: dict[str, Any]) -> dict[str, Any]:
+def run(cfg: Config) -> dict[str, Any]:
     import mlflow
 
-    from semrl import tracking
+    from semrl.core import tracking
 
-    r = params["report"]
-    out, plots, curves = Path(r["out_dir"]), Path(r["out_dir"]) / "plots", Path(r["out_dir"]) / "curves"
+    out, plots, curves = cfg.report.out_dir, cfg.report.out_dir / "plots", cfg.report.out_dir / "curves"
     plots.mkdir(parents=True, exist_ok=True)
     curves.mkdir(parents=True, exist_ok=True)
+    known = tasks(cfg)
     evals = []
-    for task in params["train"]["tasks"]:
-        path = Path(params["eval"]["out_dir"]) / f"{task}.json"
+    for task in cfg.train.tasks:
+        path = cfg.eval.out_dir / f"{task}.json"
         if not path.is_file():
             raise SemrlError(f"{path}: missing (run `dvc repro evaluate@{task}`)")
         evals.append(json.loads(path.read_text(encoding="utf-8")))
-    df = aggregate([row for ev in evals for row in ev["results"]])
-    meta = {"profile": params.get("profile"), "git_commit": tracking.git_commit(),
-            "data_version": tracking.data_version(), "seeds": params["train"]["seeds"],
-            "tasks": params["train"]["tasks"]}
+    df = aggregate([row for ev in evals for row in ev["results"]], {t: known[t].primary_metric for t in known})
+    meta = {"profile": cfg.profile, "git_commit": tracking.git_commit(),
+            "data_version": tracking.data_version(), "seeds": cfg.train.seeds, "tasks": cfg.train.tasks}
+    ablations = [m.name for m in methods(cfg).values() if m.ablation]
+    grpo_like = ["grpo"] + ablations
 
     md = ["# Alignment-tax report", "",
           f"Profile `{meta['profile']}` · git `{meta['git_commit']}` · data version `{meta['data_version']}` · "
@@ -190,15 +196,13 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
           "the test split with greedy decoding; general competence on CMRC 2018 dev. The alignment tax is the "
           "drop in CMRC Avg from the base model (positive = forgotten); NLL/KL drift are on gold-answer tokens.",
           ""]
-    task_cols = {"mt": [("bleu", "BLEU-4"), ("chrf", "chrF")], "mt_bo2zh": [("bleu", "BLEU-4"), ("chrf", "chrF")],
-                 "headline": [("rouge_l", "ROUGE-L")]}
     linked = []
     for ev in evals:
-        task = ev["task"]
-        g = df[df.task == task]
-        tc = task_cols.get(task, [])
-        md += [f"## {task}", "", f"{ev['test_examples']} test examples, {ev['cmrc_questions']} CMRC questions.", "",
-               "### Cold start vs GRPO", "",
+        task = known[ev["task"]]
+        g = df[df.task == task.name]
+        tc = [(m, METRIC_LABELS[m]) for m in task.metrics]
+        md += [f"## {task.name}", "", f"{ev['test_examples']} test examples, {ev['cmrc_questions']} CMRC questions.",
+               "", "### Cold start vs GRPO", "",
                _table(g[g.method.isin(["base", "coldstart", "grpo"])],
                       tc + [("sim_reward", "sim (reward emb.)"), ("sim_eval", "sim (eval emb.)")]), "",
                "### Strong SFT vs GRPO: task skill and alignment tax", "",
@@ -210,24 +214,23 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
                _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
                           ("empty_rate", "empty")], digits=3), ""]
-        ablations = g[g.method.str.startswith("grpo_")]
         md += ["### Reward ablations", "",
-               _table(g[g.method.str.startswith("grpo")], [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
-                                                            ("language_consistency", "in target script")])
-               if len(ablations) else "No ablation enabled (`rewards.ablations.<name>.enabled`).", ""]
+               _table(g[g.method.isin(grpo_like)], [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
+                                                   ("language_consistency", "in target script")])
+               if g.method.isin(ablations).any() else "No ablation enabled (`rewards.ablations.<name>.enabled`).", ""]
         p = ev["preference"]
         md += ["### Preference: strong SFT vs GRPO", "",
                f"Judge: {p['judge']}. {p['pairs']} pairs over seeds {p['seeds']}: SFT wins "
                f"{p.get('sft_rate', 0):.1%}, GRPO wins {p.get('grpo_rate', 0):.1%}, ties {p.get('tie_rate', 0):.1%}.",
                "", "### Verdicts", ""]
-        for col in [c for c, _ in tc[:1]] + ["sim_eval", "cmrc_avg", "nll_increase_mean"]:
+        for col in [task.primary_metric, "sim_eval", "cmrc_avg", "nll_increase_mean"]:
             md.append(f"- {compare(g, 'sft', 'grpo', col)}")
-        curve, run_ids = training_curves(params, task, curves)
+        curve, run_ids = training_curves(cfg, task.name, curves)
         linked += run_ids
         if curve:
             md += ["", f"![training curves]({curve.relative_to(out).as_posix()})"]
         md.append("")
-    md += transfer_section(Path(params["eval"]["out_dir"]) / "transfer.json")
+    md += transfer_section(cfg.eval.out_dir / "transfer.json", known)
     tradeoff = tradeoff_plot(df, plots)
     md += ["## Trade-off", "", f"![task gain vs alignment tax]({tradeoff.relative_to(out).as_posix()})", ""]
 
@@ -243,7 +246,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         metrics["tasks"][ev["task"]]["preference"] = {k: v for k, v in ev["preference"].items() if k.endswith("_rate")}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
-    with tracking.run(params, "report", tags={"semrl.kind": "report", "semrl.report.runs": ",".join(linked)}):
+    with tracking.run(cfg, "report", tags={"semrl.kind": "report", "semrl.report.runs": ",".join(linked)}):
         mlflow.log_table(df, artifact_file="alignment_tax.json")
         mlflow.log_artifact(str(out / "alignment_tax.md"))
         mlflow.log_artifact(str(out / "alignment_tax.csv"))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from semrl.text import in_script, metric_tokens
+from semrl.core.text import in_script, metric_tokens
 
 # ---------------------------------------------------------------- task metrics
 
@@ -45,6 +45,10 @@ def rouge_l(hypotheses: list[str], references: list[str], lang: str) -> float:
     scores = [scorer.score(metric_tokens(r, lang), metric_tokens(h, lang))["rougeL"].fmeasure
               for h, r in zip(hypotheses, references)]
     return float(np.mean(scores)) if scores else 0.0
+
+
+# The task metrics by the names `tasks.<name>.metrics` uses: f(hypotheses, references, script) -> [0, 1].
+TASK_METRICS = {"bleu": corpus_bleu, "chrf": corpus_chrf, "rouge_l": rouge_l}
 
 
 def output_stats(outputs: list[str], script: str) -> dict[str, float]:
@@ -130,11 +134,7 @@ def cmrc_scores(predictions: list[str], answers: list[list[str]]) -> dict[str, f
 # ---------------------------------------------------------------- drift from the base model
 
 
-def cmrc_prompt(context: str, question: str) -> str:
-    return f"阅读下面的文章，用文中的原话回答问题。\n文章：{context}\n问题：{question}"
-
-
-def answer_batches(tokenizer, items: list[dict[str, Any]], max_context_tokens: int, batch_size: int):
+def answer_batches(tokenizer, items: list[dict[str, Any]], prompt: str, max_context_tokens: int, batch_size: int):
     """Tokenised (chat prompt + gold answer) batches with a mask of the answer tokens, right-padded."""
     import torch
 
@@ -143,7 +143,7 @@ def answer_batches(tokenizer, items: list[dict[str, Any]], max_context_tokens: i
         for item in items[i:i + batch_size]:
             ctx_ids = tokenizer(item["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
             context = tokenizer.decode(ctx_ids)
-            chat = [{"role": "user", "content": cmrc_prompt(context, item["question"])}]
+            chat = [{"role": "user", "content": prompt.format(context=context, question=item["question"])}]
             prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             a_ids = tokenizer(item["answers"][0], add_special_tokens=False)["input_ids"]
@@ -157,7 +157,7 @@ def answer_batches(tokenizer, items: list[dict[str, Any]], max_context_tokens: i
         yield ids, attn, mask
 
 
-def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], max_context_tokens: int,
+def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], prompt: str, max_context_tokens: int,
                       batch_size: int = 8) -> tuple[list[float], list[float], list[float]]:
     """Per question: mean NLL of the gold answer tokens under model and base, and the mean over answer
     positions of KL(base || model) between their next-token distributions."""
@@ -168,7 +168,7 @@ def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], max_c
     model.eval()
     base.eval()
     with torch.no_grad():
-        for ids, attn, mask in answer_batches(tokenizer, items, max_context_tokens, batch_size):
+        for ids, attn, mask in answer_batches(tokenizer, items, prompt, max_context_tokens, batch_size):
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
             target, pos = ids[:, 1:], mask[:, 1:].bool()  # the logits at t predict token t+1
             lp_m = F.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)

@@ -11,27 +11,28 @@ from typing import Any, Iterator
 
 import yaml
 
-DEFAULTS = {"uri": "sqlite:///mlflow.db", "experiment": "semrl", "artifact_root": "mlartifacts"}
+from semrl.core.config import Config, TrackingConfig
+from semrl.core.io import pid_alive
+
+PARENT_RUN_ENV = "SEMRL_PARENT_RUN_ID"  # a flow's MLflow run: the runs of its steps nest under it
 
 
-def tracking_config(params: dict[str, Any]) -> dict[str, str]:
+def tracking_config(cfg: TrackingConfig) -> dict[str, str]:
     """Tracking URI (MLFLOW_TRACKING_URI wins, e.g. a running `semrl up` server), experiment, artifact root.
     Relative sqlite paths and artifact roots are made absolute against the project root (the cwd of a
     DVC stage), so runs from any folder land in the same store."""
-    cfg = {**DEFAULTS, **params.get("tracking", {})}
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg["uri"]
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    root = Path(cfg["artifact_root"]).resolve()
-    return {"uri": uri, "experiment": cfg["experiment"], "artifact_root": root.as_uri()}
+    return {"uri": uri, "experiment": cfg.experiment, "artifact_root": cfg.artifact_root.resolve().as_uri()}
 
 
-def setup(params: dict[str, Any]) -> str:
+def setup(config: Config) -> str:
     """Point MLflow at the configured store; create the experiment with an explicit artifact location
     (with a sqlite backend MLflow would otherwise write ./mlruns relative to wherever it runs)."""
     import mlflow
 
-    cfg = tracking_config(params)
+    cfg = tracking_config(config.tracking)
     mlflow.set_tracking_uri(cfg["uri"])
     exp = mlflow.get_experiment_by_name(cfg["experiment"])
     exp_id = exp.experiment_id if exp else \
@@ -77,15 +78,15 @@ class _Terminated(Exception):
 
 
 @contextlib.contextmanager
-def run(params: dict[str, Any], name: str, tags: dict[str, str] | None = None,
+def run(config: Config, name: str, tags: dict[str, str] | None = None,
         log_params: dict[str, Any] | None = None, nested: bool = False) -> Iterator[Any]:
     """An MLflow run named `name`, tagged with profile, git commit and data version; ends FINISHED,
     FAILED on an exception, KILLED on Ctrl-C or SIGTERM."""
     import mlflow
 
-    setup(params)
+    setup(config)
     commit = git_commit()
-    all_tags = {"semrl.profile": str(params.get("profile", "")), "semrl.git_commit": commit,
+    all_tags = {"semrl.profile": config.profile, "semrl.git_commit": commit,
                 "mlflow.source.git.commit": commit.removesuffix("-dirty"),
                 "semrl.data_version": data_version(), **(tags or {})}
 
@@ -133,17 +134,7 @@ def metrics_callback():
     return MlflowMetrics()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def close_stale_runs(params: dict[str, Any], run_key: str) -> list[str]:
+def close_stale_runs(config: Config, run_key: str) -> list[str]:
     """Mark KILLED the RUNNING runs of this run key whose process is gone (a kill -9 leaves them RUNNING);
     called before a rerun resumes, so a crashed run never stays RUNNING."""
     import socket
@@ -151,12 +142,12 @@ def close_stale_runs(params: dict[str, Any], run_key: str) -> list[str]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    stale = client.search_runs([setup(params)],
+    stale = client.search_runs([setup(config)],
                                filter_string=f"tags.`semrl.run_key` = '{run_key}' and attributes.status = 'RUNNING'")
     closed = []
     for r in stale:
         pid, host = int(r.data.tags.get("semrl.pid", "0") or 0), r.data.tags.get("semrl.host")
-        if host == socket.gethostname() and pid and _alive(pid):
+        if host == socket.gethostname() and pid_alive(pid):
             continue
         client.set_terminated(r.info.run_id, status="KILLED")
         closed.append(r.info.run_id)

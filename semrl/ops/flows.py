@@ -21,8 +21,10 @@ from prefect import flow, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from semrl.io import atomic_write_text, deep_merge, load_params
-from semrl.train import PARENT_RUN_ENV, methods, output_dir, run_name
+from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
+from semrl.core.io import atomic_write_text
+from semrl.core.methods import COLDSTART, branches, output_dir, run_name
+from semrl.core.tracking import PARENT_RUN_ENV
 
 EX_TEMPFAIL = 75
 
@@ -53,7 +55,7 @@ def train_step(task_name: str, method: str, seed: int, params_path: str, parent_
     start = time.time()
     _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
          parent_run_id, run_name(task_name, method, seed))
-    summary_file = output_dir(load_params(params_path), task_name, method, seed) / "summary.json"
+    summary_file = output_dir(load_config(params_path), task_name, method, seed) / "summary.json"
     return {**json.loads(summary_file.read_text()), "start": start, "end": time.time()}
 
 
@@ -67,25 +69,23 @@ def evaluate_step(task_name: str, params_path: str, parent_run_id: str) -> str:
 def report_step(params_path: str, parent_run_id: str) -> str:
     _cli(["transfer", "--params", params_path], parent_run_id, "transfer")
     _cli(["report", "--params", params_path], parent_run_id, "report")
-    return str(Path(load_params(params_path)["report"]["out_dir"]) / "alignment_tax.md")
+    return str(load_config(params_path).report.out_dir / "alignment_tax.md")
 
 
 def run_params(params_path: str, profile: str | None, run_id: str) -> str:
     """The params file a run uses: params_path, or it with configs/<profile>.yaml merged in (saved per run,
     so a scheduled and a manual run with different profiles never see each other's settings)."""
-    params = load_params(params_path)
+    params = read_yaml(params_path)
     if not profile or profile == params.get("profile"):
         return params_path
-    overlay = Path("configs") / f"{profile}.yaml"
-    merged = deep_merge(params, {**load_params(overlay), "profile": profile})
+    merged = deep_merge(params, {**read_yaml(profile_overlay(profile)), "profile": profile})
     path = Path(".semrl") / "params" / f"{run_id}.yaml"
-    import yaml
-
-    atomic_write_text(path, yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
+    write_config(path, merged)
+    load_config(path)  # validated before any step starts
     return str(path)
 
 
-@flow(name="expansion", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)
+@flow(name="expansion", log_prints=True)
 def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, params_path: str = "params.yaml",
               profile: str | None = None, evaluate: bool = False) -> list[dict[str, Any]]:
     """Cold start -> {strong SFT || GRPO || ablations} for every task x seed, then (evaluate=True) each
@@ -93,26 +93,26 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
     written to models/<task>/flow_run.json."""
     from prefect.runtime import flow_run
 
-    from semrl import tracking
+    from semrl.core import tracking
 
     run_id = str(flow_run.get_id() or "local")
     params_path = run_params(params_path, profile, run_id)
-    params = load_params(params_path)
-    tasks = list(tasks or params["train"]["tasks"])
-    seeds = [int(s) for s in (seeds if seeds is not None else params["train"]["seeds"])]
-    retry = {"retries": int(params["flow"]["retries"]), "retry_delay_seconds": float(params["flow"]["retry_delay_s"])}
+    cfg = load_config(params_path)
+    tasks = list(tasks or cfg.train.tasks)
+    seeds = [int(s) for s in (seeds if seeds is not None else cfg.train.seeds)]
+    retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_s}
     step = train_step.with_options(**retry)
     name = f"expansion-{flow_run.get_name() or 'local'}"
-    with tracking.run(params, name, tags={"semrl.flow_run_id": run_id, "semrl.kind": "flow"},
-                      log_params={"tasks": tasks, "seeds": seeds, "methods": methods(params), "profile": profile,
+    names = [m.name for m in branches(cfg)]
+    with tracking.run(cfg, name, tags={"semrl.flow_run_id": run_id, "semrl.kind": "flow"},
+                      log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART, *names], "profile": profile,
                                   "params_path": params_path}) as parent:
         parent_id = parent.info.run_id
         futures, by_task = [], {}
         for task_name in tasks:
             for seed in seeds:
-                cold = step.submit(task_name, "coldstart", seed, params_path, parent_id)
-                branch = [step.submit(task_name, m, seed, params_path, parent_id, wait_for=[cold])
-                          for m in methods(params)]
+                cold = step.submit(task_name, COLDSTART, seed, params_path, parent_id)
+                branch = [step.submit(task_name, m, seed, params_path, parent_id, wait_for=[cold]) for m in names]
                 futures += [cold, *branch]
                 by_task.setdefault(task_name, []).extend([cold, *branch])
         evals = [evaluate_step.with_options(**retry).submit(t, params_path, parent_id, wait_for=by_task[t])
@@ -128,9 +128,14 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
                 failures.append(f.state.message or f.state.name)
         for task_name in tasks:
             mine = [r for r in results if r["task"] == task_name]
-            atomic_write_text(Path(params["train"]["out_dir"]) / task_name / "flow_run.json",
+            atomic_write_text(cfg.train.out_dir / task_name / "flow_run.json",
                               json.dumps(mine, indent=2) + "\n")
         if failures:
             raise StepFailed(f"{len(failures)} of {len(futures + evals + report)} steps failed: " + "; ".join(failures),
                              1)
     return results
+
+
+def configured(cfg: Config):
+    """The expansion flow with the params' concurrency (`flow.max_workers` steps at a time)."""
+    return expansion.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.flow.max_workers))

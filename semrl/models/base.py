@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
-from semrl.checkpoints import last_complete_checkpoint, step_of
-from semrl.io import atomic_write_text, read_jsonl
+from semrl.core.checkpoints import last_complete_checkpoint, step_of
+from semrl.core.config import ArchConfig, BaseConfig, Config
+from semrl.core.io import atomic_write_text, read_jsonl
 
 SOURCE_FILE = "source.json"  # written instead of weights when the base is a named model
 
@@ -44,20 +45,28 @@ def load_base(path: str | Path, **model_kwargs):
 # ---------------------------------------------------------------- the stage
 
 
-def run(params: dict[str, Any]) -> dict[str, Any]:
-    b = params["base"]
-    out = Path(b["out_dir"])
-    metrics = resolve_named(b, out) if b.get("pretrained") else pretrain_tiny(params, out)
-    atomic_write_text(b["metrics_file"], json.dumps(metrics, indent=2) + "\n")
+def run(config: Config) -> dict[str, Any]:
+    b = config.base
+    metrics = resolve_named(b, b.out_dir) if b.pretrained else pretrain_tiny(config, b.out_dir)
+    atomic_write_text(b.metrics_file, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def resolve_named(b: dict[str, Any], out: Path) -> dict[str, Any]:
+def qwen3_config(arch: ArchConfig, vocab_size: int, **token_ids: int | None):
+    """The tiny base's Qwen3 architecture (pretraining builds it; `semrl check` inspects it)."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(vocab_size=vocab_size, hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+                       num_hidden_layers=arch.num_hidden_layers, num_attention_heads=arch.num_attention_heads,
+                       num_key_value_heads=arch.num_key_value_heads, head_dim=arch.head_dim,
+                       max_position_embeddings=arch.max_position, tie_word_embeddings=True, **token_ids)
+
+
+def resolve_named(b: BaseConfig, out: Path) -> dict[str, Any]:
     """Paper profile: check the named model's config resolves and is a causal LM; record the reference."""
     from transformers import AutoConfig
 
-    ref = {"model": b["pretrained"], "revision": b.get("revision"),
-           "trust_remote_code": bool(b.get("trust_remote_code"))}
+    ref = {"model": b.pretrained, "revision": b.revision, "trust_remote_code": b.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(ref["model"], revision=ref["revision"],
                                             trust_remote_code=ref["trust_remote_code"])
@@ -112,67 +121,63 @@ def tokenizer_corpus(prepared: Path, zh_train: list[str], bo_train: list[str], i
     return texts
 
 
-def pretrain_tiny(params: dict[str, Any], out: Path) -> dict[str, Any]:
+def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
     import mlflow
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM, Trainer, TrainingArguments
+    from transformers import Qwen3ForCausalLM, Trainer, TrainingArguments
 
-    from semrl import tracking
-    from semrl.tokenizer import tokens_per_syllable, train_tokenizer
+    from semrl.core import tracking
+    from semrl.models.tokenizer import tokens_per_syllable, train_tokenizer
 
-    b, t = params["base"], params["base"]["train"]
-    prepared = Path(params["prepare"]["out_dir"])
-    seed = int(t["seed"])
+    b, t = config.base, config.base.train
+    prepared = config.prepare.out_dir
+    seed = t.seed
     zh = (prepared / "lm" / "zh.txt").read_text(encoding="utf-8").splitlines()
     bo = (prepared / "lm" / "bo.txt").read_text(encoding="utf-8").splitlines()
-    zh_train, zh_held = _split_lines(zh, t["heldout_frac"], seed)
-    bo_train, bo_held = _split_lines(bo, t["heldout_frac"], seed)
+    zh_train, zh_held = _split_lines(zh, t.heldout_frac, seed)
+    bo_train, bo_held = _split_lines(bo, t.heldout_frac, seed)
 
-    tok_cfg = b["tokenizer"]
-    tokenizer = train_tokenizer(tokenizer_corpus(prepared, zh_train, bo_train, tok_cfg["include_task_train"]),
-                                tok_cfg["vocab_size"], tok_cfg["min_frequency"])
-    seq_len = int(t["seq_len"])
+    tok_cfg = b.tokenizer
+    tokenizer = train_tokenizer(tokenizer_corpus(prepared, zh_train, bo_train, tok_cfg.include_task_train),
+                                tok_cfg.vocab_size, tok_cfg.min_frequency)
+    seq_len = t.seq_len
     zh_blocks, bo_blocks = pack(tokenizer, zh_train, seq_len), pack(tokenizer, bo_train, seq_len)
     if not zh_blocks:
         raise SemrlError(f"{prepared / 'lm' / 'zh.txt'}: not enough text for one block of {seq_len} tokens")
     # Tibetan blocks make up bo_share of the training blocks: a little Tibetan, as a general model has.
     rng = random.Random(seed)
-    n_bo = round(t["bo_share"] / (1 - t["bo_share"]) * len(zh_blocks)) if bo_blocks else 0
+    n_bo = round(t.bo_share / (1 - t.bo_share) * len(zh_blocks)) if bo_blocks else 0
     train_blocks = zh_blocks + [rng.choice(bo_blocks) for _ in range(n_bo)]
     rng.shuffle(train_blocks)
 
-    a = b["arch"]
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=a["hidden_size"], intermediate_size=a["intermediate_size"],
-        num_hidden_layers=a["num_hidden_layers"], num_attention_heads=a["num_attention_heads"],
-        num_key_value_heads=a["num_key_value_heads"], head_dim=a["head_dim"], max_position_embeddings=a["max_position"],
-        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    arch = qwen3_config(b.arch, len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
+    model = Qwen3ForCausalLM(arch)
     n_params = sum(p.numel() for p in model.parameters())
 
     # Checkpoints live outside the DVC output, keyed by the exact config, so a killed run resumes and a
     # changed config never resumes a stale one.
-    key = hashlib.sha256(json.dumps([b, tracking.data_version()], sort_keys=True).encode()).hexdigest()[:12]
-    ckpt_dir = Path(b["checkpoint_dir"]) / f"base-{key}"
+    key = hashlib.sha256(json.dumps([b.model_dump(mode="json"), tracking.data_version()],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    ckpt_dir = b.checkpoint_dir / f"base-{key}"
     args = TrainingArguments(
-        output_dir=str(ckpt_dir), max_steps=int(t["steps"]), per_device_train_batch_size=int(t["batch_size"]),
-        per_device_eval_batch_size=int(t["batch_size"]), learning_rate=float(t["lr"]),
-        lr_scheduler_type="cosine", warmup_steps=int(t["warmup_steps"]), weight_decay=float(t["weight_decay"]),
-        max_grad_norm=1.0, logging_steps=int(t["logging_steps"]), save_steps=int(t["save_steps"]),
-        save_total_limit=1, report_to=[], seed=seed, bf16=bool(t["bf16"]), fp16=False,
+        output_dir=str(ckpt_dir), max_steps=t.steps, per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps, save_steps=t.save_steps,
+        save_total_limit=1, report_to=[], seed=seed, bf16=t.bf16, fp16=False,
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=_Blocks(train_blocks),
                       callbacks=[tracking.metrics_callback()])
     last = last_complete_checkpoint(ckpt_dir)
-    with tracking.run(params, "base-tiny", tags={"semrl.stage": "base"}, log_params={"base": b}):
+    with tracking.run(config, "base-tiny", tags={"semrl.stage": "base"},
+                      log_params={"base": b.model_dump(mode="json")}):
         result = trainer.train(resume_from_checkpoint=last)
         metrics = {
             "n_params": n_params, "vocab_size": len(tokenizer), "train_blocks_zh": len(zh_blocks),
-            "train_blocks_bo": n_bo, "train_tokens_seen": int(t["steps"]) * int(t["batch_size"]) * seq_len,
+            "train_blocks_bo": n_bo, "train_tokens_seen": t.steps * t.batch_size * seq_len,
             "train_loss": round(result.training_loss, 4), "train_seconds": round(result.metrics["train_runtime"], 1),
             "resumed_from_step": step_of(last),
             "tokens_per_bo_syllable": round(tokens_per_syllable(tokenizer, bo_held[:50] or bo_train[:50]), 3),

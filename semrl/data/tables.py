@@ -17,7 +17,7 @@ from semrl import SemrlError
 
 TABLE_TYPES = ("hf", "file")
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
-TASK_FIELDS = {"mt": ("bo", "zh"), "headline": ("title", "body")}
+TASK_FIELDS = {"mt": ("bo", "zh"), "headline": ("title", "body")}  # the fields of each prepared data kind
 OPTIONAL_FIELDS = ("doc",)  # rows sharing a doc value stay in one split (with `use: split`)
 USES = ("train", "dev", "test", "split")
 # Names the built-in corpora use in the ledger; a table must not be mistaken for one of them.
@@ -143,11 +143,8 @@ def parse_table(spec: Any, where: str) -> tuple[TableSource | None, list[str]]:
     return TableSource(**fields_, spec=dict(spec)), []
 
 
-def read_tables(params: dict[str, Any]) -> list[TableSource]:
+def read_tables(specs: list[Any]) -> list[TableSource]:
     """All `fetch.tables` entries, validated; every problem at once, each naming its entry."""
-    specs = params["fetch"].get("tables") or []
-    if not isinstance(specs, list):
-        raise SemrlError(f"fetch.tables: a list of table definitions, got {specs!r}")
     tables, problems, seen = [], [], {}
     for i, spec in enumerate(specs):
         where = f"fetch.tables[{i}]" + (f" ({spec['name']})" if isinstance(spec, dict) and spec.get("name") else "")

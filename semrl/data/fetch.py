@@ -7,32 +7,33 @@ an interrupted or corrupted download never becomes a valid file. With a mirror c
 (SEMRL_DATA_MIRROR, or `fetch.mirror` in params.yaml) files are read from the mirror instead of the
 network, through the same verification.
 
-Tables declared in `fetch.tables` (see semrl.tables) follow: a file is downloaded (or copied) the same
+Tables declared in `fetch.tables` (see semrl.data.tables) follow: a file is downloaded (or copied) the same
 way; a Hugging Face dataset split is exported to JSONL from a local folder, the mirror's snapshot
 (`<mirror>/huggingface/datasets/<id>/<revision>/`) or the hub. Each gets a provenance record beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import requests
 from tqdm import tqdm
 
 from semrl import SemrlError
-from semrl.cldr import babel_version, cldr_pairs_tsv
-from semrl.io import atomic_write_text, sha256_file
-from semrl.sources import Source, mirror_relpath, read_sources
-from semrl.tables import TableSource, read_tables, unpinned
+from semrl.core.config import Config, FetchConfig
+from semrl.core.io import atomic_file, atomic_write_text, sha256_file
+from semrl.data.cldr import babel_version, cldr_pairs_tsv
+from semrl.data.sources import Source, mirror_relpath, read_sources
+from semrl.data.tables import TableSource, read_tables, unpinned
 
 MIRROR_ENV = "SEMRL_DATA_MIRROR"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -45,31 +46,6 @@ class FetchError(SemrlError):
 
 class TransientError(Exception):
     """A failure worth retrying."""
-
-
-@dataclass
-class FetchConfig:
-    dest: Path
-    mirror: Path | None = None
-    workers: int = 8
-    timeout_s: float = 30.0
-    retries: int = 4
-    backoff_s: float = 1.0
-    cldr: bool = True
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "FetchConfig":
-        p = params["fetch"]
-        mirror = os.environ.get(MIRROR_ENV) or p.get("mirror")
-        return cls(
-            dest=Path(p["dest"]),
-            mirror=Path(mirror) if mirror else None,
-            workers=int(p["workers"]),
-            timeout_s=float(p["timeout_s"]),
-            retries=int(p["retries"]),
-            backoff_s=float(p["backoff_s"]),
-            cldr=bool(p["cldr"]),
-        )
 
 
 @dataclass
@@ -89,31 +65,25 @@ def _verify(src: Source, size: int, digest: str) -> None:
         )
 
 
-class _Sink:
-    """A temp file beside the destination that hashes what is written and becomes the file on commit()."""
+class _HashingWriter:
+    """Counts and hashes what is written to the file under it."""
 
-    def __init__(self, dest: Path):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        self.dest, self.tmp, self.file = dest, Path(tmp), os.fdopen(fd, "wb")
-        self.hash, self.size = hashlib.sha256(), 0
+    def __init__(self, file: BinaryIO):
+        self.file, self.hash, self.size = file, hashlib.sha256(), 0
 
     def write(self, block: bytes) -> None:
         self.file.write(block)
         self.hash.update(block)
         self.size += len(block)
 
-    def commit(self, src: Source) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        _verify(src, self.size, self.hash.hexdigest())
-        os.replace(self.tmp, self.dest)
 
-    def discard(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-        self.tmp.unlink(missing_ok=True)
+@contextlib.contextmanager
+def verified_file(src: Source, dest: Path) -> Iterator[_HashingWriter]:
+    """A writer whose bytes become `dest` only if the block succeeds and size and sha256 match `src`."""
+    writer: _HashingWriter | None = None
+    with atomic_file(dest, check=lambda: _verify(src, writer.size, writer.hash.hexdigest())) as f:
+        writer = _HashingWriter(f)
+        yield writer
 
 
 _local = threading.local()
@@ -127,8 +97,7 @@ def _session() -> requests.Session:
 
 
 def _download_once(src: Source, dest: Path, timeout_s: float, progress: Callable[[int], None]) -> int:
-    sink = _Sink(dest)
-    try:
+    with verified_file(src, dest) as sink:
         try:
             with _session().get(src.url, stream=True, timeout=(timeout_s, timeout_s)) as r:
                 if r.status_code in RETRY_STATUS:
@@ -144,10 +113,7 @@ def _download_once(src: Source, dest: Path, timeout_s: float, progress: Callable
             raise TransientError(f"{e.__class__.__name__}") from None
         if src.bytes is not None and sink.size < src.bytes:
             raise TransientError(f"truncated body: {sink.size} of {src.bytes} bytes")
-        sink.commit(src)
-        return sink.size
-    finally:
-        sink.discard()
+    return sink.size
 
 
 def download(src: Source, dest: Path, cfg: FetchConfig, progress: Callable[[int], None] = lambda n: None) -> int:
@@ -172,30 +138,20 @@ def copy_from_mirror(src: Source, dest: Path, mirror: Path, progress: Callable[[
 
 def copy_verified(src: Source, path: Path, dest: Path, progress: Callable[[int], None] = lambda n: None) -> int:
     """Copy a local file to dest through the same size + sha256 check as a download."""
-    sink = _Sink(dest)
-    try:
-        with path.open("rb") as f:
-            while block := f.read(CHUNK):
-                sink.write(block)
-                progress(len(block))
-        sink.commit(src)
-        return sink.size
-    finally:
-        sink.discard()
+    with verified_file(src, dest) as sink, path.open("rb") as f:
+        while block := f.read(CHUNK):
+            sink.write(block)
+            progress(len(block))
+    return sink.size
 
 
 def generate_cldr(src: Source, dest: Path) -> int:
     expected = src.url.removeprefix("babel:")
     if babel_version() != expected:
         raise FetchError(f"{src.name}: generated from babel {babel_version()}, but {src.url} is pinned")
-    data = cldr_pairs_tsv()
-    sink = _Sink(dest)
-    try:
-        sink.write(data)
-        sink.commit(src)
-        return sink.size
-    finally:
-        sink.discard()
+    with verified_file(src, dest) as sink:
+        sink.write(cldr_pairs_tsv())
+    return sink.size
 
 
 def _is_current(src: Source, dest: Path) -> bool:
@@ -304,19 +260,15 @@ def _export_hf(table: TableSource, dest: Path, mirror: Path | None) -> dict[str,
     if missing:
         raise FetchError(f"{table.name}: columns {missing} not in {table.dataset} split {table.split} "
                          f"(has: {', '.join(ds.column_names)}); fix fetch.tables columns")
-    sink = _Sink(dest)
-    try:
-        rows = 0
+    rows = 0
+    with verified_file(_as_source(table), dest) as sink:
         for batch in tqdm(ds.select_columns(wanted).iter(batch_size=1000), total=-(-len(ds) // 1000),
                           desc=f"export {table.name}", unit="k rows", disable=len(ds) < 10_000):
             for values in zip(*(batch[c] for c in wanted)):
                 line = json.dumps(dict(zip(wanted, values)), ensure_ascii=False, default=str) + "\n"
                 sink.write(line.encode("utf-8"))
                 rows += 1
-        sink.commit(_as_source(table))
-        return {"rows": rows, "resolved_revision": revision}
-    finally:
-        sink.discard()
+    return {"rows": rows, "resolved_revision": revision}
 
 
 def _table_current(table: TableSource, root: Path) -> bool:
@@ -373,11 +325,17 @@ def fetch_tables(tables: list[TableSource], cfg: FetchConfig, result: FetchResul
         raise FetchError("\n".join(errors) + f"\nfetch failed for {len(errors)} of {len(tables)} tables")
 
 
-def run(params: dict[str, Any]) -> FetchResult:
-    cfg = FetchConfig.from_params(params)
+def with_mirror(cfg: FetchConfig) -> FetchConfig:
+    """The fetch settings in force: SEMRL_DATA_MIRROR, when set, takes the place of `fetch.mirror`."""
+    mirror = os.environ.get(MIRROR_ENV) or cfg.mirror
+    return cfg.model_copy(update={"mirror": Path(mirror) if mirror else None})
+
+
+def run(config: Config) -> FetchResult:
+    cfg = with_mirror(config.fetch)
     if cfg.mirror and not cfg.mirror.is_dir():
         raise FetchError(f"mirror {cfg.mirror} is not a directory (set by {MIRROR_ENV} or fetch.mirror)")
-    tables = read_tables(params)  # validated before anything is downloaded
-    result = fetch(read_sources(params["fetch"]["sources"]), cfg)
+    tables = read_tables(cfg.tables)  # validated before anything is downloaded
+    result = fetch(read_sources(cfg.sources), cfg)
     fetch_tables(tables, cfg, result)
     return result

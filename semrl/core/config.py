@@ -1,0 +1,580 @@
+"""The typed configuration: every knob of the pipeline with its type and default, in one place.
+
+`params.yaml` mirrors these defaults key for key (a test holds them equal), so what a run uses is what a
+reader sees there. `load_config` reads a params file (plus a profile overlay from `configs/`), rejects
+unknown keys with their full dotted path, file line and the nearest valid name, and reports every problem
+at once. Stages receive a `Config` and read typed attributes; nothing casts or defaults where it is used.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from semrl import SemrlError
+
+PROFILES_DIR = Path("configs")
+Script = Literal["bo", "zh"]
+MetricName = Literal["bleu", "chrf", "rouge_l"]
+
+
+class Section(BaseModel):
+    """A params section: unknown keys are errors, assignments are type-checked (tests and overlays)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class FetchConfig(Section):
+    sources: Path = Path("data/sources.tsv")
+    dest: Path = Path("data/raw")
+    mirror: Path | None = None
+    workers: int = Field(8, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    cldr: bool = True
+    tables: list[dict[str, Any]] = []  # validated by semrl.data.tables.read_tables (its own messages)
+
+
+class PrepareMT(Section):
+    pairs_glob: str = "lotsawa/text-pairs/*-bo.txt"
+    dev_frac: float = Field(0.1, ge=0, lt=1)
+    test_frac: float = Field(0.1, ge=0, lt=1)
+    strip_openers: bool = True
+    zh_min_han_ratio: float = Field(0.5, ge=0, le=1)
+    cldr_pairs: bool = True
+    cldr_file: str = "cldr/bo_zh_pairs.tsv"
+
+
+class PrepareHeadline(Section):
+    files_glob: str = "nanhai/news/*.txt"
+    dev_frac: float = Field(0.1, ge=0, lt=1)
+    test_frac: float = Field(0.1, ge=0, lt=1)
+    max_label_segments: int = Field(2, ge=0)
+    label_max_syllables: int = Field(2, ge=0)
+    title_min_syllables: int = Field(4, ge=1)
+    title_max_syllables: int = Field(50, ge=1)
+    title_min_tibetan_ratio: float = Field(0.9, ge=0, le=1)
+    body_min_chars: int = Field(200, ge=0)
+    body_max_chars: int = Field(20000, ge=1)
+
+
+class PrepareLM(Section):
+    cmrc_trial: str = "cmrc2018/cmrc2018_trial.json"
+    xiehouyu: str = "xiehouyu/xiehouyu.json"
+    xiehouyu_separator: str = "——"
+    bo_glob: str = "nanhai/childrens_lit/*.txt"
+    bo_min_tibetan_ratio: float = Field(0.9, ge=0, le=1)
+
+
+class PrepareGeneral(Section):
+    cmrc_dev: str = "cmrc2018/cmrc2018_dev.json"
+
+
+class PrepareConfig(Section):
+    raw_dir: Path = Path("data/raw")
+    out_dir: Path = Path("data/prepared")
+    seed: int = 20260527
+    mt: PrepareMT = PrepareMT()
+    headline: PrepareHeadline = PrepareHeadline()
+    lm: PrepareLM = PrepareLM()
+    general: PrepareGeneral = PrepareGeneral()
+
+
+class TaskConfig(Section):
+    """One task: which prepared data it reads, which field is the input and which the reference, the
+    script its outputs must be in, the prompt, and the metrics it is scored by."""
+
+    data: Literal["mt", "headline"]  # folder under prepare.out_dir
+    input: str
+    output: str
+    script: Script
+    prompt: str  # `{input}` is replaced by the (truncated) input text
+    metrics: list[MetricName]
+    primary_metric: MetricName  # the one the report's task gain and verdicts use
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_input(cls, v: str) -> str:
+        if "{input}" not in v:
+            raise ValueError("the prompt must contain {input}")
+        return v
+
+    @model_validator(mode="after")
+    def _primary_is_a_metric(self) -> "TaskConfig":
+        if self.primary_metric not in self.metrics:
+            raise ValueError(f"primary_metric {self.primary_metric!r} is not in metrics {self.metrics}")
+        return self
+
+
+def _default_tasks() -> dict[str, TaskConfig]:
+    return {
+        "mt": TaskConfig(data="mt", input="zh", output="bo", script="bo", prompt="把下面的中文翻译成藏文：\n{input}",
+                         metrics=["bleu", "chrf"], primary_metric="bleu"),
+        "mt_bo2zh": TaskConfig(data="mt", input="bo", output="zh", script="zh",
+                               prompt="把下面的藏文翻译成中文：\n{input}", metrics=["bleu", "chrf"], primary_metric="bleu"),
+        "headline": TaskConfig(data="headline", input="body", output="title", script="bo",
+                               prompt="为下面的藏文新闻写一个藏文标题：\n{input}", metrics=["rouge_l"],
+                               primary_metric="rouge_l"),
+    }
+
+
+# ---------------------------------------------------------------- models
+
+
+class TrackingConfig(Section):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "semrl"
+    artifact_root: Path = Path("mlartifacts")
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(6000, ge=300)
+    min_frequency: int = Field(2, ge=1)
+    include_task_train: bool = True
+
+
+class ArchConfig(Section):
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    max_position: int = 1024
+
+
+class PretrainConfig(Section):
+    seed: int = 0
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(128, ge=8)
+    lr: float = Field(1.0e-3, gt=0)
+    scheduler: str = "cosine"
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    bo_share: float = Field(0.15, ge=0, lt=1)
+    heldout_frac: float = Field(0.05, gt=0, lt=1)
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(100, ge=1)
+    bf16: bool = False
+
+
+class BaseConfig(Section):
+    out_dir: Path = Path("models/base")
+    metrics_file: Path = Path("metrics/base.json")
+    checkpoint_dir: Path = Path("checkpoints")
+    pretrained: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    arch: ArchConfig = ArchConfig()
+    train: PretrainConfig = PretrainConfig()
+
+
+class EmbedderRole(Section):
+    out_dir: Path
+    kind: Literal["static", "transformer", "pretrained"]
+    model: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    finetune: bool = False
+    dim: int = Field(ge=8)
+    layers: int = Field(2, ge=1)  # transformer kind
+    heads: int = Field(2, ge=1)  # transformer kind
+    seed: int
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    logging_steps: int = Field(10, ge=1)
+    use_headlines: bool
+    headline_body_chars: int = Field(500, ge=1)  # a headline pair is (title, the body's first N characters)
+    max_seq_length: int = Field(128, ge=8)
+
+
+class RewardEmbedder(EmbedderRole):
+    out_dir: Path = Path("models/embedder")
+    kind: Literal["static", "transformer", "pretrained"] = "static"
+    dim: int = Field(256, ge=8)
+    seed: int = 1
+    epochs: float = Field(8, gt=0)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(0.05, gt=0)
+    use_headlines: bool = False
+
+
+class EvalEmbedder(EmbedderRole):
+    out_dir: Path = Path("models/eval_embedder")
+    kind: Literal["static", "transformer", "pretrained"] = "transformer"
+    dim: int = Field(128, ge=8)
+    seed: int = 2
+    epochs: float = Field(6, gt=0)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(5.0e-4, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    use_headlines: bool = True
+
+
+class EmbedderConfig(Section):
+    metrics_file: Path = Path("metrics/embedder.json")
+    reward: RewardEmbedder = RewardEmbedder()
+    eval: EvalEmbedder = EvalEmbedder()
+
+
+# ---------------------------------------------------------------- rewards and training
+
+
+class RewardComponent(BaseModel):
+    """A reward term: a registered name or a dotted import path, its weight, and options for its factory."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Ablation(Section):
+    enabled: bool = False
+    components: list[RewardComponent]
+
+
+class RewardsConfig(Section):
+    tau: float | Literal["auto"] = "auto"
+    tau_quantile: float = Field(0.5, ge=0, le=1)
+    tau_dev_samples: int = Field(128, ge=1)
+    reference_column: str = "reference"
+    components: list[RewardComponent] = [RewardComponent(name="semantic", weight=1.5),
+                                         RewardComponent(name="language", weight=1.0)]
+    ablations: dict[str, Ablation] = {
+        "bleu_language": Ablation(components=[RewardComponent(name="bleu", weight=1.0),
+                                              RewardComponent(name="language", weight=1.0)]),
+        "bleu_semantic_language": Ablation(components=[RewardComponent(name="bleu", weight=1.0),
+                                                       RewardComponent(name="semantic", weight=1.5),
+                                                       RewardComponent(name="language", weight=1.0)]),
+        "bleu_semantic": Ablation(components=[RewardComponent(name="bleu", weight=1.0),
+                                              RewardComponent(name="semantic", weight=1.5)]),
+    }
+
+    @field_validator("tau")
+    @classmethod
+    def _tau_range(cls, v):
+        if v != "auto" and not 0 <= v < 1:
+            raise ValueError(f"a number in [0, 1) or auto, got {v}")
+        return v
+
+
+class LoraConfig(Section):
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class StageConfig(Section):
+    """Optimiser settings every training method has."""
+
+    epochs: float = Field(2, gt=0)
+    max_steps: int = -1  # > 0 caps the run (-1: the epochs decide)
+    lr: float = Field(1.0e-3, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    scheduler: str = "cosine"
+    warmup: float = Field(0.03, ge=0)  # a ratio of the steps (< 1) or a step count
+
+
+class SFTStage(StageConfig):
+    batch_size: int = Field(8, ge=1)
+
+
+class ColdStartStage(SFTStage):
+    samples: int = Field(300, ge=1)
+
+
+class GRPOStage(StageConfig):
+    epochs: float = Field(1, gt=0)
+    max_steps: int = 120
+    lr: float = Field(1.0e-4, gt=0)
+    num_generations: int = Field(4, ge=2)
+    prompts_per_step: int = Field(4, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    beta: float = Field(0.04, ge=0)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
+    epsilon: float = Field(0.2, gt=0)
+    scale_rewards: str = "group"
+    use_vllm: bool = False
+    scheduler: str = "constant"
+    warmup: float = Field(0, ge=0)
+
+
+class TrainConfig(Section):
+    tasks: list[str] = ["mt"]
+    seeds: list[int] = Field([0], min_length=1)
+    out_dir: Path = Path("models")
+    checkpoint_dir: Path = Path("checkpoints")
+    max_input_tokens: int = Field(96, ge=1)
+    max_target_tokens: int = Field(48, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(25, ge=1)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    torch_threads: int = Field(1, ge=0)  # 0: torch's default
+    lora: LoraConfig = LoraConfig()
+    coldstart: ColdStartStage = ColdStartStage()
+    sft: SFTStage = SFTStage()
+    grpo: GRPOStage = GRPOStage()
+
+
+class TransferConfig(SFTStage):
+    enabled: bool = True
+    source_task: str = "mt"
+    target_task: str = "headline"
+    sources: list[str] = Field(["sft", "grpo"], alias="from")
+    samples: int = Field(300, ge=1)
+
+
+# ---------------------------------------------------------------- evaluation and operations
+
+
+class EvalConfig(Section):
+    out_dir: Path = Path("reports/eval")
+    test_samples: int = Field(200, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0  # torch seed before each variant's greedy decoding, and the preference judge's order
+    cmrc_samples: int = Field(300, ge=1)
+    cmrc_max_context_tokens: int = Field(384, ge=8)
+    cmrc_max_new_tokens: int = Field(24, ge=1)
+    cmrc_prompt: str = "阅读下面的文章，用文中的原话回答问题。\n文章：{context}\n问题：{question}"
+    tie_margin: float = Field(0.01, ge=0)
+    samples_to_keep: int = Field(20, ge=0)
+
+
+class ReportConfig(Section):
+    out_dir: Path = Path("reports")
+
+
+class ServersConfig(Section):
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+
+
+class FlowConfig(Section):
+    retries: int = Field(1, ge=0)
+    retry_delay_s: float = Field(10, ge=0)
+    max_workers: int = Field(16, ge=1)  # concurrent steps of one flow run (branches, seeds)
+
+
+class DeploymentConfig(Section):
+    name: str = "nightly"
+    cron: str = "0 2 * * *"
+    tasks: list[str] = ["mt"]
+    seeds: list[int] = [0]
+    profile: str | None = None
+    evaluate: bool = True
+
+
+class MemoryModel(Section):
+    activation_bytes: float = 34  # bytes kept for backward per hidden unit, token and layer
+    prompt_overhead_tokens: int = 64  # instruction and chat markup on top of the input budget
+
+
+class CheckConfig(Section):
+    gpu_memory_gib: float = Field(24, gt=0)
+    qwen3_config: dict[str, Any] = {}  # a named Qwen3 base's config.json, for `semrl check` offline
+    memory: MemoryModel = MemoryModel()
+
+
+class Config(Section):
+    """The whole params file."""
+
+    profile: str = "tiny"
+    fetch: FetchConfig = FetchConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    tasks: dict[str, TaskConfig] = Field(default_factory=_default_tasks)
+    tracking: TrackingConfig = TrackingConfig()
+    base: BaseConfig = BaseConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    rewards: RewardsConfig = RewardsConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    report: ReportConfig = ReportConfig()
+    transfer: TransferConfig = TransferConfig()
+    servers: ServersConfig = ServersConfig()
+    flow: FlowConfig = FlowConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+    check: CheckConfig = CheckConfig()
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> "Config":
+        known = ", ".join(self.tasks)
+        for where, names in (("train.tasks", self.train.tasks), ("deployment.tasks", self.deployment.tasks),
+                             ("transfer.source_task", [self.transfer.source_task]),
+                             ("transfer.target_task", [self.transfer.target_task])):
+            for name in names:
+                if name not in self.tasks:
+                    raise ValueError(f"{where}: unknown task {name!r} (defined in `tasks`: {known})")
+        return self
+
+    @property
+    def weights_dtype(self) -> str:
+        """bf16 weights wherever a model is loaded when the profile trains in bf16 (halves a 4B model)."""
+        return "bfloat16" if self.train.bf16 else "float32"
+
+    def dump(self) -> dict[str, Any]:
+        """Plain YAML/JSON-ready values (paths as strings, `transfer.from` under its params name)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SemrlError(f"{path}: params file not found (run from the project root)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SemrlError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise SemrlError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A copy of base with overlay's values put in, recursively for nested mappings."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _key_lines(path: Path) -> dict[tuple, int]:
+    """(key, key, ...) -> 1-based line of that key in a YAML file, for error messages."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = prefix + (k.value,)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[prefix + (i,)] = v.start_mark.line + 1
+                walk(v, prefix + (i,))
+
+    try:
+        walk(yaml.compose(path.read_text(encoding="utf-8")), ())
+    except (OSError, yaml.YAMLError):
+        pass
+    return lines
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(the model a field holds, whether a dict key or list index comes before it) for an annotation."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, getattr(annotation, "__origin__", None) in (dict, list)
+    return None, False
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid key names beside `loc` (whose last element is the offending key)."""
+    model: Any = Config
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return []
+        model, keyed = _model_in(field.annotation)
+        if model is None:
+            return []
+        if keyed and parts:
+            parts.pop(0)
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def problems_of(error: ValidationError, lines: dict[tuple, int], source: str) -> list[str]:
+    out = []
+    for e in error.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        where = f"{source}:{line}" if line else source
+        if e["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (valid here: {', '.join(_fields_at(loc))})"
+            out.append(f"{where}: {dotted}: unknown key{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            out.append(f"{where}: {dotted}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "missing" and
+                                                       not isinstance(e["input"], dict) else ""))
+    return out
+
+
+def profile_overlay(profile: str) -> Path:
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise SemrlError(f"{path}: no such profile (have: {have})")
+    return path
+
+
+def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
+    """The validated config of a params file, with `configs/<profile>.yaml` merged in when a profile other
+    than the file's own is asked for. Every problem is reported at once, each with file, line and key."""
+    path = Path(path)
+    data = read_yaml(path)
+    sources = [path]
+    if profile and profile != data.get("profile"):
+        overlay = profile_overlay(profile)
+        data = deep_merge(data, {**read_yaml(overlay), "profile": profile})
+        sources.append(overlay)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        # A key set by the overlay is reported against the overlay's line, else against the params file.
+        lines = {**_key_lines(path), **(_key_lines(sources[-1]) if len(sources) > 1 else {})}
+        problems = problems_of(e, lines, " + ".join(map(str, sources)) if len(sources) > 1 else str(path))
+        raise SemrlError("\n".join(problems) + f"\n{len(problems)} problem(s) in {path}") from None
+
+
+def write_config(path: str | Path, data: dict[str, Any]) -> None:
+    from semrl.core.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> Config:
+    """Rewrite a params file with an overlay (a profile such as configs/smoke.yaml) merged in, validated
+    before anything is written."""
+    merged = deep_merge(read_yaml(params_path), read_yaml(overlay_path))
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as e:
+        raise SemrlError("\n".join(problems_of(e, _key_lines(Path(overlay_path)), str(overlay_path)))) from None
+    write_config(params_path, merged)
+    return config

@@ -1,0 +1,80 @@
+"""Method records: how each training method trains — trainer kind, starting model, data subset,
+hyper-parameter section and (GRPO) reward components. Resolved once from the config; the trainer, the
+Prefect flow, evaluation, the report and `semrl check` read these records, never method-name prefixes.
+
+Adding a method is one record in `methods()` plus its params section (see README "Add a task or a method").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from semrl import SemrlError
+from semrl.core.config import Config, RewardComponent, StageConfig
+
+COLDSTART = "coldstart"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    trainer: Literal["sft", "grpo"]
+    init: str  # "base", or the method whose trained model it starts from
+    data: Literal["coldstart", "remaining", "fewshot"]  # which part of the seed-shuffled train split
+    section: str  # the params section of its hyper-parameters
+    hparams: StageConfig
+    rewards: tuple[RewardComponent, ...] = ()  # GRPO: the reward components
+    ablation: bool = False  # a reward ablation of GRPO (reported apart)
+    init_task: str | None = None  # the task whose `init` model it starts from (None: its own task)
+    group: str | None = None  # its own output folder models/<group>/<task>/ (a DVC output of its own stage)
+
+    @property
+    def is_branch(self) -> bool:
+        """A sibling branch after the cold start (runs concurrently in the flow)."""
+        return self.init == COLDSTART and self.init_task is None
+
+
+def methods(cfg: Config) -> dict[str, Method]:
+    """Every method this config defines, in run order: the cold start, its branches (strong SFT, GRPO,
+    each enabled reward ablation) and the few-shot transfer methods."""
+    t = cfg.train
+    found = [
+        Method(COLDSTART, "sft", "base", "coldstart", "train.coldstart", t.coldstart),
+        Method("sft", "sft", COLDSTART, "remaining", "train.sft", t.sft),
+        Method("grpo", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(cfg.rewards.components)),
+    ]
+    found += [Method(f"grpo_{name}", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(a.components),
+                     ablation=True)
+              for name, a in cfg.rewards.ablations.items() if a.enabled]
+    found += [Method(f"transfer_from_{source}", "sft", source, "fewshot", "transfer", cfg.transfer,
+                     init_task=cfg.transfer.source_task, group="transfer") for source in cfg.transfer.sources]
+    return {m.name: m for m in found}
+
+
+def get_method(cfg: Config, name: str) -> Method:
+    known = methods(cfg)
+    if name not in known:
+        raise SemrlError(f"unknown method {name!r} (known: {', '.join(known)}; a reward ablation runs once "
+                         "rewards.ablations.<name>.enabled is true)")
+    return known[name]
+
+
+def branches(cfg: Config) -> list[Method]:
+    return [m for m in methods(cfg).values() if m.is_branch]
+
+
+def transfer_methods(cfg: Config) -> list[Method]:
+    """The few-shot transfer methods (trained and scored by the `transfer` stage)."""
+    return [m for m in methods(cfg).values() if m.group == "transfer"]
+
+
+def output_dir(cfg: Config, task: str, method: str | Method, seed: int) -> Path:
+    """models/<task>/<method>/seed<k>/ (or models/<group>/<task>/... for methods with a stage of their own)."""
+    m = method if isinstance(method, Method) else get_method(cfg, method)
+    root = cfg.train.out_dir / m.group if m.group else cfg.train.out_dir
+    return root / task / m.name / f"seed{seed}"
+
+
+def run_name(task: str, method: str, seed: int) -> str:
+    return f"{task}-{method}-s{seed}"

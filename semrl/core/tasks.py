@@ -1,0 +1,54 @@
+"""Task records: what each task reads, how its prompt is built, which script its output is in and which
+metrics score it. Resolved once from the `tasks` section of params.yaml; training, evaluation, the report
+and `semrl check` all read these records instead of knowing tasks by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from semrl import SemrlError
+from semrl.core.config import Config
+from semrl.core.io import read_jsonl
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    data_dir: Path  # prepared/<data>: {train,dev,test}.jsonl
+    input: str  # field of a record that is the model's input
+    output: str  # field that is the reference
+    script: str  # script the output must be in ("bo", "zh")
+    prompt: str  # template with {input}
+    metrics: tuple[str, ...]
+    primary_metric: str
+
+    def split_file(self, split: str) -> Path:
+        return self.data_dir / f"{split}.jsonl"
+
+    def examples(self, split: str, tokenizer, max_input_tokens: int) -> list[dict[str, str]]:
+        """{id, prompt, reference} per record of a split; the input is cut to `max_input_tokens` tokens
+        (prompts are ours to truncate: TRL no longer does)."""
+        path = self.split_file(split)
+        if not path.is_file():
+            raise SemrlError(f"{path}: missing (run `dvc repro prepare`)")
+        return [{"id": r["id"], "prompt": self.prompt.format(input=truncate(tokenizer, r[self.input], max_input_tokens)),
+                 "reference": r[self.output]} for r in read_jsonl(path)]
+
+
+def truncate(tokenizer, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+def tasks(cfg: Config) -> dict[str, Task]:
+    return {name: Task(name, cfg.prepare.out_dir / t.data, t.input, t.output, t.script, t.prompt, tuple(t.metrics),
+                       t.primary_metric) for name, t in cfg.tasks.items()}
+
+
+def get_task(cfg: Config, name: str) -> Task:
+    known = tasks(cfg)
+    if name not in known:
+        raise SemrlError(f"unknown task {name!r} (defined in params `tasks`: {', '.join(known)})")
+    return known[name]

@@ -1,0 +1,1 @@
+"""Stages `evaluate@<task>`, `transfer` (scoring half) and `report`: metrics, evaluation, the tax report."""

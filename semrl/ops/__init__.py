@@ -1,0 +1,1 @@
+"""Operations around the pipeline: the Prefect flow (`train@<task>` runs it) and `semrl check`."""

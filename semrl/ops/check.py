@@ -1,0 +1,138 @@
+"""`semrl check [PROFILE]`: validate a profile before anything is downloaded or trained — GRPO batch
+shapes, LoRA target modules against the real architecture, reward names, tasks, sources — and estimate
+the accelerator memory a step needs."""
+from __future__ import annotations
+
+from semrl import SemrlError
+from semrl.core.config import Config
+from semrl.core.io import import_dotted
+
+
+def architecture(cfg: Config):
+    """The base model's config: the named model's (from the hub cache or the hub), else the tiny arch."""
+    from transformers import AutoConfig, Qwen3Config
+
+    from semrl.models.base import qwen3_config
+
+    b = cfg.base
+    if b.pretrained:
+        try:
+            return AutoConfig.from_pretrained(b.pretrained, revision=b.revision, trust_remote_code=b.trust_remote_code)
+        except (OSError, ValueError):
+            if "qwen3" in b.pretrained.lower():  # offline: Qwen3's module names hold at every size
+                return Qwen3Config(**cfg.check.qwen3_config)
+            raise SemrlError(f"base.pretrained {b.pretrained!r}: config not available offline") from None
+    return qwen3_config(b.arch, b.tokenizer.vocab_size)
+
+
+def _linear_modules(config) -> tuple[set[str], dict[str, tuple[int, int]], int]:
+    """Names (last component) of the Linear layers, their shapes, and the parameter count, on the meta
+    device (no memory, no download)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    shapes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            shapes.setdefault(name.rsplit(".", 1)[-1], (module.in_features, module.out_features))
+    return set(shapes), shapes, sum(p.numel() for p in model.parameters())
+
+
+def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[int, int]]) -> dict:
+    """A rough peak for the heaviest step (GRPO generation + update), in GiB; the constants of the model
+    are `check.memory`."""
+    t, mm = cfg.train, cfg.check.memory
+    bytes_w = 2 if t.bf16 else 4
+    lora = t.lora
+    layers = config.num_hidden_layers
+    if lora.enabled:
+        trainable = sum(lora.r * (shapes[m][0] + shapes[m][1]) for m in lora.target_modules if m in shapes)
+        trainable *= layers
+    else:
+        trainable = n_params
+    g = t.grpo
+    batch = g.num_generations * g.prompts_per_step
+    seq = t.max_input_tokens + t.max_target_tokens + mm.prompt_overhead_tokens
+    hidden = config.hidden_size
+    kv_heads = getattr(config, "num_key_value_heads", config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    gib = 2 ** 30
+    est = {
+        "weights": n_params * bytes_w / gib,
+        "reference_model": 0.0 if lora.enabled or g.beta == 0 else n_params * bytes_w / gib,
+        "trainable_params_m": trainable / 1e6,
+        "optimizer_and_grads": trainable * (4 + 4 + 4 + bytes_w) / gib,  # fp32 master, Adam m and v, grads
+        "kv_cache": batch * seq * layers * 2 * kv_heads * head_dim * bytes_w / gib,
+        # activations kept for backward: check.memory.activation_bytes per hidden unit per token per layer,
+        # /sqrt(layers) with checkpointing; plus the logits in fp32
+        "activations": batch * seq * hidden * layers * mm.activation_bytes
+        / (layers ** 0.5 if t.gradient_checkpointing else 1) / gib
+        + batch * seq * config.vocab_size * 4 / gib,
+    }
+    est["total"] = sum(v for k, v in est.items() if k != "trainable_params_m")
+    return {k: round(v, 2) for k, v in est.items()}
+
+
+def check(cfg: Config) -> tuple[list[str], list[str]]:
+    """(problems, facts) beyond what the typed config already validated (which `load_config` reports):
+    rewards that resolve, sources and tables that parse, LoRA targets in the real architecture, the
+    memory a step needs. No problem means the profile is ready to run."""
+    from semrl.core.methods import methods
+    from semrl.core.tasks import tasks
+    from semrl.data.sources import read_sources
+    from semrl.data.tables import read_tables, unpinned
+    from semrl.training.rewards import REGISTRY
+
+    problems, facts = [], [f"profile: {cfg.profile}"]
+    t = cfg.train
+    g = t.grpo
+    facts.append(f"tasks: {', '.join(t.tasks)} (defined: {', '.join(tasks(cfg))})")
+    facts.append(f"methods: {', '.join(methods(cfg))}")
+    facts.append(f"GRPO: {g.prompts_per_step} prompts x {g.num_generations} generations = "
+                 f"{g.prompts_per_step * g.num_generations} completions per device step")
+    for method in methods(cfg).values():
+        for comp in method.rewards:
+            if comp.name in REGISTRY:
+                continue
+            if "." in comp.name:
+                try:
+                    import_dotted(comp.name)
+                    continue
+                except SemrlError:
+                    pass
+            problems.append(f"{method.section} ({method.name}): reward {comp.name!r} is neither registered "
+                            f"({', '.join(REGISTRY)}) nor an importable dotted path")
+    if cfg.prepare.mt.cldr_pairs and not cfg.fetch.cldr:
+        problems.append("prepare.mt.cldr_pairs needs fetch.cldr: true")
+    try:
+        facts.append(f"sources: {len(read_sources(cfg.fetch.sources))} files in {cfg.fetch.sources}")
+    except SemrlError as e:
+        problems.append(str(e))
+    try:
+        tables = read_tables(cfg.fetch.tables)
+        facts.append(f"tables: {len(tables)}" + "".join(
+            f"\n    {t.name}: {t.type} {t.dataset or t.url} -> {t.task} ({t.use})" for t in tables))
+        facts += [f"warning: fetch.tables {t.name}: revision {t.revision!r} is not a commit; pin the one fetch "
+                  f"records in data/raw/{t.provenance}" for t in tables if unpinned(t)]
+    except SemrlError as e:
+        problems += str(e).splitlines()
+    try:
+        arch = architecture(cfg)
+        names, shapes, n_params = _linear_modules(arch)
+        facts.append(f"base: {arch.model_type}, {n_params / 1e6:,.1f} M parameters, linear layers "
+                     f"{', '.join(sorted(names))}")
+        if t.lora.enabled:
+            missing = [m for m in t.lora.target_modules if m not in names]
+            if missing:
+                problems.append(f"train.lora.target_modules: {missing} not in the architecture ({sorted(names)})")
+        est = memory_estimate(cfg, arch, n_params, shapes)
+        budget = cfg.check.gpu_memory_gib
+        facts.append("memory estimate (GiB): " + ", ".join(f"{k} {v}" for k, v in est.items()))
+        if est["total"] > budget:
+            problems.append(f"estimated peak {est['total']} GiB exceeds check.gpu_memory_gib {budget}: lower "
+                            "prompts_per_step or max lengths, or enable gradient checkpointing")
+    except SemrlError as e:
+        problems.append(str(e))
+    return problems, facts

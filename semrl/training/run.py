@@ -1,0 +1,188 @@
+"""Train one (task, method, seed): the Prefect flow, the CLI and the transfer stage all call `train_one`.
+
+Data per task and seed: the task's train split is shuffled with the seed; the first `coldstart.samples`
+examples are the cold start; the rest ("remaining") is what both branches train on: strong SFT imitates
+its references for `sft.epochs` epochs, GRPO sees only its prompts and the rewards for `grpo.epochs`.
+With LoRA, each stage trains a fresh adapter; the cold start's adapter is merged into its output model,
+which is both branches' starting point and GRPO's KL reference. A killed run resumes from its last
+complete checkpoint, which is keyed by everything that shapes the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from semrl import SemrlError
+from semrl.core.checkpoints import last_complete_checkpoint, step_of
+from semrl.core.config import Config
+from semrl.core.io import atomic_write_text
+from semrl.core.methods import COLDSTART, Method, get_method, output_dir, run_name
+from semrl.core.tasks import Task, get_task
+from semrl.training.tau import TAU_FILE, calibrate_tau, grpo_tau
+from semrl.training.trainers import init_model_dir, make_trainer, method_items, model_init_kwargs, rank, world_size
+
+
+def _fingerprint(path: Path) -> str:
+    """Cheap identity of a model folder (names, sizes, mtimes), so checkpoints never resume onto another init."""
+    if not path.is_dir():
+        return str(path)
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+
+
+def checkpoint_dir(cfg: Config, task: Task, method: Method, seed: int, init: Path) -> Path:
+    """Checkpoints live outside the DVC outputs, keyed by everything that shapes the run: the task record,
+    the method's hyper-parameters and rewards, the shared training settings, the data version and the
+    starting model. A changed config starts afresh; it never resumes a stale checkpoint."""
+    from semrl.core.tracking import data_version
+
+    shared = cfg.train.model_dump(mode="json", exclude={"tasks", "seeds", "coldstart", "sft", "grpo"})
+    key_src = json.dumps([cfg.tasks[task.name].model_dump(mode="json"), method.hparams.model_dump(mode="json"),
+                          [c.model_dump() for c in method.rewards], shared, cfg.rewards.model_dump(mode="json"),
+                          data_version(), _fingerprint(init)], sort_keys=True, default=str)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    return cfg.train.checkpoint_dir / task.name / method.name / f"seed{seed}-{key}"
+
+
+def _last_logged(history: list[dict], key: str) -> float | None:
+    """The last value the trainer logged for key, across resumes (a resumed run's own average is partial)."""
+    values = [h[key] for h in history if key in h]
+    return round(float(values[-1]), 6) if values else None
+
+
+def trainable_fingerprint(model) -> str:
+    """A hash of the trainable weights. Data-parallel ranks must agree bit for bit after training (their
+    gradients are all-reduced); under ZeRO-3 each rank holds only its partition, so they differ."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_outputs(cfg: Config, method: Method, trainer, init: Path, out: Path, main: bool):
+    """Save the trained weights and return (on rank 0) the full model with any adapter merged in.
+
+    Every rank calls this: Trainer.save_model gathers ZeRO-3 partitions from all ranks (a collective),
+    and only rank 0 writes. The merged model is rebuilt from the saved files, never from the in-memory
+    (possibly sharded) training model, so it is the same under one process, DDP, ZeRO-2 and ZeRO-3."""
+    from transformers import AutoModelForCausalLM
+
+    lora = cfg.train.lora.enabled
+    saved = out / ("adapter" if lora else "model")
+    trainer.save_model(str(saved))
+    if not main:
+        return None
+    (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run's arguments are in MLflow
+    kwargs = model_init_kwargs(cfg, method)
+    if not lora:
+        model = AutoModelForCausalLM.from_pretrained(saved, use_safetensors=True, dtype=kwargs["dtype"])
+        return model.to(trainer.args.device)
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(str(init), **kwargs)
+    merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
+    merged.save_pretrained(out / "model", safe_serialization=True)
+    return merged.to(trainer.args.device)  # the cold start samples with it next (tau calibration)
+
+
+@contextlib.contextmanager
+def exclusive(cfg: Config, task: str, method: str, seed: int):
+    """One process at a time per (task, method, seed): two flow runs that would write the same output
+    folder are refused clearly instead of clobbering each other (different seeds run side by side)."""
+    import fcntl
+
+    path = cfg.train.checkpoint_dir / "locks" / f"{run_name(task, method, seed)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise SemrlError(f"{run_name(task, method, seed)} is being trained by another run "
+                             f"(pid {f.read().strip() or '?'}); refusing to write the same outputs") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def train_one(cfg: Config, task_name: str, method_name: str, seed: int) -> dict[str, Any]:
+    """Train one (task, method, seed) to its output folder, resuming from its last checkpoint. Under a
+    multi-process launch every rank trains; rank 0 alone locks, tracks and saves."""
+    task, method = get_task(cfg, task_name), get_method(cfg, method_name)  # unknown names fail before the lock
+    if rank() != 0:
+        return _train_one(cfg, task, method, seed)
+    with exclusive(cfg, task.name, method.name, seed):
+        return _train_one(cfg, task, method, seed)
+
+
+def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, Any]:
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from semrl.core import tracking
+
+    if cfg.train.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.train.torch_threads)
+    init = init_model_dir(cfg, task.name, method, seed)
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    train_items = task.examples("train", tokenizer, cfg.train.max_input_tokens)
+    items = method_items(cfg, method, train_items, seed)
+    if not items:
+        raise SemrlError(f"{task.name}: no training examples for {method.name} (train split {len(train_items)}, "
+                         f"cold start {cfg.train.coldstart.samples})")
+    out = output_dir(cfg, task.name, method, seed)
+    tau = grpo_tau(cfg, task.name, seed) if method.trainer == "grpo" else None
+
+    ckpt = checkpoint_dir(cfg, task, method, seed, init)
+    last = last_complete_checkpoint(ckpt)
+    name = run_name(task.name, method.name, seed)
+    tags = {"semrl.task": task.name, "semrl.method": method.name, "semrl.seed": str(seed), "semrl.run_key": name,
+            "semrl.pid": str(os.getpid()), "semrl.host": socket.gethostname()}
+    if os.environ.get(tracking.PARENT_RUN_ENV):
+        tags["mlflow.parentRunId"] = os.environ[tracking.PARENT_RUN_ENV]
+    main = rank() == 0
+    logged = {"task": task.name, "method": method.name, "seed": seed, "train_examples": len(items),
+              "trainer": method.trainer, "config": method.hparams.model_dump(mode="json"),
+              "lora": cfg.train.lora.model_dump(mode="json"), "init": str(init), "world_size": world_size()}
+    if method.trainer == "grpo":
+        logged.update(rewards=[c.model_dump() for c in method.rewards], tau=tau)
+    if main:
+        tracking.close_stale_runs(cfg, name)
+    tracked = tracking.run(cfg, name, tags=tags, log_params=logged) if main else contextlib.nullcontext()
+    with tracked as active:
+        trainer = make_trainer(cfg, task, method, seed, items, init, ckpt, tokenizer, tau)
+        result = trainer.train(resume_from_checkpoint=last)
+        fingerprint = trainable_fingerprint(trainer.model)
+        merged = save_outputs(cfg, method, trainer, init, out, main)
+        if not main:
+            return {"rank": rank(), "steps": trainer.state.global_step, "trainable_sha256": fingerprint}
+        resumed = step_of(last)
+        summary = {"task": task.name, "method": method.name, "seed": seed, "train_examples": len(items),
+                   "world_size": world_size(), "steps": trainer.state.global_step, "resumed_from_step": resumed,
+                   "final_loss": _last_logged(trainer.state.log_history, "loss"),
+                   "tokens": _last_logged(trainer.state.log_history, "num_tokens"),
+                   "train_seconds": round(result.metrics["train_runtime"], 2), "run_id": active.info.run_id,
+                   "trainable_sha256": fingerprint}
+        if tau is not None:
+            summary["tau"] = tau
+        tokenizer.save_pretrained(out / "model")
+        if method.name == COLDSTART:  # every GRPO branch of this seed reads the tau it calibrates
+            info = calibrate_tau(cfg, task, merged, tokenizer, seed)
+            atomic_write_text(out / TAU_FILE, json.dumps(info, indent=2) + "\n")
+            mlflow.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        mlflow.log_metrics({"resumed_from_step": resumed, "train_seconds": summary["train_seconds"]})
+        mlflow.log_artifacts(str(out), artifact_path="model")
+        tracking.register(f"semrl-{task.name}-{method.name}", active.info.run_id, "model")
+    return summary

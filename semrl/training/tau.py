@@ -1,0 +1,40 @@
+"""The adequacy threshold tau of R_sim: a number from params, or (auto) calibrated once per task and seed
+on the cold-start model's own dev samples and read back by every GRPO branch of that seed."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from semrl import SemrlError
+from semrl.core.config import Config
+from semrl.core.methods import COLDSTART, output_dir
+from semrl.core.tasks import Task
+
+TAU_FILE = "tau.json"
+
+
+def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[str, Any]:
+    """tau = auto: the cold-start model's semantic similarity on dev, sampled as GRPO will sample."""
+    from semrl.models.generation import generate
+    from semrl.training.rewards import SemanticReward, tau_from_similarities
+
+    g, r = cfg.train.grpo, cfg.rewards
+    if r.tau != "auto":
+        return {"tau": float(r.tau), "tau_setting": r.tau}
+    dev = task.examples("dev", tokenizer, cfg.train.max_input_tokens)[: r.tau_dev_samples]
+    outs = generate(model, tokenizer, [x["prompt"] for x in dev], cfg.train.max_target_tokens,
+                    do_sample=True, temperature=g.temperature, top_p=g.top_p, seed=seed, desc="calibrate tau")
+    sims = SemanticReward(cfg.embedder.reward.out_dir).similarity(outs, [x["reference"] for x in dev])
+    tau = tau_from_similarities(sims, r.tau_quantile)
+    return {"tau": round(tau, 6), "tau_setting": r.tau, "dev_samples": len(dev),
+            "dev_similarity_mean": round(sum(sims) / len(sims), 6)}
+
+
+def grpo_tau(cfg: Config, task: str, seed: int) -> float:
+    """The tau a GRPO run uses: the number in rewards.tau, or (auto) the one its cold start calibrated."""
+    if cfg.rewards.tau != "auto":
+        return float(cfg.rewards.tau)
+    tau_file = output_dir(cfg, task, COLDSTART, seed) / TAU_FILE
+    if not tau_file.is_file():
+        raise SemrlError(f"{tau_file}: missing; the cold start writes it (rewards.tau is auto)")
+    return float(json.loads(tau_file.read_text())["tau"])

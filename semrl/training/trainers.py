@@ -1,0 +1,161 @@
+"""TRL trainers for a Method record: the data it trains on, its TrainingArguments, LoRA, and the SFT or GRPO
+trainer with its rewards. One function per concern; `semrl.training.run.train_one` puts them together."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from semrl.core.config import Config, StageConfig
+from semrl.core.methods import Method, output_dir
+from semrl.core.tasks import Task
+
+
+def rank() -> int:
+    """This process's rank under `accelerate launch` / `torchrun` (0 when run alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# ---------------------------------------------------------------- data
+
+
+def seed_split(items: list[dict], n_first: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """The seed-shuffled items cut in two: the first n_first, and the rest."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items[:n_first], items[n_first:]
+
+
+def method_items(cfg: Config, method: Method, train_items: list[dict], seed: int) -> list[dict]:
+    """What a method trains on: the cold start the first `coldstart.samples` of the seed-shuffled train
+    split, the branches the rest ("remaining"), a few-shot method the first `samples` of its own task's."""
+    cold, remaining = seed_split(train_items, cfg.train.coldstart.samples, seed)
+    if method.data == "coldstart":
+        return cold
+    if method.data == "remaining":
+        return remaining
+    return seed_split(train_items, method.hparams.samples, seed)[0]  # fewshot
+
+
+def sft_dataset(items: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}],
+                               "completion": [{"role": "assistant", "content": x["reference"]}]} for x in items])
+
+
+def grpo_dataset(items: list[dict], reference_column: str):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}], reference_column: x["reference"]}
+                              for x in items])
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def init_model_dir(cfg: Config, task: str, method: Method, seed: int) -> Path:
+    """The model a method starts from: the base, or the trained model of `method.init` (same seed)."""
+    from semrl import SemrlError
+    from semrl.core.methods import get_method
+    from semrl.models.base import base_reference
+
+    if method.init == "base":
+        return Path(base_reference(cfg.base.out_dir)["model"])
+    source_task = method.init_task or task
+    path = output_dir(cfg, source_task, get_method(cfg, method.init), seed) / "model"
+    if not (path / "config.json").is_file():
+        raise SemrlError(f"{path}: no starting model for {task}-{method.name}-s{seed}; train "
+                         f"{source_task}-{method.init}-s{seed} first")
+    return path
+
+
+def lora_config(cfg: Config):
+    lora = cfg.train.lora
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def common_args(cfg: Config, hp: StageConfig, ckpt: Path, seed: int) -> dict[str, Any]:
+    import torch
+
+    t = cfg.train
+    return dict(
+        output_dir=str(ckpt), learning_rate=hp.lr, num_train_epochs=hp.epochs, max_steps=hp.max_steps,
+        lr_scheduler_type=hp.scheduler, warmup_steps=hp.warmup, gradient_accumulation_steps=hp.grad_accum,
+        logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=1,
+        seed=seed, report_to=[], bf16=t.bf16, fp16=False,
+        gradient_checkpointing=t.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        # CPU data parallel (torchrun) needs gloo; set only when launched multi-process, or a lone
+        # process waits for a process group that never forms.
+        ddp_backend="gloo" if world_size() > 1 and not torch.cuda.is_available() else None,
+    )
+
+
+def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
+    """How the starting model is loaded: the base's pinned revision and remote-code choice when starting
+    from a named model, and bf16 weights when training in bf16 (TRL's default is float32, twice the memory
+    of a frozen 4B base under LoRA)."""
+    kwargs: dict[str, Any] = {"dtype": cfg.weights_dtype}
+    if method.init == "base":
+        from semrl.models.base import base_reference
+
+        ref = base_reference(cfg.base.out_dir)
+        kwargs.update(revision=ref.get("revision"), trust_remote_code=bool(ref.get("trust_remote_code")))
+    return kwargs
+
+
+# ---------------------------------------------------------------- trainers
+
+
+def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list[dict], init: Path, ckpt: Path,
+                 tokenizer, tau: float | None):
+    from semrl.core import tracking
+
+    hp = method.hparams
+    init_kwargs = model_init_kwargs(cfg, method)
+    callbacks = [tracking.metrics_callback()]
+    if method.trainer == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        # Room for the longest templated prompt (instruction, truncated input, chat markup: its length in
+        # tokens depends on the tokenizer) plus the target budget, so no example loses its completion.
+        prompts = tokenizer.apply_chat_template([[{"role": "user", "content": x["prompt"]}] for x in items],
+                                                add_generation_prompt=True, tokenize=False)
+        longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        args = SFTConfig(**common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=hp.batch_size,
+                         max_length=longest + cfg.train.max_target_tokens, model_init_kwargs=init_kwargs)
+        return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items),
+                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+
+    from trl import GRPOConfig, GRPOTrainer
+
+    from semrl.training.rewards import build_rewards
+
+    r = cfg.rewards
+    context = {"embedder": cfg.embedder.reward.out_dir, "tau": tau, "script": task.script,
+               "reference_column": r.reference_column}
+    funcs, weights = build_rewards(method.rewards, context)
+    g = hp.num_generations
+    args = GRPOConfig(
+        **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,
+        num_generations=g, max_completion_length=cfg.train.max_target_tokens, temperature=hp.temperature,
+        top_p=hp.top_p, beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, reward_weights=weights,
+        use_vllm=hp.use_vllm, scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs,
+    )
+    return GRPOTrainer(model=str(init), reward_funcs=funcs, args=args,
+                       train_dataset=grpo_dataset(items, r.reference_column),
+                       processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)

@@ -1,0 +1,19 @@
+"""Few-shot transfer training: from the source task's strong-SFT and GRPO models (each seed), SFT on
+`transfer.samples` target-task examples (paper: MT -> 1,000 headlines). The `transfer` stage then scores
+them with `semrl.evaluation.evaluate.evaluate_transfer`."""
+from __future__ import annotations
+
+from semrl.core.config import Config
+from semrl.core.methods import Method, transfer_methods
+from semrl.training.run import train_one
+
+def train_transfer(cfg: Config) -> list[tuple[Method, int]]:
+    """Train every transfer method x seed into models/transfer/<target task>/ (resuming as any method)."""
+    done = []
+    if not cfg.transfer.enabled:
+        return done
+    for seed in cfg.train.seeds:
+        for method in transfer_methods(cfg):
+            train_one(cfg, cfg.transfer.target_task, method.name, seed)
+            done.append((method, seed))
+    return done

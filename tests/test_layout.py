@@ -1,0 +1,87 @@
+"""The layout shows the pipeline: each DVC stage's code deps (a few package folders) cover the whole import
+closure of the code it runs, so a code change reruns every stage it can affect."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+# `semrl flow` (stage train@<task>) runs each step as `semrl train` in a process of its own.
+SPAWNS = {"flow": ["train"]}
+
+
+def module_file(name: str) -> Path | None:
+    base = REPO / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def semrl_imports(nodes) -> set[str]:
+    """Every semrl module a piece of code imports, at the top or inside functions."""
+    found = set()
+    for node in nodes:
+        for n in ast.walk(node):
+            if isinstance(n, ast.Import):
+                found |= {a.name for a in n.names if a.name.split(".")[0] == "semrl"}
+            elif isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == "semrl":
+                found.add(n.module)
+                found |= {f"{n.module}.{a.name}" for a in n.names if module_file(f"{n.module}.{a.name}")}
+    return found
+
+
+def closure(modules: set[str]) -> set[Path]:
+    """The files those modules run (the CLI's own imports are taken per command: command_modules)."""
+    files, todo = {REPO / "semrl" / "cli.py"}, list(modules)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+            path = module_file(".".join(parts[:i]))
+            if path and path not in files:
+                files.add(path)
+                todo += semrl_imports([ast.parse(path.read_text(encoding="utf-8"))])
+    return files
+
+
+def command_modules(command: str) -> set[str]:
+    """What `semrl <command>` imports: the CLI module's top level, its callback and helpers, the command."""
+    tree = ast.parse((REPO / "semrl" / "cli.py").read_text(encoding="utf-8"))
+    top = [n for n in tree.body if not isinstance(n, ast.FunctionDef)]
+    commands = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    used = [commands[command], commands["_use_running_servers"], commands["config"], commands["run_step"]]
+    names = semrl_imports(top + used)
+    for spawned in SPAWNS.get(command, []):
+        names |= command_modules(spawned)
+    return names
+
+
+def stages() -> list[tuple[str, str, list[str]]]:
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    out = []
+    for name, stage in dvc.items():
+        stage = stage.get("do", stage)
+        script = re.search(r"python (stages/\w+\.py)", stage["cmd"]).group(1)
+        command = re.search(r'app\(\["(\w+)"', (REPO / script).read_text(encoding="utf-8")).group(1)
+        out.append((name, command, stage["deps"]))
+    return out
+
+
+@pytest.mark.parametrize("name, command, deps", stages(), ids=[s[0] for s in stages()])
+def test_stage_deps_cover_the_import_closure(name, command, deps):
+    dep_paths = [REPO / d for d in deps]
+    files = closure(command_modules(command))
+    assert len(files) > 5
+    uncovered = sorted(str(f.relative_to(REPO)) for f in files
+                       if not any(f == d or d in f.parents for d in dep_paths))
+    assert not uncovered, f"stage {name} runs code that is not among its deps: {uncovered}"
+
+
+def test_every_module_says_what_it_is_for():
+    for path in sorted((REPO / "semrl").rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        assert doc and len(doc.split()) >= 5, f"{path.relative_to(REPO)} has no first line saying what it is for"
