@@ -16,9 +16,11 @@ from conftest import REPO, mlflow_runs, read_jsonl, run
 
 
 def variant(trained_repo: Path, tmp_path: Path, **changes) -> tuple[Path, dict]:
-    """A params file like the trained repo's whose outputs, checkpoints and reports go to tmp_path."""
+    """A params file like the trained repo's whose outputs, checkpoints, reports and MLflow runs go to tmp_path
+    (the trained repo's own store stays as the other tests expect it)."""
     params = yaml.safe_load((trained_repo / "params.yaml").read_text())
     params["train"].update(out_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ckpt"))
+    params["tracking"].update(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "mlartifacts"))
     params["eval"]["out_dir"] = str(tmp_path / "eval")
     params["report"]["out_dir"] = str(tmp_path / "reports")
     for dotted, value in changes.items():
@@ -55,7 +57,7 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
                     assert summary["tau"] == 0.2  # the number in rewards.tau, no calibration
             tau = json.loads((models / task / "coldstart" / f"seed{seed}" / "tau.json").read_text())
             assert tau == {"tau": 0.2, "tau_setting": 0.2}
-    runs = mlflow_runs(trained_repo)
+    runs = mlflow_runs(tmp_path)
     ablation = runs["mt_bo2zh-grpo_bleu_semantic-s0"]
     assert json.loads(ablation.data.params["rewards"].replace("'", '"')) == [
         {"name": "bleu", "weight": 1.0}, {"name": "semantic", "weight": 1.5}]
@@ -78,9 +80,7 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     md = (tmp_path / "reports" / "alignment_tax.md").read_text()
     assert "## headline" in md and "| ROUGE-L |" in md and "one seed, no estimate" not in md
     assert "### Reward ablations" in md and "| grpo_bleu_semantic | 2 |" in md
-    rows = {r["method"]: r for r in json.loads((tmp_path / "reports" / "metrics.json").read_text())
-            ["tasks"]["headline"].values() if False} or json.loads(
-        (tmp_path / "reports" / "metrics.json").read_text())["tasks"]["headline"]
+    rows = json.loads((tmp_path / "reports" / "metrics.json").read_text())["tasks"]["headline"]
     assert set(rows) >= {"base", "coldstart", "sft", "grpo", "grpo_bleu_semantic"}
     assert "rouge_l" in rows["sft"] and "task_gain" in rows["sft"]
     verdicts = [line for line in md.splitlines() if line.startswith("- rouge_l:")]
@@ -136,7 +136,7 @@ def test_a_step_killed_by_a_signal_is_retried_and_its_run_closed(trained_repo, t
     assert marker.read_text() == "killed once"
     summary = json.loads((tmp_path / "models" / "mt" / "grpo" / "seed3" / "summary.json").read_text())
     assert summary["steps"] == params["train"]["grpo"]["max_steps"]
-    mlflow_runs(trained_repo)
+    mlflow_runs(tmp_path)  # points MLflow at the variant's store
     runs = mlflow.search_runs(experiment_names=["semrl"], output_format="list",
                               filter_string="tags.`semrl.run_key` = 'mt-grpo-s3'")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]  # the killed try is not left RUNNING
