@@ -169,9 +169,69 @@ def transfer_section(path: Path, tasks: dict[str, Task]) -> list[str]:
     return md
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, out: Path) -> tuple[list[str], list]:
+    """One task's part of the report: the tables, the preference, the verdicts and its training curves;
+    returns (markdown lines, the MLflow runs the curves came from)."""
+    ablations = [m.name for m in methods(cfg).values() if m.ablation]
+    tc = [(m, METRIC_LABELS[m]) for m in task.metrics]
+    md = [f"## {task.name}", "", f"{ev['test_examples']} test examples, {ev['cmrc_questions']} CMRC questions.",
+          "", "### Cold start vs GRPO", "",
+          _table(g[g.method.isin(["base", "coldstart", "grpo"])],
+                 tc + [("sim_reward", "sim (reward emb.)"), ("sim_eval", "sim (eval emb.)")]), "",
+          "### Strong SFT vs GRPO: task skill and alignment tax", "",
+          _table(g[g.method.isin(["base", "sft", "grpo"])],
+                 tc + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"), ("cmrc_avg", "CMRC Avg"),
+                       ("cmrc_f1", "CMRC F1"), ("tax_cmrc_avg", "tax (Avg drop)"),
+                       ("nll_increase_mean", "ΔNLL mean"), ("nll_increase_p90", "ΔNLL P90"), ("kl_p90", "KL P90")]),
+          "", "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
+          _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
+                     ("empty_rate", "empty")], digits=3), "",
+          "### Reward ablations", "",
+          _table(g[g.method.isin(["grpo", *ablations])], [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
+                                                         ("language_consistency", "in target script")])
+          if g.method.isin(ablations).any() else "No ablation enabled (`rewards.ablations.<name>.enabled`).", ""]
+    p = ev["preference"]
+    md += ["### Preference: strong SFT vs GRPO", "",
+           f"Judge: {p['judge']}. {p['pairs']} pairs over seeds {p['seeds']}: SFT wins "
+           f"{p.get('sft_rate', 0):.1%}, GRPO wins {p.get('grpo_rate', 0):.1%}, ties {p.get('tie_rate', 0):.1%}.",
+           "", "### Verdicts", ""]
+    md += [f"- {compare(g, 'sft', 'grpo', col)}" for col in [task.primary_metric, "sim_eval", "cmrc_avg",
+                                                              "nll_increase_mean"]]
+    curve, run_ids = training_curves(cfg, task.name, curves)
+    if curve:
+        md += ["", f"![training curves]({curve.relative_to(out).as_posix()})"]
+    return md + [""], run_ids
+
+
+def metrics_summary(df, evals: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """reports/metrics.json (a DVC metric): every aggregated number per task and method, and the preference."""
+    metrics = {"meta": meta, "tasks": {}}
+    for _, row in df.iterrows():
+        metrics["tasks"].setdefault(row["task"], {})[row["method"]] = {
+            k: round(float(v), 6) for k, v in row.items() if k in COLUMNS + ["tax_cmrc_avg", "task_gain"] and v == v}
+    for ev in evals:
+        metrics["tasks"][ev["task"]]["preference"] = {k: v for k, v in ev["preference"].items() if k.endswith("_rate")}
+    return metrics
+
+
+def log_report(cfg: Config, df, metrics: dict[str, Any], out: Path, linked: list[str]) -> None:
+    """The MLflow `report` run: the table, the markdown, the plots and every number, linked to its runs."""
     import mlflow
 
+    from semrl.core import tracking
+
+    with tracking.run(cfg, "report", tags={"semrl.kind": "report", "semrl.report.runs": ",".join(linked)}):
+        mlflow.log_table(df, artifact_file="alignment_tax.json")
+        mlflow.log_artifact(str(out / "alignment_tax.md"))
+        mlflow.log_artifact(str(out / "alignment_tax.csv"))
+        for png in [*(out / "plots").glob("*.png"), *(out / "curves").glob("*.png")]:
+            mlflow.log_artifact(str(png), artifact_path="plots")
+        flat = {f"{t}.{m}.{k}": v for t, ms in metrics["tasks"].items() for m, ks in ms.items() for k, v in ks.items()
+                if isinstance(v, (int, float))}
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+
+
+def run(cfg: Config) -> dict[str, Any]:
     from semrl.core import tracking
 
     out, plots, curves = cfg.report.out_dir, cfg.report.out_dir / "plots", cfg.report.out_dir / "curves"
@@ -187,8 +247,6 @@ def run(cfg: Config) -> dict[str, Any]:
     df = aggregate([row for ev in evals for row in ev["results"]], {t: known[t].primary_metric for t in known})
     meta = {"profile": cfg.profile, "git_commit": tracking.git_commit(),
             "data_version": tracking.data_version(), "seeds": cfg.train.seeds, "tasks": cfg.train.tasks}
-    ablations = [m.name for m in methods(cfg).values() if m.ablation]
-    grpo_like = ["grpo"] + ablations
 
     md = ["# Alignment-tax report", "",
           f"Profile `{meta['profile']}` · git `{meta['git_commit']}` · data version `{meta['data_version']}` · "
@@ -198,38 +256,9 @@ def run(cfg: Config) -> dict[str, Any]:
           ""]
     linked = []
     for ev in evals:
-        task = known[ev["task"]]
-        g = df[df.task == task.name]
-        tc = [(m, METRIC_LABELS[m]) for m in task.metrics]
-        md += [f"## {task.name}", "", f"{ev['test_examples']} test examples, {ev['cmrc_questions']} CMRC questions.",
-               "", "### Cold start vs GRPO", "",
-               _table(g[g.method.isin(["base", "coldstart", "grpo"])],
-                      tc + [("sim_reward", "sim (reward emb.)"), ("sim_eval", "sim (eval emb.)")]), "",
-               "### Strong SFT vs GRPO: task skill and alignment tax", "",
-               _table(g[g.method.isin(["base", "sft", "grpo"])],
-                      tc + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"), ("cmrc_avg", "CMRC Avg"),
-                            ("cmrc_f1", "CMRC F1"), ("tax_cmrc_avg", "tax (Avg drop)"),
-                            ("nll_increase_mean", "ΔNLL mean"), ("nll_increase_p90", "ΔNLL P90"),
-                            ("kl_p90", "KL P90")]), "",
-               "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
-               _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
-                          ("empty_rate", "empty")], digits=3), ""]
-        md += ["### Reward ablations", "",
-               _table(g[g.method.isin(grpo_like)], [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
-                                                   ("language_consistency", "in target script")])
-               if g.method.isin(ablations).any() else "No ablation enabled (`rewards.ablations.<name>.enabled`).", ""]
-        p = ev["preference"]
-        md += ["### Preference: strong SFT vs GRPO", "",
-               f"Judge: {p['judge']}. {p['pairs']} pairs over seeds {p['seeds']}: SFT wins "
-               f"{p.get('sft_rate', 0):.1%}, GRPO wins {p.get('grpo_rate', 0):.1%}, ties {p.get('tie_rate', 0):.1%}.",
-               "", "### Verdicts", ""]
-        for col in [task.primary_metric, "sim_eval", "cmrc_avg", "nll_increase_mean"]:
-            md.append(f"- {compare(g, 'sft', 'grpo', col)}")
-        curve, run_ids = training_curves(cfg, task.name, curves)
+        lines, run_ids = task_section(cfg, known[ev["task"]], ev, df[df.task == ev["task"]], curves, out)
+        md += lines
         linked += run_ids
-        if curve:
-            md += ["", f"![training curves]({curve.relative_to(out).as_posix()})"]
-        md.append("")
     md += transfer_section(cfg.eval.out_dir / "transfer.json", known)
     tradeoff = tradeoff_plot(df, plots)
     md += ["## Trade-off", "", f"![task gain vs alignment tax]({tradeoff.relative_to(out).as_posix()})", ""]
@@ -238,21 +267,7 @@ def run(cfg: Config) -> dict[str, Any]:
     df[["task", "method", "tax_cmrc_avg", "nll_increase_mean", "task_gain"]].dropna().to_csv(
         plots / "tradeoff.csv", index=False)
     atomic_write_text(out / "alignment_tax.md", "\n".join(md))
-    metrics = {"meta": meta, "tasks": {}}
-    for _, row in df.iterrows():
-        metrics["tasks"].setdefault(row["task"], {})[row["method"]] = {
-            k: round(float(v), 6) for k, v in row.items() if k in COLUMNS + ["tax_cmrc_avg", "task_gain"] and v == v}
-    for ev in evals:
-        metrics["tasks"][ev["task"]]["preference"] = {k: v for k, v in ev["preference"].items() if k.endswith("_rate")}
+    metrics = metrics_summary(df, evals, meta)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-
-    with tracking.run(cfg, "report", tags={"semrl.kind": "report", "semrl.report.runs": ",".join(linked)}):
-        mlflow.log_table(df, artifact_file="alignment_tax.json")
-        mlflow.log_artifact(str(out / "alignment_tax.md"))
-        mlflow.log_artifact(str(out / "alignment_tax.csv"))
-        for png in [*plots.glob("*.png"), *curves.glob("*.png")]:
-            mlflow.log_artifact(str(png), artifact_path="plots")
-        flat = {f"{t}.{m}.{k}": v for t, ms in metrics["tasks"].items() for m, ks in ms.items() for k, v in ks.items()
-                if isinstance(v, (int, float))}
-        mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+    log_report(cfg, df, metrics, out, linked)
     return metrics
