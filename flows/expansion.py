@@ -1,4 +1,4 @@
-"""Prefect entry point for the `expansion` flow (cold start -> {strong SFT || GRPO}); logic in semrl/flows.py.
+"""Prefect entry point for the `expansion` flow (cold start -> {strong SFT || GRPO}); logic in semrl/ops/flows.py.
 
     python flows/expansion.py [--task mt] [--seed 0]      # same as `semrl flow`
 """
