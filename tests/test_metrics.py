@@ -75,6 +75,20 @@ def tiny(smoke_repo):
     return model, tok, items
 
 
+def test_answer_batches_hold_each_item_own_prompt_and_answer(tiny):
+    """Every row is its own question's chat prompt followed by its own gold answer (a template variable
+    reused across the loop once made every row carry the first question)."""
+    _, tok, items = tiny
+    prompt = EvalConfig().cmrc_prompt
+    [(ids, attn, mask)] = list(answer_batches(tok, items, prompt, 48, batch_size=len(items)))
+    for row, item in enumerate(items):
+        n = int(attn[row].sum())
+        text = tok.decode(ids[row, :n])
+        assert text.startswith("<|im_start|>user\n阅读下面的文章") and item["question"] in text
+        assert all(other["question"] not in text for other in items if other["question"] != item["question"])
+        assert tok.decode(ids[row, :n][mask[row, :n].bool()]) == item["answers"][0]
+
+
 def test_drift_against_a_direct_computation(tiny):
     base, tok, items = tiny
     model = copy.deepcopy(base)

@@ -144,8 +144,8 @@ def answer_batches(tokenizer, items: list[dict[str, Any]], prompt: str, max_cont
             ctx_ids = tokenizer(item["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
             context = tokenizer.decode(ctx_ids)
             chat = [{"role": "user", "content": prompt.format(context=context, question=item["question"])}]
-            prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             a_ids = tokenizer(item["answers"][0], add_special_tokens=False)["input_ids"]
             ids_list.append(p_ids + a_ids)
             masks.append([0] * len(p_ids) + [1] * len(a_ids))
