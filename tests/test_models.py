@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from semrl import SemrlError
 from semrl.core.config import BaseConfig, TrackingConfig, load_config
-from semrl.core.tracking import tracking_config
 from semrl.models.base import load_base, resolve_named
 from semrl.models.embedder import build_one, load_embedder
 from semrl.models.tokenizer import tokens_per_syllable, train_tokenizer
@@ -57,8 +56,8 @@ def test_base_metrics_and_mlflow_run(smoke_repo):
     assert metrics["n_params"] > 10_000 and math.isfinite(metrics["heldout_ppl_zh"])
     assert metrics["heldout_ppl_zh"] < metrics["vocab_size"] * 2  # learnt something beyond uniform guessing
     params = load_config(smoke_repo / "params.yaml")
-    store = TrackingConfig(uri=f"sqlite:///{smoke_repo}/mlflow.db", artifact_root=smoke_repo / "mlartifacts")
-    mlflow.set_tracking_uri(tracking_config(store)["uri"])
+    # the repo's own store (not tracking_config: MLFLOW_TRACKING_URI, which other tests' clients export, wins there)
+    mlflow.set_tracking_uri(f"sqlite:///{smoke_repo}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
     by_name = {r.info.run_name: r for r in runs}
     assert {"base-tiny", "embedder-reward", "embedder-eval"} <= set(by_name)
