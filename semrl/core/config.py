@@ -50,6 +50,8 @@ class PrepareMT(Section):
     zh_min_han_ratio: float = Field(0.5, ge=0, le=1)
     cldr_pairs: bool = True
     cldr_file: str = "cldr/bo_zh_pairs.tsv"
+    cldr_dates: bool = False
+    cldr_dates_file: str = "cldr/bo_zh_dates.tsv"
 
 
 class PrepareHeadline(Section):
