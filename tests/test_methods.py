@@ -69,7 +69,7 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     semrl(["evaluate", "--task", "headline", "--params", str(path)], trained_repo)
     ev = json.loads((tmp_path / "eval" / "headline.json").read_text())
     assert [(r["method"], r["seed"]) for r in ev["results"]] == [("base", None)] + [
-        (m, s) for m in methods for s in (0, 1)]
+        (m, s) for m in methods for s in (0, 1)] + [("copy_input", None), ("copy_lead", None)]
     assert all("rouge_l" in r and "bleu" not in r for r in ev["results"])  # the task record's metrics
     assert ev["preference"]["seeds"] == [0, 1] and ev["preference"]["pairs"] == 2 * 8
     samples = read_jsonl(tmp_path / "eval" / "headline_outputs.jsonl")
@@ -85,6 +85,14 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     assert "rouge_l" in rows["sft"] and "task_gain" in rows["sft"]
     verdicts = [line for line in md.splitlines() if line.startswith("- rouge_l:")]
     assert verdicts and "one seed" not in verdicts[0]  # two seeds: a CI-based verdict, whatever it says
+    # Paired comparisons over 2 seeds x 8 items: an interval from the t and from the bootstrap, a verdict
+    # that is one of the allowed outcomes (not asserted: who wins is the experiment's to say).
+    paired_rows = [line for line in md.splitlines() if line.startswith("| sft − grpo | rouge_l | all | 2 × 8 |")]
+    assert len(paired_rows) == 1
+    cells = [c.strip() for c in paired_rows[0].strip("|").split("|")]
+    assert cells[7].startswith("[") and cells[8].startswith("[")
+    assert cells[9] in ("higher", "lower", "no difference shown (95 % interval holds 0)", "not informative: both at the floor")
+    assert "| sft − grpo | lm_kl_vs_coldstart | all | 2 × " in md
 
 
 def test_full_fine_tuning_trains_every_weight(trained_repo, tmp_path):

@@ -10,13 +10,16 @@ from semrl.core.config import EvalConfig
 from semrl.evaluation.metrics import (
     answer_batches,
     answer_nll_and_kl,
+    item_scores,
+    lm_probe,
+    lm_probe_texts,
+    text_batches,
     cmrc_em,
     cmrc_f1,
     cmrc_scores,
     corpus_bleu,
     corpus_chrf,
     drift_summary,
-    mean_ci95,
     mixed_segmentation,
     output_stats,
     rouge_l,
@@ -58,11 +61,6 @@ def test_cmrc_normalisation_em_f1_on_real_dev_answers():
     f1_second = 2 * 1.0 * (2 / 4) / (1 + 2 / 4)  # LCS 光荣 of 4 answer segments
     assert s["cmrc_em"] == pytest.approx(50.0) and s["cmrc_f1"] == pytest.approx(100 * (1 + f1_second) / 2)
     assert s["cmrc_avg"] == pytest.approx((s["cmrc_em"] + s["cmrc_f1"]) / 2)
-
-
-def test_mean_ci95():
-    assert mean_ci95([1.0, 2.0, 3.0]) == pytest.approx((2.0, 4.302652729911275 / math.sqrt(3)))
-    assert mean_ci95([0.5]) == (0.5, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +113,38 @@ def test_drift_against_a_direct_computation(tiny):
     same = answer_nll_and_kl(base, base, tok, items, prompt, 48, 2)
     assert drift_summary(*same)["nll_increase_mean"] == 0.0 and max(same[2]) < 1e-6
     assert drift_summary(nll_m, nll_b, kls)["kl_p90"] > 0
+
+
+def test_item_scores_average_to_the_sentence_metrics():
+    hyps = ["བོད་ཀྱི་ཡུལ་ལ་", "ཟླ་བ་དང་པོ", ""]
+    refs = ["བོད་ཀྱི་ཡུལ་ལ་", "ཟླ་བ་གཉིས་པ", "ཚེས་"]
+    chrf = item_scores("chrf", hyps, refs, "bo")
+    assert chrf[0] == pytest.approx(1.0) and 0 < chrf[1] < 1 and chrf[2] == 0.0
+    assert sum(item_scores("rouge_l", hyps, refs, "bo")) / 3 == pytest.approx(rouge_l(hyps, refs, "bo"))
+    # ROUGE-L of "ཟླ བ དང པོ" vs "ཟླ བ གཉིས པ": LCS 2 of 4 and 4 -> F1 0.5
+    assert item_scores("rouge_l", hyps, refs, "bo")[1] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown metric 'ter'"):
+        item_scores("ter", hyps, refs, "bo")
+
+
+def test_lm_probe_scores_plain_text_per_item(tiny):
+    base, tok, _ = tiny
+    lines = ["短", "这是一段足够长的中文文本，用来测试语言模型探针的每条结果。", "另一段同样足够长的中文文本，它在后面出现。"]
+    texts = lm_probe_texts(lines, n=5, min_chars=10)
+    assert texts == lines[1:]
+    [(ids, attn, mask)] = list(text_batches(tok, texts, 64, batch_size=2))
+    first = tok.decode(ids[0, : int(attn[0].sum())])
+    assert first == texts[0] and "<|im_start|>" not in first  # plain text, no chat markup
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    probe = lm_probe(model, {"base": base, "coldstart": model}, tok, texts, 64, batch_size=2)
+    assert set(probe) == {"lm_nll", "lm_nll_increase_vs_base", "lm_kl_vs_base", "lm_nll_increase_vs_coldstart",
+                          "lm_kl_vs_coldstart"}
+    assert all(len(v) == 2 for v in probe.values())
+    assert max(abs(x) for x in probe["lm_nll_increase_vs_coldstart"]) < 1e-6  # a model against itself
+    assert min(probe["lm_kl_vs_base"]) > 0 and max(probe["lm_kl_vs_coldstart"]) < 1e-6
+    # The same numbers as the generic per-token computation on one text at a time, without padding.
+    one = lm_probe(model, {"base": base}, tok, texts[1:], 64, batch_size=1)
+    assert one["lm_nll_increase_vs_base"][0] == pytest.approx(probe["lm_nll_increase_vs_base"][1], rel=1e-4)

@@ -13,7 +13,8 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
 
     ev = json.loads((reports / "eval" / "mt.json").read_text())
     methods = [(r["method"], r["seed"]) for r in ev["results"]]
-    assert methods == [("base", None), ("coldstart", 0), ("sft", 0), ("grpo", 0)]
+    assert methods == [("base", None), ("coldstart", 0), ("sft", 0), ("grpo", 0), ("copy_input", None),
+                       ("copy_lead", None)]
     base = ev["results"][0]
     assert base["nll_increase_mean"] == 0.0 and base["kl_p90"] < 1e-6  # the base does not drift from itself
     for r in ev["results"]:
@@ -21,19 +22,30 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
                     "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_p90", "kl_p90"):
             assert key in r and r[key] == r[key], key
     assert ev["results"][2]["kl_p90"] > 0  # a trained model has moved
+    # The LM probe: plain held-out Chinese text, per line, against the base and the seed's cold start.
+    by = {r["method"]: r for r in ev["results"]}
+    assert by["base"]["lm_nll_increase_vs_base_mean"] == 0.0 and by["base"]["lm_kl_vs_base_mean"] < 1e-6
+    assert by["coldstart"]["lm_kl_vs_coldstart_mean"] < 1e-6 and by["coldstart"]["lm_kl_vs_base_mean"] > 0
+    assert by["sft"]["lm_kl_vs_coldstart_mean"] > 0 and "lm_nll_mean" in by["grpo"]
+    items = ev["items"]
+    assert len(items["ids"]) == len(items["sources"]) == ev["test_examples"]
+    sft_items = items["variants"]["sft/0"]
+    assert len(sft_items["chrf"]) == ev["test_examples"] and len(sft_items["lm_kl_vs_coldstart"]) == ev["lm_probe_texts"] > 0
+    assert "lm_nll" not in items["variants"]["copy_input/-"] and "chrf" in items["variants"]["copy_input/-"]
     assert "not an LLM judge" in ev["preference"]["judge"] and ev["preference"]["pairs"] == 8
     assert len(read_jsonl(reports / "eval" / "mt_outputs.jsonl")) == 4 * 4
 
     md = (reports / "alignment_tax.md").read_text()
     for heading in ("### Cold start vs GRPO", "### Strong SFT vs GRPO", "### Preference", "### Verdicts",
-                    "## Trade-off"):
+                    "### Drift on general Chinese text", "### Paired comparisons", "## Trade-off"):
         assert heading in md
     assert "one seed, no estimate of the noise" in md  # a single seed is never presented as a win
+    assert "| sft − grpo | chrf | all | 1 × " in md and "one seed: no estimate of the seed-to-seed noise" in md
     lock_version = json.loads((reports / "metrics.json").read_text())["meta"]["data_version"]
     assert f"data version `{lock_version}`" in md
     rows = list(csv.DictReader((reports / "alignment_tax.csv").open()))
     assert {"task", "method", "n_seeds", "bleu", "bleu_ci", "cmrc_avg", "tax_cmrc_avg", "task_gain"} <= set(rows[0])
-    assert [r["method"] for r in rows] == ["base", "coldstart", "sft", "grpo"]
+    assert [r["method"] for r in rows] == ["base", "coldstart", "sft", "grpo", "copy_input", "copy_lead"]
     for png in (reports / "plots" / "tradeoff.png", reports / "curves" / "training_mt.png"):
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -39,6 +39,11 @@ def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
     assert (grpo_model(**ids).logits - merged(**ids).logits).abs().max() < 1e-4
     tau = json.loads((base / "coldstart" / "seed0" / "tau.json").read_text())
     assert tau["tau_setting"] == "auto" and 0 <= tau["tau"] < 1 and tau["dev_samples"] == 8
+    # The reward-signal check on the same samples: spread, and rank agreement of both embedders with the
+    # task metric (a number in [-1, 1], or None when one side is constant; its value is the experiment's).
+    assert tau["similarity_against"] == "reference" and tau["dev_similarity_std"] >= 0
+    for key in ("spearman_similarity_chrf", "spearman_eval_similarity_chrf"):
+        assert tau[key] is None or -1 <= tau[key] <= 1, key
 
 
 def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
@@ -71,7 +76,7 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
                 "completions/mean_length", "language_mixing_rate"):
         assert key in grpo.data.metrics, key
     assert json.loads(grpo.data.params["rewards"].replace("'", '"')) == [
-        {"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0}]
+        {"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0, "min_share": 0.5}]
 
 
 def test_dvc_repro_does_not_retrain_unchanged(trained_repo):

@@ -118,9 +118,9 @@ class TaskConfig(Section):
 def _default_tasks() -> dict[str, TaskConfig]:
     return {
         "mt": TaskConfig(data="mt", input="zh", output="bo", script="bo", prompt="把下面的中文翻译成藏文：\n{input}",
-                         metrics=["bleu", "chrf"], primary_metric="bleu"),
+                         metrics=["bleu", "chrf"], primary_metric="chrf"),
         "mt_bo2zh": TaskConfig(data="mt", input="bo", output="zh", script="zh",
-                               prompt="把下面的藏文翻译成中文：\n{input}", metrics=["bleu", "chrf"], primary_metric="bleu"),
+                               prompt="把下面的藏文翻译成中文：\n{input}", metrics=["bleu", "chrf"], primary_metric="chrf"),
         "headline": TaskConfig(data="headline", input="body", output="title", script="bo",
                                prompt="为下面的藏文新闻写一个藏文标题：\n{input}", metrics=["rouge_l"],
                                primary_metric="rouge_l"),
@@ -181,9 +181,12 @@ class BaseConfig(Section):
     train: PretrainConfig = PretrainConfig()
 
 
+EmbedderKind = Literal["static", "transformer", "pretrained", "char_ngram"]
+
+
 class EmbedderRole(Section):
     out_dir: Path
-    kind: Literal["static", "transformer", "pretrained"]
+    kind: EmbedderKind  # char_ngram: TF-IDF over character n-grams (dim = most n-grams kept), no training
     model: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
@@ -200,11 +203,12 @@ class EmbedderRole(Section):
     use_headlines: bool
     headline_body_chars: int = Field(500, ge=1)  # a headline pair is (title, the body's first N characters)
     max_seq_length: int = Field(128, ge=8)
+    ngram_max: int = Field(3, ge=1)  # char_ngram kind: n-grams of 1..ngram_max characters
 
 
 class RewardEmbedder(EmbedderRole):
     out_dir: Path = Path("models/embedder")
-    kind: Literal["static", "transformer", "pretrained"] = "static"
+    kind: EmbedderKind = "static"
     dim: int = Field(256, ge=8)
     seed: int = 1
     epochs: float = Field(8, gt=0)
@@ -215,8 +219,8 @@ class RewardEmbedder(EmbedderRole):
 
 class EvalEmbedder(EmbedderRole):
     out_dir: Path = Path("models/eval_embedder")
-    kind: Literal["static", "transformer", "pretrained"] = "transformer"
-    dim: int = Field(128, ge=8)
+    kind: EmbedderKind = "char_ngram"
+    dim: int = Field(20000, ge=8)
     seed: int = 2
     epochs: float = Field(6, gt=0)
     batch_size: int = Field(32, ge=2)
@@ -257,7 +261,7 @@ class RewardsConfig(Section):
     tau_dev_samples: int = Field(128, ge=1)
     reference_column: str = "reference"
     components: list[RewardComponent] = [RewardComponent(name="semantic", weight=1.5),
-                                         RewardComponent(name="language", weight=1.0)]
+                                         RewardComponent(name="language", weight=1.0, min_share=0.5)]
     ablations: dict[str, Ablation] = {
         "bleu_language": Ablation(components=[RewardComponent(name="bleu", weight=1.0),
                                               RewardComponent(name="language", weight=1.0)]),
@@ -361,6 +365,9 @@ class EvalConfig(Section):
     cmrc_prompt: str = "阅读下面的文章，用文中的原话回答问题。\n文章：{context}\n问题：{question}"
     tie_margin: float = Field(0.01, ge=0)
     samples_to_keep: int = Field(20, ge=0)
+    lm_probe_samples: int = Field(200, ge=1)  # held-out general-Chinese lines scored as plain text
+    lm_probe_min_chars: int = Field(32, ge=1)  # shorter held-out lines (single sayings) are skipped
+    lm_probe_max_tokens: int = Field(128, ge=2)
 
 
 class ReportConfig(Section):

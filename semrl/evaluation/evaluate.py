@@ -14,7 +14,7 @@ import numpy as np
 from semrl import SemrlError
 from semrl.core.config import Config, EvalConfig
 from semrl.core.io import atomic_write_text, read_jsonl, write_jsonl
-from semrl.core.methods import methods, output_dir, transfer_methods
+from semrl.core.methods import COLDSTART, methods, output_dir, transfer_methods
 from semrl.core.tasks import Task, get_task
 
 
@@ -41,6 +41,46 @@ def task_metrics(task: Task, outputs: list[str], references: list[str], reward_e
     m["sim_eval"] = float(np.mean(Similarity(eval_emb).similarity(outputs, references)))
     m.update(output_stats(outputs, task.script))
     return m
+
+
+def test_rows(task: Task, tokenizer, cfg: Config) -> list[dict[str, str]]:
+    """The first `eval.test_samples` test rows of each source (real and synthetic sources are scored apart,
+    so neither crowds the other out), in split order."""
+    rows, taken = [], {}
+    for x in task.examples("test", tokenizer, cfg.train.max_input_tokens):
+        if taken.setdefault(x["source"], 0) < cfg.eval.test_samples:
+            taken[x["source"]] += 1
+            rows.append(x)
+    return rows
+
+
+def trivial_baselines(task: Task, rows: list[dict[str, str]], train_refs: list[str]) -> dict[str, list[str]]:
+    """Outputs that need no model: the input copied whole, and its lead — the input's first k metric
+    tokens, k the median length of the training references (for headlines: a lead sentence often restates
+    the title). A model that does not beat these has not learned the task."""
+    from semrl.core.text import metric_tokens
+
+    lengths = sorted(len(metric_tokens(r, task.script).split()) for r in train_refs) or [1]
+    k = lengths[len(lengths) // 2]
+    lead = [" ".join(metric_tokens(x["input"], task.script).split()[:k]) for x in rows]
+    return {"copy_input": [x["input"] for x in rows], "copy_lead": lead}
+
+
+def scored(task: Task, outputs: list[str], rows: list[dict[str, str]], reward_emb, eval_emb) -> tuple[dict, dict]:
+    """(metrics over all rows plus `by_source`, per-item scores of every task metric)."""
+    from semrl.evaluation.metrics import item_scores
+
+    refs = [x["reference"] for x in rows]
+    metrics = task_metrics(task, outputs, refs, reward_emb, eval_emb)
+    sources = sorted({x["source"] for x in rows})
+    if len(sources) > 1:
+        metrics["by_source"] = {}
+        for source in sources:
+            idx = [i for i, x in enumerate(rows) if x["source"] == source]
+            metrics["by_source"][source] = {"n": len(idx), **task_metrics(
+                task, [outputs[i] for i in idx], [refs[i] for i in idx], reward_emb, eval_emb)}
+    items = {m: item_scores(m, outputs, refs, task.script) for m in task.metrics}
+    return metrics, items
 
 
 def general_competence(model, base, tokenizer, cmrc: list[dict], e: EvalConfig) -> tuple[dict, list[str]]:
@@ -89,41 +129,71 @@ def _embedders(cfg: Config):
 
 
 def run(cfg: Config, task_name: str) -> dict[str, Any]:
+    """Every variant on the task's test rows, the LM probe and CMRC; per-item scores kept for the paired
+    statistics of the report. Variants are visited seed by seed, so that each seed's cold start (the
+    LM probe's second reference) is loaded once."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from semrl.models.base import load_base
+    from semrl.evaluation.metrics import lm_probe, lm_probe_texts
+    from semrl.models.base import load_base, lm_split
     from semrl.models.generation import accelerator, generate
 
     task, e = get_task(cfg, task_name), cfg.eval
     dtype, device = cfg.weights_dtype, accelerator()
     base, tokenizer = load_base(cfg.base.out_dir, dtype=dtype)
     base.to(device)
-    test = task.examples("test", tokenizer, cfg.train.max_input_tokens)[: e.test_samples]
+    test = test_rows(task, tokenizer, cfg)
     cmrc_path = cfg.prepare.out_dir / "general" / "cmrc_dev.jsonl"
     cmrc = read_jsonl(cmrc_path)[: e.cmrc_samples]
-    if not test or not cmrc:
-        raise SemrlError(f"{task_name}: nothing to evaluate (test {len(test)}, CMRC {len(cmrc)})")
+    probe_texts = lm_probe_texts(lm_split(cfg, "zh")[1], e.lm_probe_samples, e.lm_probe_min_chars)
+    if not test or not cmrc or not probe_texts:
+        raise SemrlError(f"{task_name}: nothing to evaluate (test {len(test)}, CMRC {len(cmrc)}, "
+                         f"LM probe texts {len(probe_texts)})")
     reward_emb, eval_emb = _embedders(cfg)
     refs = [x["reference"] for x in test]
-    results, outputs, samples = [], {}, []
-    for method, seed, path in variants(cfg, task_name):
-        model = base if path is None else \
-            AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device)
-        torch.manual_seed(e.seed)
-        outs = generate(model, tokenizer, [x["prompt"] for x in test], e.max_new_tokens, batch_size=e.batch_size,
-                        desc=f"{task_name}-{method}")
-        metrics = task_metrics(task, outs, refs, reward_emb, eval_emb)
-        general, preds = general_competence(model, base, tokenizer, cmrc, e)
-        results.append({"task": task_name, "method": method, "seed": seed, **metrics, **general})
-        outputs[(method, seed if seed is not None else -1)] = outs
-        samples += [{"task": task_name, "method": method, "seed": seed, "id": x["id"], "output": o,
-                     "reference": x["reference"]} for x, o in zip(test[: e.samples_to_keep], outs)]
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device)
+    found = variants(cfg, task_name)
+    by_seed: dict[int | None, list] = {}
+    for v in found:
+        by_seed.setdefault(v[1], []).append(v)
+    results, outputs, samples, items = {}, {}, [], {}
+    for seed, group in by_seed.items():
+        parent = next((path for method, _, path in group if method == COLDSTART), None)
+        parent_model = load(parent) if parent is not None else None
+        for method, _, path in group:
+            model = base if path is None else parent_model if path == parent else load(path)
+            torch.manual_seed(e.seed)
+            outs = generate(model, tokenizer, [x["prompt"] for x in test], e.max_new_tokens,
+                            batch_size=e.batch_size, desc=f"{task_name}-{method}")
+            metrics, per_item = scored(task, outs, test, reward_emb, eval_emb)
+            references = {"base": base, **({COLDSTART: parent_model} if parent_model is not None else {})}
+            probe = lm_probe(model, references, tokenizer, probe_texts, e.lm_probe_max_tokens, e.batch_size)
+            per_item.update(probe)
+            lm = {f"{k}_mean": float(np.mean(v)) for k, v in probe.items()}
+            general, preds = general_competence(model, base, tokenizer, cmrc, e)
+            key = f"{method}/{seed if seed is not None else '-'}"
+            results[key] = {"task": task_name, "method": method, "seed": seed, **metrics, **lm, **general}
+            items[key] = per_item
+            outputs[(method, seed if seed is not None else -1)] = outs
+            samples += [{"task": task_name, "method": method, "seed": seed, "id": x["id"], "source": x["source"],
+                         "output": o, "reference": x["reference"]} for x, o in zip(test[: e.samples_to_keep], outs)]
+    train_refs = [x["reference"] for x in task.examples("train", tokenizer, cfg.train.max_input_tokens)]
+    for name, outs in trivial_baselines(task, test, train_refs).items():
+        metrics, per_item = scored(task, outs, test, reward_emb, eval_emb)
+        results[f"{name}/-"] = {"task": task_name, "method": name, "seed": None, "baseline": True, **metrics}
+        items[f"{name}/-"] = per_item
+        found.append((name, None, None))
+    order = [f"{m}/{s if s is not None else '-'}" for m, s, _ in found]  # methods in definition order
     pref = preference(outputs, refs, eval_emb, seed=e.seed, tie_margin=e.tie_margin)
     report = {"task": task_name, "test_examples": len(test), "cmrc_questions": len(cmrc),
+              "lm_probe_texts": len(probe_texts),
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
-              "results": results, "preference": pref}
-    atomic_write_text(e.out_dir / f"{task_name}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+              "results": [results[k] for k in order], "preference": pref,
+              "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
+                        "synthetic_sources": sorted({x["source"] for x in test if x["synthetic"]}),
+                        "variants": {k: items[k] for k in order}}}
+    atomic_write_text(e.out_dir / f"{task_name}.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     write_jsonl(e.out_dir / f"{task_name}_outputs.jsonl", samples)
     return report
 

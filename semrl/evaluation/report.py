@@ -16,15 +16,23 @@ from semrl.core.tasks import Task, tasks
 
 METRIC_LABELS = {"bleu": "BLEU-4", "chrf": "chrF", "rouge_l": "ROUGE-L"}
 COLUMNS = ["bleu", "chrf", "rouge_l", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars",
-           "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90"]
+           "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90",
+           "lm_nll_mean", "lm_nll_increase_vs_base_mean", "lm_kl_vs_base_mean", "lm_nll_increase_vs_coldstart_mean",
+           "lm_kl_vs_coldstart_mean"]
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (0 for a single seed: no estimate of the noise)."""
+    from semrl.evaluation.stats import t_interval
+
+    r = t_interval(values)
+    return r.estimate, r.half_width if r.estimated else 0.0
 
 
 def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
     """One row per task x method: mean and 95 % CI half-width of each metric over seeds, and the tax and
     the task gain on each task's primary metric (`primary`: task -> metric)."""
     import pandas as pd
-
-    from semrl.evaluation.metrics import mean_ci95
 
     df = pd.DataFrame(results)
     rows = []
@@ -34,7 +42,7 @@ def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
         for col in COLUMNS:
             if col in g and g[col].notna().any():
                 row[col], row[f"{col}_ci"] = mean_ci95(g[col].dropna().tolist())
-        if len(base):
+        if len(base) and "cmrc_avg" in df:
             # The alignment tax: the drop in general competence from the base model (positive = forgot).
             row["tax_cmrc_avg"] = float(base["cmrc_avg"].mean() - g["cmrc_avg"].mean())
             row["tax_cmrc_avg_ci"] = mean_ci95((base["cmrc_avg"].mean() - g["cmrc_avg"]).tolist())[1]
@@ -77,6 +85,94 @@ def compare(df, a: str, b: str, col: str) -> str:
         better = a if ra[col] > rb[col] else b
         return f"{col}: {better} is higher ({ra[col]:.4f} vs {rb[col]:.4f}; 95 % CIs do not overlap)"
     return f"{col}: {a} {ra[col]:.4f} vs {b} {rb[col]:.4f} — within the noise (95 % CIs overlap)"
+
+
+# Per-item keys of reports/eval/<task>.json the paired comparisons read, and the scale a flag needs.
+BOUNDED = {"bleu": (0.0, 1.0), "chrf": (0.0, 1.0), "rouge_l": (0.0, 1.0)}
+FLOOR_TOLERANCE = 0.01  # within 1 % of the scale's end: at the floor or ceiling
+
+
+def paired(ev: dict[str, Any], a: str, b: str, key: str, source: str | None = None) -> dict[str, Any] | None:
+    """a - b on one per-item key over the seeds both were trained with: the paired t-interval of the
+    per-seed mean differences (df = n - 1) and the paired bootstrap over seeds x items; None if either
+    side is missing. `source` restricts task items to one data source."""
+    import numpy as np
+
+    from semrl.evaluation.stats import bound_flag, paired_bootstrap, paired_t
+
+    variants = ev.get("items", {}).get("variants", {})
+    seeds = sorted({k.split("/")[1] for k in variants if k.startswith(f"{a}/")}
+                   & {k.split("/")[1] for k in variants if k.startswith(f"{b}/")})
+    if not seeds or key not in variants[f"{a}/{seeds[0]}"]:
+        return None
+    grid = lambda m: np.array([variants[f"{m}/{s}"][key] for s in seeds], dtype=float)
+    ga, gb = grid(a), grid(b)
+    if source is not None:
+        mask = np.array([x == source for x in ev["items"]["sources"]])
+        ga, gb = ga[:, mask], gb[:, mask]
+    t = paired_t(ga.mean(1), gb.mean(1))
+    boot = paired_bootstrap(ga, gb)
+    flag = None
+    if key in BOUNDED:
+        lo, hi = BOUNDED[key]
+        flag = bound_flag(np.concatenate([ga.mean(1), gb.mean(1)]), lo, hi, FLOOR_TOLERANCE * (hi - lo))
+    return {"a": a, "b": b, "key": key, "source": source, "seeds": len(seeds), "items": int(ga.shape[1]),
+            "mean_a": float(ga.mean()), "mean_b": float(gb.mean()), "t": t.as_dict(), "bootstrap": boot.as_dict(),
+            "flag": flag, "verdict": verdict(t, boot, flag)}
+
+
+def verdict(t, boot, flag: str | None) -> str:
+    """Never calls noise a difference: at a bound nothing is read; otherwise the paired t-interval over
+    seeds decides (it needs >= 2 seeds), the bootstrap over seeds x items is shown beside it."""
+    if flag:
+        return f"not informative: both at the {flag}"
+    if not t.estimated:
+        return "one seed: no estimate of the seed-to-seed noise, no verdict"
+    if t.excludes_zero:
+        return "higher" if t.estimate > 0 else "lower"
+    return "no difference shown (95 % interval holds 0)"
+
+
+def paired_lines(pairs: list[dict[str, Any]]) -> list[str]:
+    rows = ["| a − b | metric | source | seeds × items | a | b | a − b | paired t 95 % CI | bootstrap 95 % CI | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        t, bo = p["t"], p["bootstrap"]
+        ci = lambda r: f"[{r['low']:+.4f}, {r['high']:+.4f}]" if r["low"] == r["low"] else "–"
+        rows.append(f"| {p['a']} − {p['b']} | {p['key']} | {p['source'] or 'all'} | {p['seeds']} × {p['items']} | "
+                    f"{p['mean_a']:.4f} | {p['mean_b']:.4f} | {t['estimate']:+.4f} | {ci(t)} | {ci(bo)} | "
+                    f"{p['verdict']} |")
+    return rows
+
+
+def source_tables(task: Task, ev: dict[str, Any]) -> list[str]:
+    """The task metrics per data source (real and synthetic test items apart), mean ± CI over seeds."""
+    results = [r for r in ev["results"] if "by_source" in r]
+    if not results:
+        return []
+    synthetic = set(ev.get("items", {}).get("synthetic_sources", []))
+    md = ["### By data source", "", "Synthetic sources are derived data (labelled in the prepared records); "
+          "each is scored on its own held-out items.", ""]
+    for src in sorted(results[0]["by_source"]):
+        flat = [{"task": r["task"], "method": r["method"], "seed": r["seed"], **r["by_source"][src]} for r in results]
+        df = aggregate(flat, {task.name: task.primary_metric})
+        label = "synthetic (derived)" if src in synthetic else "real"
+        md += [f"**{src}** — {label}, {flat[0]['n']} test items", "",
+               _table(df, [(m, METRIC_LABELS[m]) for m in task.metrics] + [("mean_length_chars", "mean length")]), ""]
+    return md
+
+
+def paired_comparisons(task: Task, ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The comparisons the research question needs: each branch's task gain over the cold start they
+    share, SFT against GRPO on the task, and their drift on general Chinese text (LM probe)."""
+    sources = sorted(set(ev.get("items", {}).get("sources", [])))
+    by_source = sources if len(sources) > 1 else [None]
+    m = task.primary_metric
+    wanted = [(a, b, m, src) for a, b in (("sft", "coldstart"), ("grpo", "coldstart"), ("sft", "grpo"))
+              for src in by_source]
+    wanted += [("sft", "grpo", k, None) for k in ("lm_nll_increase_vs_coldstart", "lm_kl_vs_coldstart",
+                                                 "lm_nll_increase_vs_base")]
+    return [p for p in (paired(ev, *w) for w in wanted) if p is not None]
 
 
 def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, list[str]]:
@@ -175,14 +271,19 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
     ablations = [m.name for m in methods(cfg).values() if m.ablation]
     tc = [(m, METRIC_LABELS[m]) for m in task.metrics]
     md = [f"## {task.name}", "", f"{ev['test_examples']} test examples, {ev['cmrc_questions']} CMRC questions.",
-          "", "### Cold start vs GRPO", "",
-          _table(g[g.method.isin(["base", "coldstart", "grpo"])],
+          "", *source_tables(task, ev), "### Cold start vs GRPO", "",
+          _table(g[g.method.isin(["base", "copy_input", "copy_lead", "coldstart", "grpo"])],
                  tc + [("sim_reward", "sim (reward emb.)"), ("sim_eval", "sim (eval emb.)")]), "",
           "### Strong SFT vs GRPO: task skill and alignment tax", "",
           _table(g[g.method.isin(["base", "sft", "grpo"])],
                  tc + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"), ("cmrc_avg", "CMRC Avg"),
                        ("cmrc_f1", "CMRC F1"), ("tax_cmrc_avg", "tax (Avg drop)"),
                        ("nll_increase_mean", "ΔNLL mean"), ("nll_increase_p90", "ΔNLL P90"), ("kl_p90", "KL P90")]),
+          "", "### Drift on general Chinese text (LM probe, plain text)", "",
+          _table(g[g.method.isin(["base", "coldstart", "sft", "grpo"])],
+                 [("lm_nll_mean", "NLL"), ("lm_nll_increase_vs_base_mean", "ΔNLL vs base"),
+                  ("lm_kl_vs_base_mean", "KL vs base"), ("lm_nll_increase_vs_coldstart_mean", "ΔNLL vs cold start"),
+                  ("lm_kl_vs_coldstart_mean", "KL vs cold start")]),
           "", "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
           _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
                      ("empty_rate", "empty")], digits=3), "",
@@ -197,6 +298,15 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
            "", "### Verdicts", ""]
     md += [f"- {compare(g, 'sft', 'grpo', col)}" for col in [task.primary_metric, "sim_eval", "cmrc_avg",
                                                               "nll_increase_mean"]]
+    pairs = paired_comparisons(task, ev)
+    if pairs:
+        md += ["", "### Paired comparisons", "",
+               "Per seed, strong SFT and GRPO start from the same cold start and are scored on the same items, "
+               "so their difference is paired: a t-interval over the per-seed mean differences (df = n − 1) "
+               "decides, a percentile bootstrap resampling seeds, then items, is shown beside it. Task "
+               "metrics here are per-item (sentence chrF/BLEU, ROUGE-L) means. LM drift: mean per-line NLL "
+               "increase and KL on held-out general-Chinese text, plain language modelling.", "",
+               *paired_lines(pairs)]
     curve, run_ids = training_curves(cfg, task.name, curves)
     if curve:
         md += ["", f"![training curves]({curve.relative_to(out).as_posix()})"]

@@ -80,6 +80,14 @@ def resolve_named(b: BaseConfig, out: Path) -> dict[str, Any]:
     return {"source": ref["model"], "model_type": config.model_type}
 
 
+def lm_split(config: Config, lang: str) -> tuple[list[str], list[str]]:
+    """(train, held-out) lines of the prepared `lm/<lang>.txt`: the tiny base pretrains on the first and
+    never sees the second; its perplexity and the alignment-tax LM probe (evaluation) read the held-out."""
+    t = config.base.train
+    lines = (config.prepare.out_dir / "lm" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+    return _split_lines(lines, t.heldout_frac, t.seed)
+
+
 def _split_lines(lines: list[str], frac: float, seed: int) -> tuple[list[str], list[str]]:
     idx = list(range(len(lines)))
     random.Random(seed).shuffle(idx)
@@ -132,10 +140,8 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
     b, t = config.base, config.base.train
     prepared = config.prepare.out_dir
     seed = t.seed
-    zh = (prepared / "lm" / "zh.txt").read_text(encoding="utf-8").splitlines()
-    bo = (prepared / "lm" / "bo.txt").read_text(encoding="utf-8").splitlines()
-    zh_train, zh_held = _split_lines(zh, t.heldout_frac, seed)
-    bo_train, bo_held = _split_lines(bo, t.heldout_frac, seed)
+    zh_train, zh_held = lm_split(config, "zh")
+    bo_train, bo_held = lm_split(config, "bo")
 
     tok_cfg = b.tokenizer
     tokenizer = train_tokenizer(tokenizer_corpus(prepared, zh_train, bo_train, tok_cfg.include_task_train),
@@ -178,8 +184,9 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
         metrics = {
             "n_params": n_params, "vocab_size": len(tokenizer), "train_blocks_zh": len(zh_blocks),
             "train_blocks_bo": n_bo, "train_tokens_seen": t.steps * t.batch_size * seq_len,
-            "train_loss": round(result.training_loss, 4), "train_seconds": round(result.metrics["train_runtime"], 1),
-            "resumed_from_step": step_of(last),
+            # The last logged loss, from the run's whole history (restored on resume): Trainer's own
+            # training_loss averages only the steps of this invocation, so a resumed run reported another.
+            "train_loss": round([h["loss"] for h in trainer.state.log_history if "loss" in h][-1], 4),
             "tokens_per_bo_syllable": round(tokens_per_syllable(tokenizer, bo_held[:50] or bo_train[:50]), 3),
         }
         for lang, held in (("zh", zh_held), ("bo", bo_held)):
@@ -187,7 +194,11 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
             if blocks:
                 loss = trainer.evaluate(_Blocks(blocks), metric_key_prefix=f"heldout_{lang}")[f"heldout_{lang}_loss"]
                 metrics[f"heldout_ppl_{lang}"] = round(math.exp(loss), 2)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        # How this invocation ran (wall time, where it resumed) goes to MLflow only: the metrics file holds
+        # results, which a fresh and a resumed run must report alike (`dvc metrics diff` compares them).
+        mlflow.log_metrics({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                            "train_seconds": round(result.metrics["train_runtime"], 1),
+                            "resumed_from_step": step_of(last)})
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(out, safe_serialization=True)

@@ -53,10 +53,14 @@ def sft_dataset(items: list[dict]):
 
 
 def grpo_dataset(items: list[dict], reference_column: str):
+    """Prompts with the reference under `reference_column` and the task input under `input`: a reward
+    component may compare with either (e.g. R_sim against the zh source, cross-lingually)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}], reference_column: x["reference"]}
-                              for x in items])
+    if reference_column == "input":
+        raise ValueError("rewards.reference_column cannot be 'input': that column holds the task input")
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}], reference_column: x["reference"],
+                               "input": x["input"]} for x in items])
 
 
 # ---------------------------------------------------------------- arguments
