@@ -130,8 +130,11 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(trained_repo, tmp_
 
 def test_ctrl_c_ends_the_run_killed_and_a_crash_ends_it_failed(trained_repo, tmp_path):
     params_path = _resume_setup(trained_repo, tmp_path, "sft", 400)
+    # SIGINT's default disposition in the child, whatever pytest inherited: a shell starts background
+    # jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt (the run would finish).
     proc = subprocess.Popen(_train_cmd("sft", params_path), cwd=trained_repo, env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_checkpoint(tmp_path / "ckpt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
