@@ -40,7 +40,9 @@ def scratch_config(args, scratch: Path):
     ws = args.workspace.resolve()
     p = read_yaml(ws / "params.yaml")
     p["prepare"].update(raw_dir=str(scratch / "raw"), out_dir=str(scratch / "prepared"))
-    p["base"]["out_dir"] = str(ws / "models" / "base")
+    p["base"]["out_dir"] = str(scratch / "base" if args.train_base else ws / "models" / "base")
+    p["base"]["metrics_file"] = str(scratch / "base.json")
+    p["base"]["checkpoint_dir"] = str(scratch / "checkpoints")
     p["embedder"]["reward"]["out_dir"] = str(ws / "models" / "embedder")
     p["embedder"]["eval"]["out_dir"] = str(ws / "models" / "eval_embedder")
     t = p["train"]
@@ -92,6 +94,8 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=100, help="test rows per source")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="dotted.key=yaml-value on params (repeatable)")
+    ap.add_argument("--train-base", action="store_true", help="pretrain the tiny base in the scratch folder "
+                    "(with the --set base.* changes) instead of using the workspace's")
     ap.add_argument("--keep", type=Path, help="keep the scratch folder here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -113,6 +117,10 @@ def main() -> None:
         raw_tree(args.workspace.resolve(), scratch)
     cfg = scratch_config(args, scratch)
     prepare.run(cfg)
+    if args.train_base:
+        from semrl.models import base as base_stage
+
+        result_base = base_stage.run(cfg)
     task = get_task(cfg, args.task)
     base, tokenizer = load_base(cfg.base.out_dir)
     rows = []
@@ -125,6 +133,8 @@ def main() -> None:
 
     result = {"task": task.name, "seed": args.seed, "steps": args.steps, "prompts_per_step": args.prompts_per_step,
               "sft_lr": args.sft_lr, "grpo_lr": args.grpo_lr, "set": args.set, "train": {}, "test": {}}
+    if args.train_base:
+        result["base"] = result_base
     result["test"]["copy_input"] = score(task, [r["input"] for r in rows], rows)
     models = {"base": None}
     for method in args.methods.split(","):

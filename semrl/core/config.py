@@ -163,6 +163,7 @@ class PretrainConfig(Section):
     weight_decay: float = Field(0.1, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     bo_share: float = Field(0.15, ge=0, lt=1)
+    bo_headline_bodies: bool = False  # the headline *train* bodies join the Tibetan LM text (never dev/test)
     heldout_frac: float = Field(0.05, gt=0, lt=1)
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(100, ge=1)

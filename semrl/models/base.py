@@ -142,6 +142,8 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
     seed = t.seed
     zh_train, zh_held = lm_split(config, "zh")
     bo_train, bo_held = lm_split(config, "bo")
+    if t.bo_headline_bodies:  # more Tibetan for the base: news bodies of the headline *train* split only
+        bo_train = bo_train + [r["body"] for r in read_jsonl(prepared / "headline" / "train.jsonl")]
 
     tok_cfg = b.tokenizer
     tokenizer = train_tokenizer(tokenizer_corpus(prepared, zh_train, bo_train, tok_cfg.include_task_train),
