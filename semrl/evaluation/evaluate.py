@@ -93,8 +93,11 @@ def general_competence(model, base, tokenizer, cmrc: list[dict], e: EvalConfig) 
     prompts = [e.cmrc_prompt.format(
         context=tokenizer.decode(tokenizer(x["context"], add_special_tokens=False)["input_ids"][:limit]),
         question=x["question"]) for x in cmrc]
+    drift = drift_summary(nll_m, nll_b, kls)
+    if not e.cmrc_generate:
+        return drift, []
     preds = generate(model, tokenizer, prompts, e.cmrc_max_new_tokens, batch_size=e.batch_size, desc="cmrc")
-    return {**cmrc_scores(preds, [x["answers"] for x in cmrc]), **drift_summary(nll_m, nll_b, kls)}, preds
+    return {**cmrc_scores(preds, [x["answers"] for x in cmrc]), **drift}, preds
 
 
 def preference(outputs: dict[tuple[str, int], list[str]], references: list[str], eval_emb, seed: int,
@@ -122,6 +125,21 @@ def preference(outputs: dict[tuple[str, int], list[str]], references: list[str],
             "pairs": sum(wins.values()), "seeds": seeds, **{f"{k}_rate": v / n for k, v in wins.items()}}
 
 
+def skill_set(cfg: Config) -> list[dict[str, Any]]:
+    """The skill probe's items: riddles the base learnt in chat format (the tiny base is taught the first
+    `base.train.skill_riddles` of its training riddles; a named base is asked the same ones)."""
+    from semrl.evaluation.metrics import skill_items
+    from semrl.models.base import skill_pairs
+
+    e = cfg.eval
+    if not e.skill_samples:
+        return []
+    # Distractors are answers of other taught riddles: every choice was seen in chat format during
+    # pretraining, so only knowing which answer goes with the riddle picks the right one.
+    items = skill_items(skill_pairs(cfg)[: cfg.base.train.skill_riddles], e.skill_samples, e.skill_choices, e.seed)
+    return items
+
+
 def _embedders(cfg: Config):
     from semrl.models.embedder import load_embedder
 
@@ -135,7 +153,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from semrl.evaluation.metrics import lm_probe, lm_probe_texts
+    from semrl.evaluation.metrics import lm_probe, lm_probe_texts, skill_probe
     from semrl.models.base import load_base, lm_split
     from semrl.models.generation import accelerator, generate
 
@@ -147,6 +165,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     cmrc_path = cfg.prepare.out_dir / "general" / "cmrc_dev.jsonl"
     cmrc = read_jsonl(cmrc_path)[: e.cmrc_samples]
     probe_texts = lm_probe_texts(lm_split(cfg, "zh")[1], e.lm_probe_samples, e.lm_probe_min_chars)
+    skill = skill_set(cfg)
     if not test or not cmrc or not probe_texts:
         raise SemrlError(f"{task_name}: nothing to evaluate (test {len(test)}, CMRC {len(cmrc)}, "
                          f"LM probe texts {len(probe_texts)})")
@@ -171,6 +190,9 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
             probe = lm_probe(model, references, tokenizer, probe_texts, e.lm_probe_max_tokens, e.batch_size)
             per_item.update(probe)
             lm = {f"{k}_mean": float(np.mean(v)) for k, v in probe.items()}
+            if skill:
+                per_item["skill_acc"] = skill_probe(model, tokenizer, skill, e.skill_prompt, e.batch_size)
+                lm["skill_acc"] = float(np.mean(per_item["skill_acc"]))
             general, preds = general_competence(model, base, tokenizer, cmrc, e)
             key = f"{method}/{seed if seed is not None else '-'}"
             results[key] = {"task": task_name, "method": method, "seed": seed, **metrics, **lm, **general}
@@ -187,7 +209,8 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     order = [f"{m}/{s if s is not None else '-'}" for m, s, _ in found]  # methods in definition order
     pref = preference(outputs, refs, eval_emb, seed=e.seed, tie_margin=e.tie_margin)
     report = {"task": task_name, "test_examples": len(test), "cmrc_questions": len(cmrc),
-              "lm_probe_texts": len(probe_texts),
+              "lm_probe_texts": len(probe_texts), "skill_items": len(skill),
+              "skill_chance": 1 / e.skill_choices if skill else None,
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
               "results": [results[k] for k in order], "preference": pref,
               "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from typing import Any
 
@@ -208,6 +209,64 @@ def nll_and_kl(model, ref, batches) -> tuple[list[float], list[float], list[floa
             nll_ref += ((tok_r * pos).sum(1) / n).tolist()
             kls += ((kl * pos).sum(1) / n).tolist()
     return nll_model, nll_ref, kls
+
+
+def mean_nll(model, batches) -> list[float]:
+    """Per item: the model's mean NLL over the masked tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    out: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for ids, attn, mask in batches:
+            ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+            tok = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            pos = mask[:, 1:].float()
+            out += ((tok * pos).sum(1) / pos.sum(1).clamp(min=1)).tolist()
+    return out
+
+
+def skill_items(pairs: list[tuple[str, str]], n: int, choices: int, seed: int,
+                pool: list[str] | None = None) -> list[dict[str, Any]]:
+    """The first n (riddle, answer) pairs as multiple-choice items: the answer among choices - 1 other
+    answers drawn from pool (default: the pairs' answers; distinct texts), in a seeded order."""
+    rng = random.Random(seed)
+    answers = sorted(set(pool if pool is not None else [a for _, a in pairs]))
+    items = []
+    for riddle, answer in pairs[:n]:
+        options = [answer]
+        while len(options) < min(choices, len(answers)):
+            other = rng.choice(answers)
+            if other not in options:
+                options.append(other)
+        rng.shuffle(options)
+        items.append({"riddle": riddle, "choices": options, "answer_index": options.index(answer)})
+    return items
+
+
+def skill_probe(model, tokenizer, items: list[dict[str, Any]], prompt: str, batch_size: int) -> list[float]:
+    """Per item 1.0 when the true answer has the lowest mean token NLL among the choices (after the chat
+    prompt, the answer and its end-of-turn token scored), else 0.0."""
+    seqs, masks = [], []
+    for x in items:
+        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt.format(riddle=x["riddle"])}],
+                                             add_generation_prompt=True, tokenize=False)
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        for option in x["choices"]:
+            tail = tokenizer(option + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            seqs.append(head_ids + tail)
+            masks.append([0] * len(head_ids) + [1] * len(tail))
+    batches = (_padded(tokenizer, seqs[i:i + batch_size], masks[i:i + batch_size])
+               for i in range(0, len(seqs), batch_size))
+    nll = mean_nll(model, batches)
+    scores, k = [], 0
+    for x in items:
+        m = len(x["choices"])
+        scores.append(float(int(np.argmin(nll[k:k + m])) == x["answer_index"]))
+        k += m
+    return scores
 
 
 def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], prompt: str, max_context_tokens: int,

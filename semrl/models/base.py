@@ -96,6 +96,27 @@ def _split_lines(lines: list[str], frac: float, seed: int) -> tuple[list[str], l
     return [x for i, x in enumerate(lines) if i not in held], [x for i, x in enumerate(lines) if i in held]
 
 
+def skill_pairs(config: Config) -> list[tuple[str, str]]:
+    """(riddle, answer) of the xiehouyu among the base's LM *training* lines, seed-shuffled; the first
+    `base.train.skill_riddles` are the general skill the tiny base is taught in chat format and the
+    evaluation's skill probe asks (knowledge the base has, which later training can erode)."""
+    sep = config.prepare.lm.xiehouyu_separator
+    pairs = []
+    for line in lm_split(config, "zh")[0]:
+        riddle, found, answer = line.partition(sep)
+        if found and riddle.strip() and answer.strip() and sep not in answer:
+            pairs.append((riddle.strip(), answer.strip()))
+    random.Random(config.base.train.seed).shuffle(pairs)
+    return pairs
+
+
+def skill_documents(tokenizer, pairs: list[tuple[str, str]], prompt: str) -> list[str]:
+    """Riddle -> answer as one chat exchange each, as the tokenizer's chat template writes it."""
+    return tokenizer.apply_chat_template(
+        [[{"role": "user", "content": prompt.format(riddle=r)}, {"role": "assistant", "content": a}]
+         for r, a in pairs], tokenize=False)
+
+
 def pack(tokenizer, texts: list[str], seq_len: int) -> list[list[int]]:
     """Concatenate documents (each ended by EOS) and cut into full blocks of seq_len tokens."""
     stream: list[int] = []
@@ -156,6 +177,15 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
     rng = random.Random(seed)
     n_bo = round(t.bo_share / (1 - t.bo_share) * len(zh_blocks)) if bo_blocks else 0
     train_blocks = zh_blocks + [rng.choice(bo_blocks) for _ in range(n_bo)]
+    # The general skill (evaluation's skill probe): riddle -> answer in chat format, skill_share of all blocks.
+    n_skill = 0
+    if t.skill_share > 0:
+        taught = skill_pairs(config)[: t.skill_riddles]
+        skill_blocks = pack(tokenizer, skill_documents(tokenizer, taught, config.eval.skill_prompt), seq_len)
+        if not skill_blocks:
+            raise SemrlError(f"{prepared / 'lm' / 'zh.txt'}: no xiehouyu lines to teach the skill probe")
+        n_skill = round(t.skill_share / (1 - t.skill_share) * len(train_blocks))
+        train_blocks += [rng.choice(skill_blocks) for _ in range(n_skill)]
     rng.shuffle(train_blocks)
 
     arch = qwen3_config(b.arch, len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
@@ -166,7 +196,7 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
 
     # Checkpoints live outside the DVC output, keyed by the exact config, so a killed run resumes and a
     # changed config never resumes a stale one.
-    key = hashlib.sha256(json.dumps([b.model_dump(mode="json"), tracking.data_version()],
+    key = hashlib.sha256(json.dumps([b.model_dump(mode="json"), tracking.data_version(), config.eval.skill_prompt],
                                     sort_keys=True).encode()).hexdigest()[:12]
     ckpt_dir = b.checkpoint_dir / f"base-{key}"
     args = TrainingArguments(
@@ -185,7 +215,7 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
         result = trainer.train(resume_from_checkpoint=last)
         metrics = {
             "n_params": n_params, "vocab_size": len(tokenizer), "train_blocks_zh": len(zh_blocks),
-            "train_blocks_bo": n_bo, "train_tokens_seen": t.steps * t.batch_size * seq_len,
+            "train_blocks_bo": n_bo, "train_blocks_skill": n_skill, "train_tokens_seen": t.steps * t.batch_size * seq_len,
             # The last logged loss, from the run's whole history (restored on resume): Trainer's own
             # training_loss averages only the steps of this invocation, so a resumed run reported another.
             "train_loss": round([h["loss"] for h in trainer.state.log_history if "loss" in h][-1], 4),
