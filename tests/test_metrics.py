@@ -23,6 +23,8 @@ from semrl.evaluation.metrics import (
     mixed_segmentation,
     output_stats,
     rouge_l,
+    skill_items,
+    skill_probe,
 )
 
 
@@ -148,3 +150,36 @@ def test_lm_probe_scores_plain_text_per_item(tiny):
     # The same numbers as the generic per-token computation on one text at a time, without padding.
     one = lm_probe(model, {"base": base}, tok, texts[1:], 64, batch_size=1)
     assert one["lm_nll_increase_vs_base"][0] == pytest.approx(probe["lm_nll_increase_vs_base"][1], rel=1e-4)
+
+
+def test_skill_items_are_multiple_choice_with_distinct_answers():
+    pairs = [("猫哭耗子", "假慈悲"), ("竹篮打水", "一场空"), ("外甥打灯笼", "照舅"), ("泥菩萨过江", "自身难保"),
+             ("黄鼠狼给鸡拜年", "没安好心")]
+    items = skill_items(pairs, n=3, choices=4, seed=0)
+    assert [x["riddle"] for x in items] == ["猫哭耗子", "竹篮打水", "外甥打灯笼"]
+    for (riddle, answer), x in zip(pairs, items):
+        assert len(x["choices"]) == len(set(x["choices"])) == 4 and x["choices"][x["answer_index"]] == answer
+    assert items == skill_items(pairs, n=3, choices=4, seed=0)  # seeded
+    assert {x["answer_index"] for x in skill_items(pairs, n=5, choices=4, seed=1)} != {0}  # answer not always first
+
+
+def test_skill_probe_picks_the_choice_of_lowest_mean_nll(tiny):
+    """The probe's verdict per item equals argmin over choices of the answer's mean token NLL, computed
+    directly one unpadded sequence at a time."""
+    base, tok, _ = tiny
+    prompt = EvalConfig().skill_prompt
+    pairs = [("猫哭耗子", "假慈悲"), ("竹篮打水", "一场空"), ("外甥打灯笼", "照舅舅"), ("泥菩萨过江", "自身难保")]
+    items = skill_items(pairs, n=4, choices=3, seed=0)
+    scores = skill_probe(base, tok, items, prompt, batch_size=5)  # batches cut across items
+    assert len(scores) == 4 and set(scores) <= {0.0, 1.0}
+    for x, score in zip(items, scores):
+        head = tok.apply_chat_template([{"role": "user", "content": prompt.format(riddle=x["riddle"])}],
+                                       add_generation_prompt=True, tokenize=False)
+        h = tok(head, add_special_tokens=False)["input_ids"]
+        nlls = []
+        for option in x["choices"]:
+            a = tok(option + tok.eos_token, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = F.log_softmax(base(torch.tensor([h + a])).logits[0, :-1].float(), -1)
+            nlls.append(-logp[len(h) - 1:, :].gather(-1, torch.tensor(a).unsqueeze(-1)).mean().item())
+        assert score == float(min(range(len(nlls)), key=nlls.__getitem__) == x["answer_index"])

@@ -75,6 +75,31 @@ def test_base_metrics_and_mlflow_run(smoke_repo):
     assert base.data.metrics["resumed_from_step"] == 0 and base.data.metrics["train_seconds"] > 0
 
 
+def test_pretraining_text_and_the_taught_skill_on_real_lines(smoke_repo):
+    """The base's Tibetan text takes the headline *train* bodies when asked (never dev/test ones), and the
+    general skill it is taught is riddle -> answer in chat format from its own training lines."""
+    from semrl.models.base import lm_split, pretraining_texts, skill_documents, skill_pairs
+
+    cfg = load_config(smoke_repo / "params.yaml")
+    prepared = smoke_repo / "data" / "prepared" / "headline"
+    bodies = {s: {r["body"] for r in read_jsonl(prepared / f"{s}.jsonl")} for s in ("train", "dev", "test")}
+    (_, _), (bo_train, bo_held) = pretraining_texts(cfg)
+    assert cfg.base.train.bo_headline_bodies and bodies["train"] <= set(bo_train)
+    assert not (bodies["dev"] | bodies["test"]) & set(bo_train)
+    off = cfg.model_copy(update={"base": cfg.base.model_copy(update={"train": cfg.base.train.model_copy(
+        update={"bo_headline_bodies": False})})})
+    assert set(pretraining_texts(off)[1][0]) == set(lm_split(cfg, "bo")[0])
+    pairs = skill_pairs(cfg)
+    zh_train, zh_held = lm_split(cfg, "zh")
+    assert len(pairs) > 10_000 and f"{pairs[0][0]}——{pairs[0][1]}" in zh_train  # real xiehouyu lines
+    assert not {f"{r}——{a}" for r, a in pairs} & set(zh_held)
+    tok = AutoTokenizer.from_pretrained(smoke_repo / "models" / "base")
+    [doc] = skill_documents(tok, pairs[:1], cfg.eval.skill_prompt)
+    assert doc.startswith("<|im_start|>user\n歇后语：" + pairs[0][0]) and doc.endswith(pairs[0][1] + "<|im_end|>\n")
+    metrics = json.loads((smoke_repo / "metrics" / "base.json").read_text())
+    assert metrics["train_blocks_skill"] > 0
+
+
 def test_embedders_are_trained_and_independent(smoke_repo):
     metrics = json.loads((smoke_repo / "metrics" / "embedder.json").read_text())
     assert metrics["reward"]["dev_top1_bo2zh"] > metrics["reward"]["dev_top1_bo2zh_before"]

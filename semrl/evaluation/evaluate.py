@@ -125,6 +125,17 @@ def preference(outputs: dict[tuple[str, int], list[str]], references: list[str],
             "pairs": sum(wins.values()), "seeds": seeds, **{f"{k}_rate": v / n for k, v in wins.items()}}
 
 
+def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
+    """The branches' points along training ("method/seed" -> points), as the training runs wrote them."""
+    from semrl.training.trajectory import TRAJECTORY_FILE, read_points
+
+    found = {}
+    for method, seed, path in variants(cfg, task):
+        if path is not None and (points := read_points(path.parent / TRAJECTORY_FILE)):
+            found[f"{method}/{seed}"] = points
+    return found
+
+
 def skill_set(cfg: Config) -> list[dict[str, Any]]:
     """The skill probe's items: riddles the base learnt in chat format (the tiny base is taught the first
     `base.train.skill_riddles` of its training riddles; a named base is asked the same ones)."""
@@ -212,7 +223,9 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
               "lm_probe_texts": len(probe_texts), "skill_items": len(skill),
               "skill_chance": 1 / e.skill_choices if skill else None,
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
+              "reference_mean_length_chars": float(np.mean([len(r) for r in refs])),
               "results": [results[k] for k in order], "preference": pref,
+              "trajectories": trajectories(cfg, task_name),
               "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
                         "synthetic_sources": sorted({x["source"] for x in test if x["synthetic"]}),
                         "variants": {k: items[k] for k in order}}}

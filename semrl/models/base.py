@@ -96,6 +96,14 @@ def _split_lines(lines: list[str], frac: float, seed: int) -> tuple[list[str], l
     return [x for i, x in enumerate(lines) if i not in held], [x for i, x in enumerate(lines) if i in held]
 
 
+def pretraining_texts(config: Config) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    """((zh train, zh held-out), (bo train, bo held-out)) lines of the tiny base's language modelling."""
+    zh, (bo_train, bo_held) = lm_split(config, "zh"), lm_split(config, "bo")
+    if config.base.train.bo_headline_bodies:  # more Tibetan: news bodies of the headline *train* split only
+        bo_train = bo_train + [r["body"] for r in read_jsonl(config.prepare.out_dir / "headline" / "train.jsonl")]
+    return zh, (bo_train, bo_held)
+
+
 def skill_pairs(config: Config) -> list[tuple[str, str]]:
     """(riddle, answer) of the xiehouyu among the base's LM *training* lines, seed-shuffled; the first
     `base.train.skill_riddles` are the general skill the tiny base is taught in chat format and the
@@ -161,10 +169,7 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
     b, t = config.base, config.base.train
     prepared = config.prepare.out_dir
     seed = t.seed
-    zh_train, zh_held = lm_split(config, "zh")
-    bo_train, bo_held = lm_split(config, "bo")
-    if t.bo_headline_bodies:  # more Tibetan for the base: news bodies of the headline *train* split only
-        bo_train = bo_train + [r["body"] for r in read_jsonl(prepared / "headline" / "train.jsonl")]
+    (zh_train, zh_held), (bo_train, bo_held) = pretraining_texts(config)
 
     tok_cfg = b.tokenizer
     tokenizer = train_tokenizer(tokenizer_corpus(prepared, zh_train, bo_train, tok_cfg.include_task_train),

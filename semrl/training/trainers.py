@@ -132,6 +132,10 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
     hp = method.hparams
     init_kwargs = model_init_kwargs(cfg, method)
     callbacks = [tracking.metrics_callback()]
+    if method.data == "remaining" and cfg.train.trajectory.every:  # the branches, scored along training
+        from semrl.training.trajectory import TRAJECTORY_FILE, trajectory_callback
+
+        callbacks.append(trajectory_callback(cfg, task, tokenizer, ckpt / TRAJECTORY_FILE))
     if method.trainer == "sft":
         from trl import SFTConfig, SFTTrainer
 
