@@ -75,11 +75,12 @@ def test_base_metrics_and_mlflow_run(smoke_repo):
     assert base.data.metrics["resumed_from_step"] == 0 and base.data.metrics["train_seconds"] > 0
 
 
-def test_pretraining_text_and_the_taught_skill_on_real_lines(smoke_repo):
+def test_pretraining_text_and_the_taught_skill_on_real_lines(smoke_repo, monkeypatch):
     """The base's Tibetan text takes the headline *train* bodies when asked (never dev/test ones), and the
     general skill it is taught is riddle -> answer in chat format from its own training lines."""
     from semrl.models.base import lm_split, pretraining_texts, skill_documents, skill_pairs
 
+    monkeypatch.chdir(smoke_repo)  # the params' paths are relative to the project root
     cfg = load_config(smoke_repo / "params.yaml")
     prepared = smoke_repo / "data" / "prepared" / "headline"
     bodies = {s: {r["body"] for r in read_jsonl(prepared / f"{s}.jsonl")} for s in ("train", "dev", "test")}

@@ -346,7 +346,7 @@ class TrainConfig(Section):
     match_budgets: bool = True
     out_dir: Path = Path("models")
     checkpoint_dir: Path = Path("checkpoints")
-    max_input_tokens: int = Field(96, ge=1)
+    max_input_tokens: int = Field(64, ge=1)
     max_target_tokens: int = Field(48, ge=1)
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(25, ge=1)
@@ -381,7 +381,7 @@ class TransferConfig(SFTStage):
     source_task: str = "mt"
     target_task: str = "headline"
     sources: list[str] = Field(["sft", "grpo"], alias="from")
-    samples: int = Field(300, ge=1)
+    samples: int = Field(160, ge=1)
 
 
 # ---------------------------------------------------------------- evaluation and operations
@@ -389,7 +389,7 @@ class TransferConfig(SFTStage):
 
 class EvalConfig(Section):
     out_dir: Path = Path("reports/eval")
-    test_samples: int = Field(200, ge=1)
+    test_samples: int = Field(100, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(16, ge=1)
     seed: int = 0  # torch seed before each variant's greedy decoding, and the preference judge's order
