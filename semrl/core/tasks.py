@@ -43,6 +43,18 @@ class Task:
         return rows
 
 
+def per_source(rows: list[dict], n: int) -> list[dict]:
+    """The first n rows of each data source, in split order: real and synthetic sources each get their
+    share, so neither crowds the other out of a sample."""
+    taken: dict[str, int] = {}
+    out = []
+    for x in rows:
+        if taken.setdefault(x["source"], 0) < n:
+            taken[x["source"]] += 1
+            out.append(x)
+    return out
+
+
 def truncate(tokenizer, text: str, max_tokens: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])

@@ -15,7 +15,7 @@ from semrl import SemrlError
 from semrl.core.config import Config, EvalConfig
 from semrl.core.io import atomic_write_text, read_jsonl, write_jsonl
 from semrl.core.methods import COLDSTART, methods, output_dir, transfer_methods
-from semrl.core.tasks import Task, get_task
+from semrl.core.tasks import Task, get_task, per_source
 
 
 def variants(cfg: Config, task: str) -> list[tuple[str, int | None, Path | None]]:
@@ -46,12 +46,7 @@ def task_metrics(task: Task, outputs: list[str], references: list[str], reward_e
 def test_rows(task: Task, tokenizer, cfg: Config) -> list[dict[str, str]]:
     """The first `eval.test_samples` test rows of each source (real and synthetic sources are scored apart,
     so neither crowds the other out), in split order."""
-    rows, taken = [], {}
-    for x in task.examples("test", tokenizer, cfg.train.max_input_tokens):
-        if taken.setdefault(x["source"], 0) < cfg.eval.test_samples:
-            taken[x["source"]] += 1
-            rows.append(x)
-    return rows
+    return per_source(task.examples("test", tokenizer, cfg.train.max_input_tokens), cfg.eval.test_samples)
 
 
 def trivial_baselines(task: Task, rows: list[dict[str, str]], train_refs: list[str]) -> dict[str, list[str]]:
@@ -134,6 +129,15 @@ def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
         if path is not None and (points := read_points(path.parent / TRAJECTORY_FILE)):
             found[f"{method}/{seed}"] = points
     return found
+
+
+def reward_signal(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
+    """Each seed's reward-signal check (seed -> what its cold start's tau calibration measured)."""
+    from semrl.training.tau import TAU_FILE
+
+    return {str(seed): json.loads((path.parent / TAU_FILE).read_text(encoding="utf-8"))
+            for method, seed, path in variants(cfg, task)
+            if method == COLDSTART and (path.parent / TAU_FILE).is_file()}
 
 
 def skill_set(cfg: Config) -> list[dict[str, Any]]:
@@ -225,7 +229,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
               "reference_mean_length_chars": float(np.mean([len(r) for r in refs])),
               "results": [results[k] for k in order], "preference": pref,
-              "trajectories": trajectories(cfg, task_name),
+              "trajectories": trajectories(cfg, task_name), "reward_signal": reward_signal(cfg, task_name),
               "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
                         "synthetic_sources": sorted({x["source"] for x in test if x["synthetic"]}),
                         "variants": {k: items[k] for k in order}}}

@@ -341,6 +341,28 @@ def hacking_flags(ev: dict[str, Any]) -> list[str]:
                      "rose while the independent similarity fell)"]
 
 
+def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
+    """Does the semantic reward rank completions as the task metric does? Spearman over the cold start's
+    sampled dev completions (goal >= 0.3), pooled and per data source, per seed; the evaluation
+    embedder's agreement with the metric beside it."""
+    signal = ev.get("reward_signal", {})
+    if not signal:
+        return ["No reward-signal check (rewards.tau is a number, so the cold start sampled nothing).", ""]
+    m = task.primary_metric
+    fmt = lambda v: "–" if v is None else f"{v:+.3f}"
+    lines = [f"Spearman correlation with sentence {METRIC_LABELS.get(m, m)} over the cold start's sampled dev "
+             "completions (goal ≥ 0.3): R_sim (reward embedder, against "
+             f"the {next(iter(signal.values())).get('similarity_against', 'reference')}) and the evaluation "
+             "embedder.", "", "| seed | source | n | τ | R_sim ρ | eval-embedder ρ |", "|---|---|---|---|---|---|"]
+    for seed, info in sorted(signal.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {seed} | all | {info.get('dev_samples', '–')} | {info['tau']:.4f} | "
+                     f"{fmt(info.get(f'spearman_similarity_{m}'))} | {fmt(info.get(f'spearman_eval_similarity_{m}'))} |")
+        for source, b in info.get("by_source", {}).items():
+            lines.append(f"| {seed} | {source} | {b['n']} | | {fmt(b['spearman_similarity'])} | "
+                         f"{fmt(b['spearman_eval_similarity'])} |")
+    return lines + [""]
+
+
 def answer_lines(task: Task, pairs: list[dict[str, Any]]) -> list[str]:
     """The research question's answer for one task, read off the paired verdicts as they came out."""
     def find(a, b, key):
@@ -433,6 +455,7 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
                   ("lm_kl_vs_base_mean", "KL vs base"), ("lm_nll_increase_vs_coldstart_mean", "ΔNLL vs cold start"),
                   ("lm_kl_vs_coldstart_mean", "KL vs cold start")]),
           "", "### General skill (chat format)", "", *skill_lines(ev, g),
+          "### Reward signal (cold start, dev)", "", *reward_signal_lines(task, ev),
           "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
           f"References: {ev.get('reference_mean_length_chars', float('nan')):.1f} characters on average.", "",
           _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),

@@ -12,19 +12,9 @@ from typing import Any
 import numpy as np
 
 from semrl.core.config import Config
-from semrl.core.tasks import Task
+from semrl.core.tasks import Task, per_source
 
 TRAJECTORY_FILE = "trajectory.jsonl"
-
-
-def dev_rows(task: Task, tokenizer, cfg: Config, per_source: int) -> list[dict[str, Any]]:
-    """The first `per_source` dev rows of each data source, in split order (the same for every branch)."""
-    rows, taken = [], {}
-    for x in task.examples("dev", tokenizer, cfg.train.max_input_tokens):
-        if taken.setdefault(x["source"], 0) < per_source:
-            taken[x["source"]] += 1
-            rows.append(x)
-    return rows
 
 
 def read_points(path: Path) -> list[dict[str, Any]]:
@@ -46,7 +36,7 @@ def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):
     from semrl.models.generation import generate
 
     tr, e = cfg.train.trajectory, cfg.eval
-    rows = dev_rows(task, tokenizer, cfg, tr.dev_samples)
+    rows = per_source(task.examples("dev", tokenizer, cfg.train.max_input_tokens), tr.dev_samples)
     prompts, refs = [x["prompt"] for x in rows], [x["reference"] for x in rows]
     texts = lm_probe_texts(lm_split(cfg, "zh")[1], tr.probe_samples, e.lm_probe_min_chars)
     similarity = Similarity(load_embedder(cfg.embedder.eval.out_dir))
