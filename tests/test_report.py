@@ -35,7 +35,7 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     sft_items = items["variants"]["sft/0"]
     assert len(sft_items["chrf"]) == ev["test_examples"] and len(sft_items["lm_kl_vs_coldstart"]) == ev["lm_probe_texts"] > 0
     assert "lm_nll" not in items["variants"]["copy_input/-"] and "chrf" in items["variants"]["copy_input/-"]
-    assert "not an LLM judge" in ev["preference"]["judge"] and ev["preference"]["pairs"] == 2 * 8
+    assert "not an LLM judge" in ev["preference"]["judge"] and ev["preference"]["pairs"] == 2 * ev["test_examples"]
     assert len(read_jsonl(reports / "eval" / "mt_outputs.jsonl")) == 9 * 4
     # The general skill probe: the same items for every model variant, 0/1 per item.
     assert ev["skill_items"] == 8 and ev["skill_chance"] == 0.25

@@ -166,8 +166,8 @@ class PretrainConfig(Section):
     bo_headline_bodies: bool = True  # the headline *train* bodies join the Tibetan LM text (never dev/test)
     # The general skill probe (evaluation): riddle -> answer in chat format, taught to the tiny base on this
     # share of its training blocks, over the first `skill_riddles` riddles of its LM training lines.
-    skill_share: float = Field(0.1, ge=0, lt=1)
-    skill_riddles: int = Field(500, ge=1)
+    skill_share: float = Field(0.2, ge=0, lt=1)
+    skill_riddles: int = Field(200, ge=1)
     heldout_frac: float = Field(0.05, gt=0, lt=1)
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(100, ge=1)
