@@ -43,6 +43,7 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     path, params = variant(trained_repo, tmp_path, rewards__tau=0.2, train__tasks=["headline"],
                            train__seeds=[0, 1], transfer__enabled=False)
     params["rewards"]["ablations"]["bleu_semantic"]["enabled"] = True
+    params["rewards"]["ablations"]["bleu_language"]["enabled"] = False  # the smoke run's ablation: another here
     path.write_text(yaml.safe_dump(params, allow_unicode=True))
     semrl(["flow", "--task", "headline", "--task", "mt_bo2zh", "--seed", "0", "--params", str(path)], trained_repo)
     semrl(["flow", "--task", "headline", "--seed", "1", "--params", str(path)], trained_repo)
@@ -71,7 +72,7 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     assert [(r["method"], r["seed"]) for r in ev["results"]] == [("base", None)] + [
         (m, s) for m in methods for s in (0, 1)] + [("copy_input", None), ("copy_lead", None)]
     assert all("rouge_l" in r and "bleu" not in r for r in ev["results"])  # the task record's metrics
-    assert ev["preference"]["seeds"] == [0, 1] and ev["preference"]["pairs"] == 2 * 8
+    assert ev["preference"]["seeds"] == [0, 1] and ev["preference"]["pairs"] == 2 * ev["test_examples"]
     samples = read_jsonl(tmp_path / "eval" / "headline_outputs.jsonl")
     test = {r["id"]: r["title"] for r in read_jsonl(trained_repo / "data" / "prepared" / "headline" / "test.jsonl")}
     assert all(s["reference"] == test[s["id"]] for s in samples)  # headlines are scored against real titles
@@ -96,7 +97,8 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
 
 
 def test_full_fine_tuning_trains_every_weight(trained_repo, tmp_path):
-    path, _ = variant(trained_repo, tmp_path, train__lora__enabled=False, train__sft__max_steps=2)
+    path, _ = variant(trained_repo, tmp_path, train__lora__enabled=False, train__sft__max_steps=2,
+                      train__match_budgets=False)
     shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
     semrl(["train", "--task", "mt", "--method", "sft", "--params", str(path)], trained_repo)
     out = tmp_path / "models" / "mt" / "sft" / "seed0"
@@ -110,7 +112,8 @@ def test_full_fine_tuning_trains_every_weight(trained_repo, tmp_path):
 
 def test_a_changed_config_never_resumes_a_stale_checkpoint(trained_repo, tmp_path):
     shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
-    path, _ = variant(trained_repo, tmp_path, train__sft__max_steps=4, train__save_steps=2)
+    path, _ = variant(trained_repo, tmp_path, train__sft__max_steps=4, train__save_steps=2,
+                      train__match_budgets=False)
     semrl(["train", "--task", "mt", "--method", "sft", "--params", str(path)], trained_repo)
     summary = tmp_path / "models" / "mt" / "sft" / "seed0" / "summary.json"
     assert json.loads(summary.read_text())["resumed_from_step"] == 0

@@ -171,7 +171,7 @@ def paired_comparisons(task: Task, ev: dict[str, Any]) -> list[dict[str, Any]]:
     """The comparisons the research question needs: each branch's task gain over the cold start they
     share, SFT against GRPO on the task, and their drift on general Chinese text (LM probe)."""
     sources = sorted(set(ev.get("items", {}).get("sources", [])))
-    by_source = sources if len(sources) > 1 else [None]
+    by_source = [None] + (sources if len(sources) > 1 else [])  # all items, then each source alone
     m = task.primary_metric
     wanted = [(a, b, m, src) for a, b in (("sft", "coldstart"), ("grpo", "coldstart"), ("sft", "grpo"))
               for src in by_source]
@@ -363,10 +363,10 @@ def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def answer_lines(task: Task, pairs: list[dict[str, Any]]) -> list[str]:
+def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = frozenset()) -> list[str]:
     """The research question's answer for one task, read off the paired verdicts as they came out."""
-    def find(a, b, key):
-        return next((p for p in pairs if (p["a"], p["b"], p["key"], p["source"]) == (a, b, key, None)), None)
+    def find(a, b, key, source=None):
+        return next((p for p in pairs if (p["a"], p["b"], p["key"], p["source"]) == (a, b, key, source)), None)
 
     def say(p, what):
         if p is None:
@@ -378,10 +378,16 @@ def answer_lines(task: Task, pairs: list[dict[str, Any]]) -> list[str]:
     m = task.primary_metric
     sft_gain, grpo_gain = find("sft", "coldstart", m), find("grpo", "coldstart", m)
     learnt = [name for name, p in (("strong SFT", sft_gain), ("GRPO", grpo_gain)) if p and p["verdict"] == "higher"]
-    return [f"**{task.name}** (primary metric {METRIC_LABELS.get(m, m)}):", "",
+    sources = sorted({p["source"] for p in pairs if p["source"] is not None})
+    per_source = [f"  - {src} ({'synthetic' if src in synthetic else 'real'}): "
+                  f"{say(find(a, b, m, src), label)}" for src in sources
+                  for a, b, label in (("sft", "coldstart", "SFT − cold start"), ("grpo", "coldstart", "GRPO − cold start"),
+                                      ("sft", "grpo", "SFT − GRPO"))]
+    return [f"**{task.name}** (primary metric {METRIC_LABELS.get(m, m)}, all test items):", "",
             f"- {say(sft_gain, 'strong SFT − cold start, task')}",
             f"- {say(grpo_gain, 'GRPO − cold start, task')}",
             f"- {say(find('sft', 'grpo', m), 'strong SFT − GRPO, task')}",
+            *([f"- per data source:", *per_source] if per_source else []),
             f"- {say(find('sft', 'grpo', 'lm_nll_increase_vs_coldstart'), 'strong SFT − GRPO, LM tax (ΔNLL since the cold start; > 0: SFT forgot more)')}",
             f"- {say(find('sft', 'grpo', 'skill_acc'), 'strong SFT − GRPO, general skill (riddle accuracy; < 0: SFT forgot more)')}",
             f"- Both branches learnt the task (beat the cold start, paired CI excluding 0): "
@@ -551,7 +557,8 @@ def run(cfg: Config) -> dict[str, Any]:
            "*For the same task gain, does GRPO with a semantic reward forget less than strong SFT?* Read off the "
            "paired verdicts below as they came out (no tuning toward the paper's claim).", ""]
     for ev in evals:
-        md += answer_lines(known[ev["task"]], pairs[ev["task"]])
+        md += answer_lines(known[ev["task"]], pairs[ev["task"]],
+                           set(ev.get("items", {}).get("synthetic_sources", [])))
     traj = [r for ev in evals for r in trajectory_rows(ev, known[ev["task"]].primary_metric)]
     traj_png = trajectory_plot(traj, known, plots)
     if traj_png:
