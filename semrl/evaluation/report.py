@@ -121,6 +121,12 @@ def paired(ev: dict[str, Any], a: str, b: str, key: str, source: str | None = No
     if key in BOUNDED:
         lo, hi = BOUNDED[key]
         flag = bound_flag(np.concatenate([ga.mean(1), gb.mean(1)]), lo, hi, FLOOR_TOLERANCE * (hi - lo))
+    if key == "skill_acc" and ev.get("skill_chance") and flag is None:
+        # Multiple choice: its floor is chance. Both sides within two binomial standard errors of it
+        # (every seed) means neither has the skill left to lose.
+        chance, n = ev["skill_chance"], ga.shape[1]
+        if np.all(np.concatenate([ga.mean(1), gb.mean(1)]) <= chance + 2 * np.sqrt(chance * (1 - chance) / n)):
+            flag = "chance level"
     return {"a": a, "b": b, "key": key, "source": source, "seeds": len(seeds), "items": int(ga.shape[1]),
             "mean_a": float(ga.mean()), "mean_b": float(gb.mean()), "t": t.as_dict(), "bootstrap": boot.as_dict(),
             "flag": flag, "verdict": verdict(t, boot, flag)}
@@ -436,6 +442,11 @@ def skill_lines(ev: dict[str, Any], g) -> list[str]:
         acc = float(base["skill_acc"].iloc[0])
         lines.append(f"The base scores {acc:.3f}: " + ("the probe measures a skill the base has (≥ 0.5)." if acc >= 0.5
                      else "**below 0.5: the base does not clearly have the skill; read its drops with care.**"))
+        for method in ("coldstart", "sft", "grpo"):
+            row = g[g.method == method]
+            if not row.empty and acc > chance and "skill_acc" in row and row["skill_acc"].notna().all():
+                kept = (float(row["skill_acc"].iloc[0]) - chance) / (acc - chance)
+                lines.append(f"- {method} keeps {kept:.0%} of the base's margin over chance.")
         lines.append("")
     return lines
 
