@@ -138,7 +138,8 @@ def small(tmp_path, repo_copy, params):
     items = json.loads((src / "xiehouyu" / "xiehouyu.json").read_text(encoding="utf-8"))[:40]
     (raw / "xiehouyu" / "xiehouyu.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
     (raw / "cldr").mkdir()
-    shutil.copy(src / "cldr" / "bo_zh_pairs.tsv", raw / "cldr" / "bo_zh_pairs.tsv")
+    for name in ("bo_zh_pairs.tsv", "bo_zh_dates.tsv"):
+        shutil.copy(src / "cldr" / name, raw / "cldr" / name)
     p = copy.deepcopy(params)
     p["prepare"].update(raw_dir=str(raw), out_dir=str(tmp_path / "prepared"))
     for task in ("mt", "headline"):

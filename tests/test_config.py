@@ -31,9 +31,9 @@ def test_params_yaml_shows_every_default_and_equals_the_schema():
 def test_every_problem_at_once_with_line_path_and_nearest_name(tmp_path):
     text = (REPO / "params.yaml").read_text(encoding="utf-8")
     text = text.replace("    num_generations: 4", "    num_generatoins: 4", 1)
-    text = text.replace("  seeds: [0]", "  seeds: []", 1)
+    text = text.replace("  seeds: [0, 1, 2]", "  seeds: []", 1)
     text = text.replace("    beta: 0.04", "    beta: -1", 1)
-    text = text.replace("  tasks: [mt]", "  tasks: [mt, summarise]", 1)
+    text = text.replace("  tasks: [mt, headline]", "  tasks: [mt, summarise]", 1)
     (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(SemrlError) as err:
         load_config(tmp_path / "params.yaml")
@@ -47,11 +47,26 @@ def test_every_problem_at_once_with_line_path_and_nearest_name(tmp_path):
     assert any(f":{line_of('    beta: -1')}: train.grpo.beta: Input should be greater than or equal to 0" in x
                for x in lines)
     assert lines[-1].startswith("3 problem(s)")  # the task check runs once the fields are valid
-    text = text.replace("    num_generatoins: 4", "    num_generations: 4").replace("  seeds: []", "  seeds: [0]")
+    text = text.replace("    num_generatoins: 4", "    num_generations: 4").replace("  seeds: []", "  seeds: [0, 1, 2]")
     (tmp_path / "params.yaml").write_text(text.replace("    beta: -1", "    beta: 0.04"), encoding="utf-8")
     with pytest.raises(SemrlError, match=r"train.tasks: unknown task 'summarise' \(defined in `tasks`: mt, "
                                          r"mt_bo2zh, headline\)"):
         load_config(tmp_path / "params.yaml")
+
+
+def test_matched_budgets_are_enforced(tmp_path):
+    raw = read_yaml(REPO / "params.yaml")
+    assert raw["train"]["match_budgets"] and Config().train.sft.max_steps == Config().train.grpo.max_steps > 0
+    raw["train"]["grpo"].update(max_steps=60, prompts_per_step=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(SemrlError) as err:
+        load_config(tmp_path / "params.yaml")
+    assert "train.sft.max_steps (80) and train.grpo.max_steps (60) must be the same" in str(err.value)
+    assert "train.sft.batch_size x grad_accum (8 x 1) must equal train.grpo.prompts_per_step x grad_accum (4 x 1)" \
+        in str(err.value)
+    raw["train"]["match_budgets"] = False  # the paper's recipe: budgets differ on purpose
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    assert load_config(tmp_path / "params.yaml").train.grpo.max_steps == 60
 
 
 def test_a_task_record_is_validated(tmp_path):

@@ -17,6 +17,7 @@ def test_two_process_data_parallel_training(trained_repo, tmp_path, method):
     params = yaml.safe_load((trained_repo / "params.yaml").read_text())
     params["train"].update(out_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ckpt"))
     params["train"][method]["max_steps"] = 4
+    params["train"]["match_budgets"] = False  # one branch alone, for another step count
     shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

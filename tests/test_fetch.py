@@ -153,7 +153,7 @@ def test_source_list_matches_the_mirror_manifest(mirror):
     committed = read_sources(REPO / "data" / "sources.tsv")
     derived = sources_from_manifest(mirror / "MANIFEST.tsv")
     assert [s for s in committed if s.type == "url"] == derived
-    assert [s.name for s in committed if s.type == "cldr"] == ["cldr/bo_zh_pairs.tsv"]
+    assert [s.name for s in committed if s.type == "cldr"] == ["cldr/bo_zh_pairs.tsv", "cldr/bo_zh_dates.tsv"]
 
 
 def test_bad_source_list_names_file_and_line(tmp_path):

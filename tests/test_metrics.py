@@ -10,16 +10,21 @@ from semrl.core.config import EvalConfig
 from semrl.evaluation.metrics import (
     answer_batches,
     answer_nll_and_kl,
+    item_scores,
+    lm_probe,
+    lm_probe_texts,
+    text_batches,
     cmrc_em,
     cmrc_f1,
     cmrc_scores,
     corpus_bleu,
     corpus_chrf,
     drift_summary,
-    mean_ci95,
     mixed_segmentation,
     output_stats,
     rouge_l,
+    skill_items,
+    skill_probe,
 )
 
 
@@ -58,11 +63,6 @@ def test_cmrc_normalisation_em_f1_on_real_dev_answers():
     f1_second = 2 * 1.0 * (2 / 4) / (1 + 2 / 4)  # LCS 光荣 of 4 answer segments
     assert s["cmrc_em"] == pytest.approx(50.0) and s["cmrc_f1"] == pytest.approx(100 * (1 + f1_second) / 2)
     assert s["cmrc_avg"] == pytest.approx((s["cmrc_em"] + s["cmrc_f1"]) / 2)
-
-
-def test_mean_ci95():
-    assert mean_ci95([1.0, 2.0, 3.0]) == pytest.approx((2.0, 4.302652729911275 / math.sqrt(3)))
-    assert mean_ci95([0.5]) == (0.5, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,71 @@ def test_drift_against_a_direct_computation(tiny):
     same = answer_nll_and_kl(base, base, tok, items, prompt, 48, 2)
     assert drift_summary(*same)["nll_increase_mean"] == 0.0 and max(same[2]) < 1e-6
     assert drift_summary(nll_m, nll_b, kls)["kl_p90"] > 0
+
+
+def test_item_scores_average_to_the_sentence_metrics():
+    hyps = ["བོད་ཀྱི་ཡུལ་ལ་", "ཟླ་བ་དང་པོ", ""]
+    refs = ["བོད་ཀྱི་ཡུལ་ལ་", "ཟླ་བ་གཉིས་པ", "ཚེས་"]
+    chrf = item_scores("chrf", hyps, refs, "bo")
+    assert chrf[0] == pytest.approx(1.0) and 0 < chrf[1] < 1 and chrf[2] == 0.0
+    assert sum(item_scores("rouge_l", hyps, refs, "bo")) / 3 == pytest.approx(rouge_l(hyps, refs, "bo"))
+    # ROUGE-L of "ཟླ བ དང པོ" vs "ཟླ བ གཉིས པ": LCS 2 of 4 and 4 -> F1 0.5
+    assert item_scores("rouge_l", hyps, refs, "bo")[1] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown metric 'ter'"):
+        item_scores("ter", hyps, refs, "bo")
+
+
+def test_lm_probe_scores_plain_text_per_item(tiny):
+    base, tok, _ = tiny
+    lines = ["短", "这是一段足够长的中文文本，用来测试语言模型探针的每条结果。", "另一段同样足够长的中文文本，它在后面出现。"]
+    texts = lm_probe_texts(lines, n=5, min_chars=10)
+    assert texts == lines[1:]
+    [(ids, attn, mask)] = list(text_batches(tok, texts, 64, batch_size=2))
+    first = tok.decode(ids[0, : int(attn[0].sum())])
+    assert first == texts[0] and "<|im_start|>" not in first  # plain text, no chat markup
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    probe = lm_probe(model, {"base": base, "coldstart": model}, tok, texts, 64, batch_size=2)
+    assert set(probe) == {"lm_nll", "lm_nll_increase_vs_base", "lm_kl_vs_base", "lm_nll_increase_vs_coldstart",
+                          "lm_kl_vs_coldstart"}
+    assert all(len(v) == 2 for v in probe.values())
+    assert max(abs(x) for x in probe["lm_nll_increase_vs_coldstart"]) < 1e-6  # a model against itself
+    assert min(probe["lm_kl_vs_base"]) > 0 and max(probe["lm_kl_vs_coldstart"]) < 1e-6
+    # The same numbers as the generic per-token computation on one text at a time, without padding.
+    one = lm_probe(model, {"base": base}, tok, texts[1:], 64, batch_size=1)
+    assert one["lm_nll_increase_vs_base"][0] == pytest.approx(probe["lm_nll_increase_vs_base"][1], rel=1e-4)
+
+
+def test_skill_items_are_multiple_choice_with_distinct_answers():
+    pairs = [("猫哭耗子", "假慈悲"), ("竹篮打水", "一场空"), ("外甥打灯笼", "照舅"), ("泥菩萨过江", "自身难保"),
+             ("黄鼠狼给鸡拜年", "没安好心")]
+    items = skill_items(pairs, n=3, choices=4, seed=0)
+    assert [x["riddle"] for x in items] == ["猫哭耗子", "竹篮打水", "外甥打灯笼"]
+    for (riddle, answer), x in zip(pairs, items):
+        assert len(x["choices"]) == len(set(x["choices"])) == 4 and x["choices"][x["answer_index"]] == answer
+    assert items == skill_items(pairs, n=3, choices=4, seed=0)  # seeded
+    assert {x["answer_index"] for x in skill_items(pairs, n=5, choices=4, seed=1)} != {0}  # answer not always first
+
+
+def test_skill_probe_picks_the_choice_of_lowest_mean_nll(tiny):
+    """The probe's verdict per item equals argmin over choices of the answer's mean token NLL, computed
+    directly one unpadded sequence at a time."""
+    base, tok, _ = tiny
+    prompt = EvalConfig().skill_prompt
+    pairs = [("猫哭耗子", "假慈悲"), ("竹篮打水", "一场空"), ("外甥打灯笼", "照舅舅"), ("泥菩萨过江", "自身难保")]
+    items = skill_items(pairs, n=4, choices=3, seed=0)
+    scores = skill_probe(base, tok, items, prompt, batch_size=5)  # batches cut across items
+    assert len(scores) == 4 and set(scores) <= {0.0, 1.0}
+    for x, score in zip(items, scores):
+        head = tok.apply_chat_template([{"role": "user", "content": prompt.format(riddle=x["riddle"])}],
+                                       add_generation_prompt=True, tokenize=False)
+        h = tok(head, add_special_tokens=False)["input_ids"]
+        nlls = []
+        for option in x["choices"]:
+            a = tok(option + tok.eos_token, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = F.log_softmax(base(torch.tensor([h + a])).logits[0, :-1].float(), -1)
+            nlls.append(-logp[len(h) - 1:, :].gather(-1, torch.tensor(a).unsqueeze(-1)).mean().item())
+        assert score == float(min(range(len(nlls)), key=nlls.__getitem__) == x["answer_index"])

@@ -68,6 +68,37 @@ def test_base_metrics_and_mlflow_run(smoke_repo):
     history = mlflow.MlflowClient().get_metric_history(base.info.run_id, "loss")
     assert len(history) >= 3 and history[-1].value < history[0].value
     assert base.data.metrics["heldout_ppl_zh"] == metrics["heldout_ppl_zh"]
+    # Results only, the same after a fresh and a resumed run: the last logged loss of the whole history
+    # (not the invocation's average); how the run went (time, resume step) is in MLflow.
+    assert metrics["train_loss"] == pytest.approx(history[-1].value, abs=1e-4)
+    assert not {"train_seconds", "resumed_from_step"} & set(metrics)
+    assert base.data.metrics["resumed_from_step"] == 0 and base.data.metrics["train_seconds"] > 0
+
+
+def test_pretraining_text_and_the_taught_skill_on_real_lines(smoke_repo, monkeypatch):
+    """The base's Tibetan text takes the headline *train* bodies when asked (never dev/test ones), and the
+    general skill it is taught is riddle -> answer in chat format from its own training lines."""
+    from semrl.models.base import lm_split, pretraining_texts, skill_documents, skill_pairs
+
+    monkeypatch.chdir(smoke_repo)  # the params' paths are relative to the project root
+    cfg = load_config(smoke_repo / "params.yaml")
+    prepared = smoke_repo / "data" / "prepared" / "headline"
+    bodies = {s: {r["body"] for r in read_jsonl(prepared / f"{s}.jsonl")} for s in ("train", "dev", "test")}
+    (_, _), (bo_train, bo_held) = pretraining_texts(cfg)
+    assert cfg.base.train.bo_headline_bodies and bodies["train"] <= set(bo_train)
+    assert not (bodies["dev"] | bodies["test"]) & set(bo_train)
+    off = cfg.model_copy(update={"base": cfg.base.model_copy(update={"train": cfg.base.train.model_copy(
+        update={"bo_headline_bodies": False})})})
+    assert set(pretraining_texts(off)[1][0]) == set(lm_split(cfg, "bo")[0])
+    pairs = skill_pairs(cfg)
+    zh_train, zh_held = lm_split(cfg, "zh")
+    assert len(pairs) > 10_000 and f"{pairs[0][0]}——{pairs[0][1]}" in zh_train  # real xiehouyu lines
+    assert not {f"{r}——{a}" for r, a in pairs} & set(zh_held)
+    tok = AutoTokenizer.from_pretrained(smoke_repo / "models" / "base")
+    [doc] = skill_documents(tok, pairs[:1], cfg.eval.skill_prompt)
+    assert doc.startswith("<|im_start|>user\n歇后语：" + pairs[0][0]) and doc.endswith(pairs[0][1] + "<|im_end|>\n")
+    metrics = json.loads((smoke_repo / "metrics" / "base.json").read_text())
+    assert metrics["train_blocks_skill"] > 0
 
 
 def test_embedders_are_trained_and_independent(smoke_repo):
@@ -75,11 +106,20 @@ def test_embedders_are_trained_and_independent(smoke_repo):
     assert metrics["reward"]["dev_top1_bo2zh"] > metrics["reward"]["dev_top1_bo2zh_before"]
     reward = load_embedder(smoke_repo / "models" / "embedder")
     evaluator = load_embedder(smoke_repo / "models" / "eval_embedder")
-    assert type(reward[0]).__name__ == "StaticEmbedding" and type(evaluator[0]).__name__ == "Transformer"
+    assert type(reward[0]).__name__ == "StaticEmbedding" and type(evaluator).__name__ == "CharNgramEmbedder"
     dev = read_jsonl(smoke_repo / "data" / "prepared" / "mt" / "dev.jsonl")[:8]
     a = reward.encode([r["bo"] for r in dev], normalize_embeddings=True)
     b = reward.encode([r["zh"] for r in dev], normalize_embeddings=True)
     assert (a * b).sum(1).mean() > 0.05  # translations lie closer than chance after training
+    # The evaluator shares nothing with the reward model: its own vocabulary (character n-grams, none of
+    # them a base-tokenizer token id), fitted on the LM text only, no training pairs, no loss.
+    assert metrics["eval"]["kind"] == "char_ngram" and metrics["eval"]["fit_texts"] > 0
+    assert "train_pairs" not in metrics["eval"] and "dev_top1_bo2zh" not in metrics["eval"]
+    assert max(map(len, evaluator.vectorizer.vocabulary)) == 3
+    bo = [r["bo"] for r in dev]
+    e = evaluator.encode(bo + [dev[0]["zh"]])
+    assert (e[:-1] * e[:-1]).sum(1) == pytest.approx([1.0] * len(bo), abs=1e-5)
+    assert float(e[0] @ e[-1]) < 0.1  # a Tibetan line and a Chinese one share (almost) no n-gram
 
 
 def test_paper_code_paths_on_local_models(smoke_repo, tmp_path):
@@ -90,9 +130,12 @@ def test_paper_code_paths_on_local_models(smoke_repo, tmp_path):
     model, tokenizer = load_base(tmp_path / "base")
     assert model.generate(**tokenizer("你好", return_tensors="pt"), max_new_tokens=2).shape[1] >= 2
     # ... and a model that is not a causal LM is refused with a clear error.
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                         intermediate_size=8)).save_pretrained(tmp_path / "bert")
     with pytest.raises(SemrlError, match="not a causal LM"):
-        resolve_named(b.model_copy(update={"pretrained": str(smoke_repo / "models" / "eval_embedder")}),
-                      tmp_path / "x")
+        resolve_named(b.model_copy(update={"pretrained": str(tmp_path / "bert")}), tmp_path / "x")
     # A named embedder (here the smoke reward embedder in place of KEVVVV/bo2zh-embedding) loads as is.
     params = load_config(smoke_repo / "params.yaml")
     params.prepare.out_dir = smoke_repo / "data" / "prepared"

@@ -45,7 +45,10 @@ def test_mt_splits_are_clean_normalised_and_disjoint(repo_copy):
     for s in SPLITS:
         assert len({(r["zh"], r["bo"]) for r in mt[s]}) == len(mt[s])
         for r in mt[s]:
-            assert set(r) == {"id", "zh", "bo", "source", "doc"}
+            # derived (CLDR) pairs say so in the record; real ones carry no flag
+            synthetic = r["source"] != "lotsawa"
+            assert set(r) == {"id", "zh", "bo", "source", "doc"} | ({"synthetic"} if synthetic else set())
+            assert r.get("synthetic", False) is synthetic
             assert in_script(r["bo"], "bo") and not r["bo"].startswith("༄")
             assert normalize_zh(r["zh"]) == r["zh"] and script_share(r["zh"], "zh") >= 0.5
     assert {r["source"] for r in mt["train"]} == {"lotsawa", "cldr"}

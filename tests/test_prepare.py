@@ -42,6 +42,26 @@ def test_clean_small_tree_accounts_for_every_record(small):
     assert stats["outputs"]["mt_by_source"]["train"]["cldr"] == 270
 
 
+def test_cldr_date_pairs_hold_out_days_of_the_year_and_are_labelled_synthetic(small):
+    raw, p = small
+    p["prepare"]["mt"].update(cldr_dates=True, dev_frac=0.1, test_frac=0.1)
+    stats = run(p)
+    out = p["prepare"]["out_dir"]
+    rows = {s: [r for r in read_jsonl(__import__("pathlib").Path(out) / "mt" / f"{s}.jsonl")
+                if r["source"] == "cldr_dates"] for s in ("train", "dev", "test")}
+    assert stats["sources"]["cldr_dates"] == {"input": 2400, "kept": 2400, "quarantined": 0}
+    assert sum(map(len, rows.values())) == 2400
+    assert 150 < len(rows["test"]) < 330 and 150 < len(rows["dev"]) < 330  # ~10 % each, by whole month-days
+    month_days = {s: {r["id"].split("-", 2)[2][:5] for r in rs} for s, rs in rows.items()}  # cldr_dates-YYYY-MM-DD
+    assert not month_days["test"] & month_days["train"] and not month_days["dev"] & month_days["train"]
+    assert all(r["synthetic"] is True for rs in rows.values() for r in rs)
+    r = next(r for r in rows["test"] if r["id"].endswith("-full"))
+    assert r["zh"].endswith(("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日"))
+    assert "གཟའ་" in r["bo"] and r["zh"][:4] in r["bo"]  # weekday named, the year carried over
+    lotsawa = [r for r in read_jsonl(__import__("pathlib").Path(out) / "mt" / "train.jsonl") if r["source"] == "lotsawa"]
+    assert lotsawa and all("synthetic" not in r for r in lotsawa)
+
+
 def test_invalid_utf8_line_is_quarantined_with_line_and_offset(small):
     raw, p = small
     bo, _ = first_pair(raw)

@@ -13,28 +13,70 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
 
     ev = json.loads((reports / "eval" / "mt.json").read_text())
     methods = [(r["method"], r["seed"]) for r in ev["results"]]
-    assert methods == [("base", None), ("coldstart", 0), ("sft", 0), ("grpo", 0)]
+    trained = [(m, s) for m in ("coldstart", "sft", "grpo", "grpo_bleu_language") for s in (0, 1)]
+    assert methods == [("base", None), *trained, ("copy_input", None), ("copy_lead", None)]
     base = ev["results"][0]
     assert base["nll_increase_mean"] == 0.0 and base["kl_p90"] < 1e-6  # the base does not drift from itself
-    for r in ev["results"]:
-        for key in ("bleu", "chrf", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars",
-                    "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_p90", "kl_p90"):
+    for r in ev["results"]:  # trivial baselines have no model: task metrics only
+        keys = ("bleu", "chrf", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars", "empty_rate")
+        if not r.get("baseline"):
+            keys += ("cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_p90", "kl_p90")
+        for key in keys:
             assert key in r and r[key] == r[key], key
-    assert ev["results"][2]["kl_p90"] > 0  # a trained model has moved
-    assert "not an LLM judge" in ev["preference"]["judge"] and ev["preference"]["pairs"] == 8
-    assert len(read_jsonl(reports / "eval" / "mt_outputs.jsonl")) == 4 * 4
+    assert {r["method"] for r in ev["results"] if r.get("baseline")} == {"copy_input", "copy_lead"}
+    assert ev["results"][3]["kl_p90"] > 0  # a trained model has moved
+    # The LM probe: plain held-out Chinese text, per line, against the base and the seed's cold start.
+    by = {r["method"]: r for r in ev["results"] if r["seed"] in (None, 0)}
+    assert by["base"]["lm_nll_increase_vs_base_mean"] == 0.0 and by["base"]["lm_kl_vs_base_mean"] < 1e-6
+    assert by["coldstart"]["lm_kl_vs_coldstart_mean"] < 1e-6 and by["coldstart"]["lm_kl_vs_base_mean"] > 0
+    assert by["sft"]["lm_kl_vs_coldstart_mean"] > 0 and "lm_nll_mean" in by["grpo"]
+    items = ev["items"]
+    assert len(items["ids"]) == len(items["sources"]) == ev["test_examples"]
+    sft_items = items["variants"]["sft/0"]
+    assert len(sft_items["chrf"]) == ev["test_examples"] and len(sft_items["lm_kl_vs_coldstart"]) == ev["lm_probe_texts"] > 0
+    assert "lm_nll" not in items["variants"]["copy_input/-"] and "chrf" in items["variants"]["copy_input/-"]
+    assert "not an LLM judge" in ev["preference"]["judge"] and ev["preference"]["pairs"] == 2 * ev["test_examples"]
+    assert len(read_jsonl(reports / "eval" / "mt_outputs.jsonl")) == 9 * 4
+    # The general skill probe: the same items for every model variant, 0/1 per item.
+    assert ev["skill_items"] == 8 and ev["skill_chance"] == 0.25
+    for key in ("base/-", "coldstart/0", "sft/1", "grpo/0"):
+        assert len(items["variants"][key]["skill_acc"]) == 8 and set(items["variants"][key]["skill_acc"]) <= {0, 1}
+    # Trajectories: every branch and ablation of every seed, from step 0 (the shared cold start) to the last.
+    traj = ev["trajectories"]
+    assert set(traj) == {f"{m}/{s}" for m, s in trained if m != "coldstart"}
+    for key, points in traj.items():
+        assert [p["step"] for p in points] == [0, 2, 3], key
+        assert {"chrf", "lm_nll", "sim_eval", "length_ratio", "reward"} <= set(points[0])
+    for seed in (0, 1):  # both branches start from the same model, scored the same way
+        assert traj[f"sft/{seed}"][0] == {**traj[f"grpo/{seed}"][0], "reward": None}
+    assert traj["grpo/0"][-1]["reward"] is not None and traj["sft/0"][-1]["reward"] is None
 
     md = (reports / "alignment_tax.md").read_text()
     for heading in ("### Cold start vs GRPO", "### Strong SFT vs GRPO", "### Preference", "### Verdicts",
-                    "## Trade-off"):
+                    "### Drift on general Chinese text", "### Paired comparisons", "## Trade-off"):
         assert heading in md
-    assert "one seed, no estimate of the noise" in md  # a single seed is never presented as a win
+    for heading in ("## The answer at this scale", "### General skill (chat format)", "task gain vs tax along training"):
+        assert heading in md
+    # Two seeds: every paired comparison has an interval; the verdict is whatever the data say.
+    assert "| sft − grpo | chrf | all | 2 × " in md and "one seed: no estimate" not in md
+    assert "| coldstart − base | skill_acc | all | 2 × 8 |" in md
+    assert "Both branches learnt the task" in md and ("no flag" in md or "possible" in md)
+    assert "CMRC 2018 dev" in md and "1–5 % relative" in md
+    paired = json.loads((reports / "metrics.json").read_text())["tasks"]["mt"]["paired"]
+    assert {"low", "high", "estimate"} <= set(paired["sft-grpo.lm_nll_increase_vs_coldstart"])
+    curve = list(csv.DictReader((reports / "plots" / "trajectory.csv").open()))
+    assert {(r["method"], r["seed"], r["step"]) for r in curve} == {
+        (m, str(s), str(step)) for m, s in trained if m != "coldstart" for step in (0, 2, 3)}
+    assert all(float(r["task_gain"]) == 0 == float(r["tax_lm_nll"]) for r in curve if r["step"] == "0")
     lock_version = json.loads((reports / "metrics.json").read_text())["meta"]["data_version"]
     assert f"data version `{lock_version}`" in md
     rows = list(csv.DictReader((reports / "alignment_tax.csv").open()))
     assert {"task", "method", "n_seeds", "bleu", "bleu_ci", "cmrc_avg", "tax_cmrc_avg", "task_gain"} <= set(rows[0])
-    assert [r["method"] for r in rows] == ["base", "coldstart", "sft", "grpo"]
-    for png in (reports / "plots" / "tradeoff.png", reports / "curves" / "training_mt.png"):
+    assert [r["method"] for r in rows] == ["base", "coldstart", "sft", "grpo", "grpo_bleu_language", "copy_input",
+                                           "copy_lead"]
+    assert rows[2]["n_seeds"] == "2" and rows[2]["chrf_ci"]
+    for png in (reports / "plots" / "tradeoff.png", reports / "plots" / "trajectory.png",
+                reports / "curves" / "training_mt.png"):
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -42,7 +84,9 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     assert report.info.status == "FINISHED" and report.data.tags["semrl.kind"] == "report"
     linked = set(report.data.tags["semrl.report.runs"].split(","))
     runs = mlflow_runs(trained_repo)
-    assert {runs[f"mt-{m}-s0"].info.run_id for m in ("coldstart", "sft", "grpo")} <= linked
+    assert {runs[f"mt-{m}-s{s}"].info.run_id for m, s in trained} <= linked
+    history = mlflow.MlflowClient().get_metric_history(runs["mt-grpo-s1"].info.run_id, "trajectory/chrf")
+    assert [h.step for h in history] == [0, 2, 3]  # the trajectory is in MLflow too
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)}
     assert {"alignment_tax.json", "alignment_tax.md", "plots"} <= files
     assert "up to date" in run(["dvc", "status", "report"], trained_repo).stdout

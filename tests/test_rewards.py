@@ -55,6 +55,15 @@ def test_language_reward_on_real_text_and_mixed_script(data):
     assert lang(None, [[{"role": "assistant", "content": bo}]]) == [1.0]
 
 
+def test_language_reward_wants_mostly_target_script_letters():
+    lang = LanguageReward("bo")  # min_share 0.5 by default, as params.yaml sets it
+    date = "སྤྱི་ལོ་1950 ཟླ་བ་དང་པོའི་ཚེས་2"  # a real CLDR date: letters dominate, digits carried over
+    assert lang(None, ["ཀ 123 !!!", "༄༅། 2015 ། ,", date]) == [0.0, 0.0, 1.0]
+    assert LanguageReward("bo", min_share=0.0)(None, ["ཀ 123 !!!"]) == [1.0]  # the paper's rule alone
+    with pytest.raises(SemrlError, match="min_share must be in"):
+        LanguageReward("bo", min_share=1.5)
+
+
 def test_tau_rescale_arithmetic():
     assert rescale(0.7, 0.4) == pytest.approx(0.5)
     assert rescale(0.4, 0.4) == 0.0 and rescale(0.1, 0.4) == 0.0 and rescale(-0.3, 0.0) == 0.0

@@ -20,8 +20,10 @@ METHODS = ("coldstart", "sft", "grpo")
 
 
 def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
-    steps = {r["method"]: r for r in json.loads((trained_repo / "models" / "mt" / "flow_run.json").read_text())}
-    assert set(steps) == set(METHODS)
+    flow_run = json.loads((trained_repo / "models" / "mt" / "flow_run.json").read_text())
+    assert {(r["method"], r["seed"]) for r in flow_run} == {(m, s) for m in (*METHODS, "grpo_bleu_language")
+                                                           for s in (0, 1)}
+    steps = {r["method"]: r for r in flow_run if r["seed"] == 0}
     sft, grpo, cold = steps["sft"], steps["grpo"], steps["coldstart"]
     assert cold["end"] <= min(sft["start"], grpo["start"])  # branches start from the finished cold start
     assert sft["start"] < grpo["end"] and grpo["start"] < sft["end"], "sft and grpo did not overlap in time"
@@ -39,6 +41,11 @@ def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
     assert (grpo_model(**ids).logits - merged(**ids).logits).abs().max() < 1e-4
     tau = json.loads((base / "coldstart" / "seed0" / "tau.json").read_text())
     assert tau["tau_setting"] == "auto" and 0 <= tau["tau"] < 1 and tau["dev_samples"] == 8
+    # The reward-signal check on the same samples: spread, and rank agreement of both embedders with the
+    # task metric (a number in [-1, 1], or None when one side is constant; its value is the experiment's).
+    assert tau["similarity_against"] == "reference" and tau["dev_similarity_std"] >= 0
+    for key in ("spearman_similarity_chrf", "spearman_eval_similarity_chrf"):
+        assert tau[key] is None or -1 <= tau[key] <= 1, key
 
 
 def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
@@ -71,7 +78,7 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
                 "completions/mean_length", "language_mixing_rate"):
         assert key in grpo.data.metrics, key
     assert json.loads(grpo.data.params["rewards"].replace("'", '"')) == [
-        {"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0}]
+        {"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0, "min_share": 0.5}]
 
 
 def test_dvc_repro_does_not_retrain_unchanged(trained_repo):
@@ -83,6 +90,7 @@ def _resume_setup(trained_repo, tmp_path, method, steps):
     params = yaml.safe_load((trained_repo / "params.yaml").read_text())
     params["train"].update(out_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ckpt"), save_steps=4)
     params["train"][method]["max_steps"] = steps
+    params["train"]["match_budgets"] = False  # one branch alone, for another step count
     shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -50,6 +50,8 @@ class PrepareMT(Section):
     zh_min_han_ratio: float = Field(0.5, ge=0, le=1)
     cldr_pairs: bool = True
     cldr_file: str = "cldr/bo_zh_pairs.tsv"
+    cldr_dates: bool = True
+    cldr_dates_file: str = "cldr/bo_zh_dates.tsv"
 
 
 class PrepareHeadline(Section):
@@ -116,9 +118,9 @@ class TaskConfig(Section):
 def _default_tasks() -> dict[str, TaskConfig]:
     return {
         "mt": TaskConfig(data="mt", input="zh", output="bo", script="bo", prompt="把下面的中文翻译成藏文：\n{input}",
-                         metrics=["bleu", "chrf"], primary_metric="bleu"),
+                         metrics=["bleu", "chrf"], primary_metric="chrf"),
         "mt_bo2zh": TaskConfig(data="mt", input="bo", output="zh", script="zh",
-                               prompt="把下面的藏文翻译成中文：\n{input}", metrics=["bleu", "chrf"], primary_metric="bleu"),
+                               prompt="把下面的藏文翻译成中文：\n{input}", metrics=["bleu", "chrf"], primary_metric="chrf"),
         "headline": TaskConfig(data="headline", input="body", output="title", script="bo",
                                prompt="为下面的藏文新闻写一个藏文标题：\n{input}", metrics=["rouge_l"],
                                primary_metric="rouge_l"),
@@ -160,7 +162,12 @@ class PretrainConfig(Section):
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    bo_share: float = Field(0.15, ge=0, lt=1)
+    bo_share: float = Field(0.5, ge=0, lt=1)
+    bo_headline_bodies: bool = True  # the headline *train* bodies join the Tibetan LM text (never dev/test)
+    # The general skill probe (evaluation): riddle -> answer in chat format, taught to the tiny base on this
+    # share of its training blocks, over the first `skill_riddles` riddles of its LM training lines.
+    skill_share: float = Field(0.2, ge=0, lt=1)
+    skill_riddles: int = Field(200, ge=1)
     heldout_frac: float = Field(0.05, gt=0, lt=1)
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(100, ge=1)
@@ -179,9 +186,12 @@ class BaseConfig(Section):
     train: PretrainConfig = PretrainConfig()
 
 
+EmbedderKind = Literal["static", "transformer", "pretrained", "char_ngram"]
+
+
 class EmbedderRole(Section):
     out_dir: Path
-    kind: Literal["static", "transformer", "pretrained"]
+    kind: EmbedderKind  # char_ngram: TF-IDF over character n-grams (dim = most n-grams kept), no training
     model: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
@@ -198,11 +208,12 @@ class EmbedderRole(Section):
     use_headlines: bool
     headline_body_chars: int = Field(500, ge=1)  # a headline pair is (title, the body's first N characters)
     max_seq_length: int = Field(128, ge=8)
+    ngram_max: int = Field(3, ge=1)  # char_ngram kind: n-grams of 1..ngram_max characters
 
 
 class RewardEmbedder(EmbedderRole):
     out_dir: Path = Path("models/embedder")
-    kind: Literal["static", "transformer", "pretrained"] = "static"
+    kind: EmbedderKind = "static"
     dim: int = Field(256, ge=8)
     seed: int = 1
     epochs: float = Field(8, gt=0)
@@ -213,8 +224,8 @@ class RewardEmbedder(EmbedderRole):
 
 class EvalEmbedder(EmbedderRole):
     out_dir: Path = Path("models/eval_embedder")
-    kind: Literal["static", "transformer", "pretrained"] = "transformer"
-    dim: int = Field(128, ge=8)
+    kind: EmbedderKind = "char_ngram"
+    dim: int = Field(20000, ge=8)
     seed: int = 2
     epochs: float = Field(6, gt=0)
     batch_size: int = Field(32, ge=2)
@@ -255,7 +266,7 @@ class RewardsConfig(Section):
     tau_dev_samples: int = Field(128, ge=1)
     reference_column: str = "reference"
     components: list[RewardComponent] = [RewardComponent(name="semantic", weight=1.5),
-                                         RewardComponent(name="language", weight=1.0)]
+                                         RewardComponent(name="language", weight=1.0, min_share=0.5)]
     ablations: dict[str, Ablation] = {
         "bleu_language": Ablation(components=[RewardComponent(name="bleu", weight=1.0),
                                               RewardComponent(name="language", weight=1.0)]),
@@ -275,7 +286,7 @@ class RewardsConfig(Section):
 
 
 class LoraConfig(Section):
-    enabled: bool = True
+    enabled: bool = False
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -303,10 +314,10 @@ class ColdStartStage(SFTStage):
 
 class GRPOStage(StageConfig):
     epochs: float = Field(1, gt=0)
-    max_steps: int = 120
+    max_steps: int = 80
     lr: float = Field(1.0e-4, gt=0)
     num_generations: int = Field(4, ge=2)
-    prompts_per_step: int = Field(4, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
     beta: float = Field(0.04, ge=0)
@@ -318,12 +329,24 @@ class GRPOStage(StageConfig):
     warmup: float = Field(0, ge=0)
 
 
+class TrajectoryConfig(Section):
+    """Checkpoints of the branches scored along training: task metric on a dev subset and the LM tax probe."""
+
+    every: int = Field(20, ge=0)  # optimiser steps between points (0: off); step 0 and the last step always
+    dev_samples: int = Field(16, ge=1)  # dev rows per data source, greedy decoding
+    probe_samples: int = Field(48, ge=1)  # held-out general-Chinese lines of the LM probe
+
+
 class TrainConfig(Section):
-    tasks: list[str] = ["mt"]
-    seeds: list[int] = Field([0], min_length=1)
+    tasks: list[str] = ["mt", "headline"]
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    # Strong SFT and GRPO get the same optimiser steps over the same number of prompts per step (SFT batch =
+    # GRPO prompts per step), so a tax difference is not a budget difference. The paper's recipe (2 SFT
+    # epochs vs 1 GRPO epoch) turns it off.
+    match_budgets: bool = True
     out_dir: Path = Path("models")
     checkpoint_dir: Path = Path("checkpoints")
-    max_input_tokens: int = Field(96, ge=1)
+    max_input_tokens: int = Field(64, ge=1)
     max_target_tokens: int = Field(48, ge=1)
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(25, ge=1)
@@ -332,8 +355,25 @@ class TrainConfig(Section):
     torch_threads: int = Field(1, ge=0)  # 0: torch's default
     lora: LoraConfig = LoraConfig()
     coldstart: ColdStartStage = ColdStartStage()
-    sft: SFTStage = SFTStage()
+    sft: SFTStage = SFTStage(max_steps=80)
     grpo: GRPOStage = GRPOStage()
+    trajectory: TrajectoryConfig = TrajectoryConfig()
+
+    @model_validator(mode="after")
+    def _matched_budgets(self) -> "TrainConfig":
+        if not self.match_budgets:
+            return self
+        s, g = self.sft, self.grpo
+        problems = []
+        if s.max_steps <= 0 or s.max_steps != g.max_steps:
+            problems.append(f"train.sft.max_steps ({s.max_steps}) and train.grpo.max_steps ({g.max_steps}) "
+                            "must be the same positive number")
+        if s.batch_size * s.grad_accum != g.prompts_per_step * g.grad_accum:
+            problems.append(f"train.sft.batch_size x grad_accum ({s.batch_size} x {s.grad_accum}) must equal "
+                            f"train.grpo.prompts_per_step x grad_accum ({g.prompts_per_step} x {g.grad_accum})")
+        if problems:
+            raise ValueError("train.match_budgets is on: " + "; ".join(problems))
+        return self
 
 
 class TransferConfig(SFTStage):
@@ -341,7 +381,7 @@ class TransferConfig(SFTStage):
     source_task: str = "mt"
     target_task: str = "headline"
     sources: list[str] = Field(["sft", "grpo"], alias="from")
-    samples: int = Field(300, ge=1)
+    samples: int = Field(160, ge=1)
 
 
 # ---------------------------------------------------------------- evaluation and operations
@@ -349,16 +389,25 @@ class TransferConfig(SFTStage):
 
 class EvalConfig(Section):
     out_dir: Path = Path("reports/eval")
-    test_samples: int = Field(200, ge=1)
+    test_samples: int = Field(100, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(16, ge=1)
     seed: int = 0  # torch seed before each variant's greedy decoding, and the preference judge's order
-    cmrc_samples: int = Field(300, ge=1)
+    cmrc_samples: int = Field(64, ge=1)
+    cmrc_generate: bool = True  # CMRC EM/F1 by greedy generation (the answer-NLL probe runs either way)
     cmrc_max_context_tokens: int = Field(384, ge=8)
     cmrc_max_new_tokens: int = Field(24, ge=1)
     cmrc_prompt: str = "阅读下面的文章，用文中的原话回答问题。\n文章：{context}\n问题：{question}"
     tie_margin: float = Field(0.01, ge=0)
     samples_to_keep: int = Field(20, ge=0)
+    lm_probe_samples: int = Field(200, ge=1)  # held-out general-Chinese lines scored as plain text
+    lm_probe_min_chars: int = Field(32, ge=1)  # shorter held-out lines (single sayings) are skipped
+    lm_probe_max_tokens: int = Field(128, ge=2)
+    # The general skill probe: riddle -> answer (xiehouyu) in chat format, multiple choice by the answer's
+    # mean token NLL among `skill_choices` answers (the others drawn from other riddles); chance 1/choices.
+    skill_prompt: str = "歇后语：{riddle}——"
+    skill_samples: int = Field(200, ge=0)  # 0: off
+    skill_choices: int = Field(4, ge=2)
 
 
 class ReportConfig(Section):

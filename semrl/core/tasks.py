@@ -28,13 +28,31 @@ class Task:
         return self.data_dir / f"{split}.jsonl"
 
     def examples(self, split: str, tokenizer, max_input_tokens: int) -> list[dict[str, str]]:
-        """{id, prompt, reference} per record of a split; the input is cut to `max_input_tokens` tokens
-        (prompts are ours to truncate: TRL no longer does)."""
+        """{id, prompt, input, reference, source, synthetic} per record of a split; the input is cut to `max_input_tokens`
+        tokens (prompts are ours to truncate: TRL no longer does). `source` names the corpus (e.g. lotsawa,
+        cldr_dates), so that real and synthetic test items are scored apart."""
         path = self.split_file(split)
         if not path.is_file():
             raise SemrlError(f"{path}: missing (run `dvc repro prepare`)")
-        return [{"id": r["id"], "prompt": self.prompt.format(input=truncate(tokenizer, r[self.input], max_input_tokens)),
-                 "reference": r[self.output]} for r in read_jsonl(path)]
+        rows = []
+        for r in read_jsonl(path):
+            text = truncate(tokenizer, r[self.input], max_input_tokens)
+            rows.append({"id": r["id"], "prompt": self.prompt.format(input=text), "input": text,
+                         "reference": r[self.output], "source": r.get("source", self.name),
+                         "synthetic": bool(r.get("synthetic", False))})
+        return rows
+
+
+def per_source(rows: list[dict], n: int) -> list[dict]:
+    """The first n rows of each data source, in split order: real and synthetic sources each get their
+    share, so neither crowds the other out of a sample."""
+    taken: dict[str, int] = {}
+    out = []
+    for x in rows:
+        if taken.setdefault(x["source"], 0) < n:
+            taken[x["source"]] += 1
+            out.append(x)
+    return out
 
 
 def truncate(tokenizer, text: str, max_tokens: int) -> str:

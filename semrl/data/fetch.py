@@ -31,7 +31,7 @@ from tqdm import tqdm
 from semrl import SemrlError
 from semrl.core.config import Config, FetchConfig
 from semrl.core.io import atomic_file, atomic_write_text, sha256_file
-from semrl.data.cldr import babel_version, cldr_pairs_tsv
+from semrl.data.cldr import GENERATED, babel_version
 from semrl.data.sources import Source, mirror_relpath, read_sources
 from semrl.data.tables import TableSource, read_tables, unpinned
 
@@ -149,8 +149,10 @@ def generate_cldr(src: Source, dest: Path) -> int:
     expected = src.url.removeprefix("babel:")
     if babel_version() != expected:
         raise FetchError(f"{src.name}: generated from babel {babel_version()}, but {src.url} is pinned")
+    if src.name not in GENERATED:
+        raise FetchError(f"{src.name}: no CLDR generator for this path (known: {', '.join(GENERATED)})")
     with verified_file(src, dest) as sink:
-        sink.write(cldr_pairs_tsv())
+        sink.write(GENERATED[src.name]())
     return sink.size
 
 

@@ -14,8 +14,8 @@ import numpy as np
 from semrl import SemrlError
 from semrl.core.config import Config, EvalConfig
 from semrl.core.io import atomic_write_text, read_jsonl, write_jsonl
-from semrl.core.methods import methods, output_dir, transfer_methods
-from semrl.core.tasks import Task, get_task
+from semrl.core.methods import COLDSTART, methods, output_dir, transfer_methods
+from semrl.core.tasks import Task, get_task, per_source
 
 
 def variants(cfg: Config, task: str) -> list[tuple[str, int | None, Path | None]]:
@@ -43,6 +43,41 @@ def task_metrics(task: Task, outputs: list[str], references: list[str], reward_e
     return m
 
 
+def test_rows(task: Task, tokenizer, cfg: Config) -> list[dict[str, str]]:
+    """The first `eval.test_samples` test rows of each source (real and synthetic sources are scored apart,
+    so neither crowds the other out), in split order."""
+    return per_source(task.examples("test", tokenizer, cfg.train.max_input_tokens), cfg.eval.test_samples)
+
+
+def trivial_baselines(task: Task, rows: list[dict[str, str]], train_refs: list[str]) -> dict[str, list[str]]:
+    """Outputs that need no model: the input copied whole, and its lead — the input's first k metric
+    tokens, k the median length of the training references (for headlines: a lead sentence often restates
+    the title). A model that does not beat these has not learned the task."""
+    from semrl.core.text import metric_tokens
+
+    lengths = sorted(len(metric_tokens(r, task.script).split()) for r in train_refs) or [1]
+    k = lengths[len(lengths) // 2]
+    lead = [" ".join(metric_tokens(x["input"], task.script).split()[:k]) for x in rows]
+    return {"copy_input": [x["input"] for x in rows], "copy_lead": lead}
+
+
+def scored(task: Task, outputs: list[str], rows: list[dict[str, str]], reward_emb, eval_emb) -> tuple[dict, dict]:
+    """(metrics over all rows plus `by_source`, per-item scores of every task metric)."""
+    from semrl.evaluation.metrics import item_scores
+
+    refs = [x["reference"] for x in rows]
+    metrics = task_metrics(task, outputs, refs, reward_emb, eval_emb)
+    sources = sorted({x["source"] for x in rows})
+    if len(sources) > 1:
+        metrics["by_source"] = {}
+        for source in sources:
+            idx = [i for i, x in enumerate(rows) if x["source"] == source]
+            metrics["by_source"][source] = {"n": len(idx), **task_metrics(
+                task, [outputs[i] for i in idx], [refs[i] for i in idx], reward_emb, eval_emb)}
+    items = {m: item_scores(m, outputs, refs, task.script) for m in task.metrics}
+    return metrics, items
+
+
 def general_competence(model, base, tokenizer, cmrc: list[dict], e: EvalConfig) -> tuple[dict, list[str]]:
     from semrl.evaluation.metrics import answer_nll_and_kl, cmrc_scores, drift_summary
     from semrl.models.generation import generate
@@ -53,8 +88,11 @@ def general_competence(model, base, tokenizer, cmrc: list[dict], e: EvalConfig) 
     prompts = [e.cmrc_prompt.format(
         context=tokenizer.decode(tokenizer(x["context"], add_special_tokens=False)["input_ids"][:limit]),
         question=x["question"]) for x in cmrc]
+    drift = drift_summary(nll_m, nll_b, kls)
+    if not e.cmrc_generate:
+        return drift, []
     preds = generate(model, tokenizer, prompts, e.cmrc_max_new_tokens, batch_size=e.batch_size, desc="cmrc")
-    return {**cmrc_scores(preds, [x["answers"] for x in cmrc]), **drift_summary(nll_m, nll_b, kls)}, preds
+    return {**cmrc_scores(preds, [x["answers"] for x in cmrc]), **drift}, preds
 
 
 def preference(outputs: dict[tuple[str, int], list[str]], references: list[str], eval_emb, seed: int,
@@ -82,6 +120,41 @@ def preference(outputs: dict[tuple[str, int], list[str]], references: list[str],
             "pairs": sum(wins.values()), "seeds": seeds, **{f"{k}_rate": v / n for k, v in wins.items()}}
 
 
+def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
+    """The branches' points along training ("method/seed" -> points), as the training runs wrote them."""
+    from semrl.training.trajectory import TRAJECTORY_FILE, read_points
+
+    found = {}
+    for method, seed, path in variants(cfg, task):
+        if path is not None and (points := read_points(path.parent / TRAJECTORY_FILE)):
+            found[f"{method}/{seed}"] = points
+    return found
+
+
+def reward_signal(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
+    """Each seed's reward-signal check (seed -> what its cold start's tau calibration measured)."""
+    from semrl.training.tau import TAU_FILE
+
+    return {str(seed): json.loads((path.parent / TAU_FILE).read_text(encoding="utf-8"))
+            for method, seed, path in variants(cfg, task)
+            if method == COLDSTART and (path.parent / TAU_FILE).is_file()}
+
+
+def skill_set(cfg: Config) -> list[dict[str, Any]]:
+    """The skill probe's items: riddles the base learnt in chat format (the tiny base is taught the first
+    `base.train.skill_riddles` of its training riddles; a named base is asked the same ones)."""
+    from semrl.evaluation.metrics import skill_items
+    from semrl.models.base import skill_pairs
+
+    e = cfg.eval
+    if not e.skill_samples:
+        return []
+    # Distractors are answers of other taught riddles: every choice was seen in chat format during
+    # pretraining, so only knowing which answer goes with the riddle picks the right one.
+    items = skill_items(skill_pairs(cfg)[: cfg.base.train.skill_riddles], e.skill_samples, e.skill_choices, e.seed)
+    return items
+
+
 def _embedders(cfg: Config):
     from semrl.models.embedder import load_embedder
 
@@ -89,41 +162,78 @@ def _embedders(cfg: Config):
 
 
 def run(cfg: Config, task_name: str) -> dict[str, Any]:
+    """Every variant on the task's test rows, the LM probe and CMRC; per-item scores kept for the paired
+    statistics of the report. Variants are visited seed by seed, so that each seed's cold start (the
+    LM probe's second reference) is loaded once."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from semrl.models.base import load_base
+    from semrl.evaluation.metrics import lm_probe, lm_probe_texts, skill_probe
+    from semrl.models.base import load_base, lm_split
     from semrl.models.generation import accelerator, generate
 
     task, e = get_task(cfg, task_name), cfg.eval
     dtype, device = cfg.weights_dtype, accelerator()
     base, tokenizer = load_base(cfg.base.out_dir, dtype=dtype)
     base.to(device)
-    test = task.examples("test", tokenizer, cfg.train.max_input_tokens)[: e.test_samples]
+    test = test_rows(task, tokenizer, cfg)
     cmrc_path = cfg.prepare.out_dir / "general" / "cmrc_dev.jsonl"
     cmrc = read_jsonl(cmrc_path)[: e.cmrc_samples]
-    if not test or not cmrc:
-        raise SemrlError(f"{task_name}: nothing to evaluate (test {len(test)}, CMRC {len(cmrc)})")
+    probe_texts = lm_probe_texts(lm_split(cfg, "zh")[1], e.lm_probe_samples, e.lm_probe_min_chars)
+    skill = skill_set(cfg)
+    if not test or not cmrc or not probe_texts:
+        raise SemrlError(f"{task_name}: nothing to evaluate (test {len(test)}, CMRC {len(cmrc)}, "
+                         f"LM probe texts {len(probe_texts)})")
     reward_emb, eval_emb = _embedders(cfg)
     refs = [x["reference"] for x in test]
-    results, outputs, samples = [], {}, []
-    for method, seed, path in variants(cfg, task_name):
-        model = base if path is None else \
-            AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device)
-        torch.manual_seed(e.seed)
-        outs = generate(model, tokenizer, [x["prompt"] for x in test], e.max_new_tokens, batch_size=e.batch_size,
-                        desc=f"{task_name}-{method}")
-        metrics = task_metrics(task, outs, refs, reward_emb, eval_emb)
-        general, preds = general_competence(model, base, tokenizer, cmrc, e)
-        results.append({"task": task_name, "method": method, "seed": seed, **metrics, **general})
-        outputs[(method, seed if seed is not None else -1)] = outs
-        samples += [{"task": task_name, "method": method, "seed": seed, "id": x["id"], "output": o,
-                     "reference": x["reference"]} for x, o in zip(test[: e.samples_to_keep], outs)]
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device)
+    found = variants(cfg, task_name)
+    by_seed: dict[int | None, list] = {}
+    for v in found:
+        by_seed.setdefault(v[1], []).append(v)
+    results, outputs, samples, items = {}, {}, [], {}
+    for seed, group in by_seed.items():
+        parent = next((path for method, _, path in group if method == COLDSTART), None)
+        parent_model = load(parent) if parent is not None else None
+        for method, _, path in group:
+            model = base if path is None else parent_model if path == parent else load(path)
+            torch.manual_seed(e.seed)
+            outs = generate(model, tokenizer, [x["prompt"] for x in test], e.max_new_tokens,
+                            batch_size=e.batch_size, desc=f"{task_name}-{method}")
+            metrics, per_item = scored(task, outs, test, reward_emb, eval_emb)
+            references = {"base": base, **({COLDSTART: parent_model} if parent_model is not None else {})}
+            probe = lm_probe(model, references, tokenizer, probe_texts, e.lm_probe_max_tokens, e.batch_size)
+            per_item.update(probe)
+            lm = {f"{k}_mean": float(np.mean(v)) for k, v in probe.items()}
+            if skill:
+                per_item["skill_acc"] = skill_probe(model, tokenizer, skill, e.skill_prompt, e.batch_size)
+                lm["skill_acc"] = float(np.mean(per_item["skill_acc"]))
+            general, preds = general_competence(model, base, tokenizer, cmrc, e)
+            key = f"{method}/{seed if seed is not None else '-'}"
+            results[key] = {"task": task_name, "method": method, "seed": seed, **metrics, **lm, **general}
+            items[key] = per_item
+            outputs[(method, seed if seed is not None else -1)] = outs
+            samples += [{"task": task_name, "method": method, "seed": seed, "id": x["id"], "source": x["source"],
+                         "output": o, "reference": x["reference"]} for x, o in zip(test[: e.samples_to_keep], outs)]
+    train_refs = [x["reference"] for x in task.examples("train", tokenizer, cfg.train.max_input_tokens)]
+    for name, outs in trivial_baselines(task, test, train_refs).items():
+        metrics, per_item = scored(task, outs, test, reward_emb, eval_emb)
+        results[f"{name}/-"] = {"task": task_name, "method": name, "seed": None, "baseline": True, **metrics}
+        items[f"{name}/-"] = per_item
+        found.append((name, None, None))
+    order = [f"{m}/{s if s is not None else '-'}" for m, s, _ in found]  # methods in definition order
     pref = preference(outputs, refs, eval_emb, seed=e.seed, tie_margin=e.tie_margin)
     report = {"task": task_name, "test_examples": len(test), "cmrc_questions": len(cmrc),
+              "lm_probe_texts": len(probe_texts), "skill_items": len(skill),
+              "skill_chance": 1 / e.skill_choices if skill else None,
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
-              "results": results, "preference": pref}
-    atomic_write_text(e.out_dir / f"{task_name}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+              "reference_mean_length_chars": float(np.mean([len(r) for r in refs])),
+              "results": [results[k] for k in order], "preference": pref,
+              "trajectories": trajectories(cfg, task_name), "reward_signal": reward_signal(cfg, task_name),
+              "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
+                        "synthetic_sources": sorted({x["source"] for x in test if x["synthetic"]}),
+                        "variants": {k: items[k] for k in order}}}
+    atomic_write_text(e.out_dir / f"{task_name}.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     write_jsonl(e.out_dir / f"{task_name}_outputs.jsonl", samples)
     return report
 

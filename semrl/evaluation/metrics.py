@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from typing import Any
 
@@ -39,16 +40,31 @@ class _SpaceTokenizer:
 
 def rouge_l(hypotheses: list[str], references: list[str], lang: str) -> float:
     """Mean sentence ROUGE-L F1 in [0, 1] (rouge-score) on syllable/character tokens."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_SpaceTokenizer())
-    scores = [scorer.score(metric_tokens(r, lang), metric_tokens(h, lang))["rougeL"].fmeasure
-              for h, r in zip(hypotheses, references)]
+    scores = item_scores("rouge_l", hypotheses, references, lang)
     return float(np.mean(scores)) if scores else 0.0
 
 
 # The task metrics by the names `tasks.<name>.metrics` uses: f(hypotheses, references, script) -> [0, 1].
 TASK_METRICS = {"bleu": corpus_bleu, "chrf": corpus_chrf, "rouge_l": rouge_l}
+
+
+def item_scores(metric: str, hypotheses: list[str], references: list[str], lang: str) -> list[float]:
+    """The metric per item in [0, 1] (sentence BLEU with exponential smoothing, sentence chrF, ROUGE-L F1):
+    what the paired bootstrap resamples. Their mean is not the corpus score for BLEU and chrF."""
+    import sacrebleu
+
+    hyp = [metric_tokens(h, lang) for h in hypotheses]
+    ref = [metric_tokens(r, lang) for r in references]
+    if metric == "bleu":
+        return [sacrebleu.sentence_bleu(h, [r], tokenize="none", smooth_method="exp").score / 100 for h, r in zip(hyp, ref)]
+    if metric == "chrf":
+        return [sacrebleu.sentence_chrf(h, [r]).score / 100 for h, r in zip(hyp, ref)]
+    if metric == "rouge_l":
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_SpaceTokenizer())
+        return [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyp, ref)]
+    raise ValueError(f"item_scores: unknown metric {metric!r} (known: {', '.join(TASK_METRICS)})")
 
 
 def output_stats(outputs: list[str], script: str) -> dict[str, float]:
@@ -131,13 +147,22 @@ def cmrc_scores(predictions: list[str], answers: list[list[str]]) -> dict[str, f
     return {"cmrc_em": em, "cmrc_f1": f1, "cmrc_avg": (em + f1) / 2}
 
 
-# ---------------------------------------------------------------- drift from the base model
+# ---------------------------------------------------------------- drift from a reference model
+
+
+def _padded(tokenizer, ids_list: list[list[int]], masks: list[list[int]]):
+    import torch
+
+    width = max(map(len, ids_list))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids_list])
+    mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
+    attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids_list])
+    return ids, attn, mask
 
 
 def answer_batches(tokenizer, items: list[dict[str, Any]], prompt: str, max_context_tokens: int, batch_size: int):
     """Tokenised (chat prompt + gold answer) batches with a mask of the answer tokens, right-padded."""
-    import torch
-
     for i in range(0, len(items), batch_size):
         ids_list, masks = [], []
         for item in items[i:i + batch_size]:
@@ -149,39 +174,124 @@ def answer_batches(tokenizer, items: list[dict[str, Any]], prompt: str, max_cont
             a_ids = tokenizer(item["answers"][0], add_special_tokens=False)["input_ids"]
             ids_list.append(p_ids + a_ids)
             masks.append([0] * len(p_ids) + [1] * len(a_ids))
-        width = max(map(len, ids_list))
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids_list])
-        mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
-        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids_list])
-        yield ids, attn, mask
+        yield _padded(tokenizer, ids_list, masks)
+
+
+def text_batches(tokenizer, texts: list[str], max_tokens: int, batch_size: int):
+    """Plain-text batches (no chat markup: language modelling as the base was trained), every token after
+    the first scored, right-padded. Texts too short to score a token are the caller's to drop."""
+    for i in range(0, len(texts), batch_size):
+        ids_list = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts[i:i + batch_size]]
+        yield _padded(tokenizer, ids_list, [[1] * len(x) for x in ids_list])
+
+
+def nll_and_kl(model, ref, batches) -> tuple[list[float], list[float], list[float]]:
+    """Per item: mean NLL of the masked tokens under model and ref, and the mean over those positions of
+    KL(ref || model) between their next-token distributions (both share one tokenizer)."""
+    import torch
+    import torch.nn.functional as F
+
+    nll_model, nll_ref, kls = [], [], []
+    model.eval()
+    ref.eval()
+    with torch.no_grad():
+        for ids, attn, mask in batches:
+            ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
+            target, pos = ids[:, 1:], mask[:, 1:].bool()  # the logits at t predict token t+1
+            lp_m = F.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+            lp_r = F.log_softmax(ref(input_ids=ids.to(ref.device), attention_mask=attn.to(ref.device))
+                                 .logits[:, :-1].float().to(model.device), -1)
+            tok_m = -lp_m.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            tok_r = -lp_r.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            kl = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
+            n = pos.sum(1).clamp(min=1)
+            nll_model += ((tok_m * pos).sum(1) / n).tolist()
+            nll_ref += ((tok_r * pos).sum(1) / n).tolist()
+            kls += ((kl * pos).sum(1) / n).tolist()
+    return nll_model, nll_ref, kls
+
+
+def mean_nll(model, batches) -> list[float]:
+    """Per item: the model's mean NLL over the masked tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    out: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for ids, attn, mask in batches:
+            ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+            tok = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            pos = mask[:, 1:].float()
+            out += ((tok * pos).sum(1) / pos.sum(1).clamp(min=1)).tolist()
+    return out
+
+
+def skill_items(pairs: list[tuple[str, str]], n: int, choices: int, seed: int,
+                pool: list[str] | None = None) -> list[dict[str, Any]]:
+    """The first n (riddle, answer) pairs as multiple-choice items: the answer among choices - 1 other
+    answers drawn from pool (default: the pairs' answers; distinct texts), in a seeded order."""
+    rng = random.Random(seed)
+    answers = sorted(set(pool if pool is not None else [a for _, a in pairs]))
+    items = []
+    for riddle, answer in pairs[:n]:
+        options = [answer]
+        while len(options) < min(choices, len(answers)):
+            other = rng.choice(answers)
+            if other not in options:
+                options.append(other)
+        rng.shuffle(options)
+        items.append({"riddle": riddle, "choices": options, "answer_index": options.index(answer)})
+    return items
+
+
+def skill_probe(model, tokenizer, items: list[dict[str, Any]], prompt: str, batch_size: int) -> list[float]:
+    """Per item 1.0 when the true answer has the lowest mean token NLL among the choices (after the chat
+    prompt, the answer and its end-of-turn token scored), else 0.0."""
+    seqs, masks = [], []
+    for x in items:
+        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt.format(riddle=x["riddle"])}],
+                                             add_generation_prompt=True, tokenize=False)
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        for option in x["choices"]:
+            tail = tokenizer(option + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            seqs.append(head_ids + tail)
+            masks.append([0] * len(head_ids) + [1] * len(tail))
+    batches = (_padded(tokenizer, seqs[i:i + batch_size], masks[i:i + batch_size])
+               for i in range(0, len(seqs), batch_size))
+    nll = mean_nll(model, batches)
+    scores, k = [], 0
+    for x in items:
+        m = len(x["choices"])
+        scores.append(float(int(np.argmin(nll[k:k + m])) == x["answer_index"]))
+        k += m
+    return scores
 
 
 def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], prompt: str, max_context_tokens: int,
                       batch_size: int = 8) -> tuple[list[float], list[float], list[float]]:
-    """Per question: mean NLL of the gold answer tokens under model and base, and the mean over answer
-    positions of KL(base || model) between their next-token distributions."""
-    import torch
-    import torch.nn.functional as F
+    """Per question: mean NLL of the gold answer tokens under model and base, and KL(base || model) there."""
+    return nll_and_kl(model, base, answer_batches(tokenizer, items, prompt, max_context_tokens, batch_size))
 
-    nll_model, nll_base, kls = [], [], []
-    model.eval()
-    base.eval()
-    with torch.no_grad():
-        for ids, attn, mask in answer_batches(tokenizer, items, prompt, max_context_tokens, batch_size):
-            ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
-            target, pos = ids[:, 1:], mask[:, 1:].bool()  # the logits at t predict token t+1
-            lp_m = F.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
-            lp_b = F.log_softmax(base(input_ids=ids.to(base.device), attention_mask=attn.to(base.device))
-                                 .logits[:, :-1].float().to(model.device), -1)
-            tok_m = -lp_m.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            tok_b = -lp_b.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            kl = (lp_b.exp() * (lp_b - lp_m)).sum(-1)
-            n = pos.sum(1).clamp(min=1)
-            nll_model += ((tok_m * pos).sum(1) / n).tolist()
-            nll_base += ((tok_b * pos).sum(1) / n).tolist()
-            kls += ((kl * pos).sum(1) / n).tolist()
-    return nll_model, nll_base, kls
+
+def lm_probe_texts(lines: list[str], n: int, min_chars: int) -> list[str]:
+    """The probe's texts: the first n held-out lines of at least min_chars characters (a fixed set, so
+    every variant is scored on the same items and differences pair up)."""
+    return [x for x in lines if len(x) >= min_chars][:n]
+
+
+def lm_probe(model, refs: dict[str, Any], tokenizer, texts: list[str], max_tokens: int,
+             batch_size: int) -> dict[str, list[float]]:
+    """Per text: the model's mean token NLL, and against each reference model (name -> model) the NLL
+    increase over it and KL(ref || model). Plain text, no chat markup: what the base was trained on."""
+    out: dict[str, list[float]] = {}
+    for name, ref in refs.items():
+        nll_m, nll_r, kls = nll_and_kl(model, ref, text_batches(tokenizer, texts, max_tokens, batch_size))
+        out["lm_nll"] = nll_m
+        out[f"lm_nll_increase_vs_{name}"] = (np.asarray(nll_m) - np.asarray(nll_r)).tolist()
+        out[f"lm_kl_vs_{name}"] = kls
+    return out
 
 
 def drift_summary(nll_model: list[float], nll_base: list[float], kls: list[float]) -> dict[str, float]:
@@ -189,13 +299,3 @@ def drift_summary(nll_model: list[float], nll_base: list[float], kls: list[float
     return {"nll_increase_mean": float(inc.mean()), "nll_increase_p90": float(np.percentile(inc, 90)),
             "kl_p90": float(np.percentile(kls, 90)), "answer_nll_mean": float(np.mean(nll_model)),
             "answer_ppl": float(math.exp(np.mean(nll_model)))}
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t-interval (0 for a single seed: no estimate of the noise)."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()) if len(v) else float("nan"), 0.0
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))

@@ -16,15 +16,23 @@ from semrl.core.tasks import Task, tasks
 
 METRIC_LABELS = {"bleu": "BLEU-4", "chrf": "chrF", "rouge_l": "ROUGE-L"}
 COLUMNS = ["bleu", "chrf", "rouge_l", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars",
-           "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90"]
+           "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90",
+           "lm_nll_mean", "lm_nll_increase_vs_base_mean", "lm_kl_vs_base_mean", "lm_nll_increase_vs_coldstart_mean",
+           "lm_kl_vs_coldstart_mean", "skill_acc"]
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (0 for a single seed: no estimate of the noise)."""
+    from semrl.evaluation.stats import t_interval
+
+    r = t_interval(values)
+    return r.estimate, r.half_width if r.estimated else 0.0
 
 
 def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
     """One row per task x method: mean and 95 % CI half-width of each metric over seeds, and the tax and
     the task gain on each task's primary metric (`primary`: task -> metric)."""
     import pandas as pd
-
-    from semrl.evaluation.metrics import mean_ci95
 
     df = pd.DataFrame(results)
     rows = []
@@ -34,7 +42,7 @@ def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
         for col in COLUMNS:
             if col in g and g[col].notna().any():
                 row[col], row[f"{col}_ci"] = mean_ci95(g[col].dropna().tolist())
-        if len(base):
+        if len(base) and "cmrc_avg" in df:
             # The alignment tax: the drop in general competence from the base model (positive = forgot).
             row["tax_cmrc_avg"] = float(base["cmrc_avg"].mean() - g["cmrc_avg"].mean())
             row["tax_cmrc_avg_ci"] = mean_ci95((base["cmrc_avg"].mean() - g["cmrc_avg"]).tolist())[1]
@@ -77,6 +85,109 @@ def compare(df, a: str, b: str, col: str) -> str:
         better = a if ra[col] > rb[col] else b
         return f"{col}: {better} is higher ({ra[col]:.4f} vs {rb[col]:.4f}; 95 % CIs do not overlap)"
     return f"{col}: {a} {ra[col]:.4f} vs {b} {rb[col]:.4f} — within the noise (95 % CIs overlap)"
+
+
+# Per-item keys of reports/eval/<task>.json the paired comparisons read, and the scale a flag needs.
+BOUNDED = {"bleu": (0.0, 1.0), "chrf": (0.0, 1.0), "rouge_l": (0.0, 1.0), "skill_acc": (0.0, 1.0)}
+LENGTH_HACKING_RATIO = 1.3  # GRPO outputs this much longer than the references on average: flagged
+FLOOR_TOLERANCE = 0.01  # within 1 % of the scale's end: at the floor or ceiling
+
+
+def paired(ev: dict[str, Any], a: str, b: str, key: str, source: str | None = None) -> dict[str, Any] | None:
+    """a - b on one per-item key over the seeds both were trained with: the paired t-interval of the
+    per-seed mean differences (df = n - 1) and the paired bootstrap over seeds x items; None if either
+    side is missing. `source` restricts task items to one data source. A side without seeds (the base)
+    is the same model for every seed: its items pair with each seed's."""
+    import numpy as np
+
+    from semrl.evaluation.stats import bound_flag, paired_bootstrap, paired_t
+
+    variants = ev.get("items", {}).get("variants", {})
+    keys = lambda m: {k.split("/")[1]: k for k in variants if k.split("/")[0] == m}  # seed -> variant key
+    ka, kb = keys(a), keys(b)
+    if set(kb) == {"-"}:
+        kb = {s: kb["-"] for s in ka}
+    seeds = sorted(set(ka) & set(kb) - {"-"}, key=int)
+    if not seeds or key not in variants[ka[seeds[0]]] or key not in variants[kb[seeds[0]]]:
+        return None
+    ga = np.array([variants[ka[s]][key] for s in seeds], dtype=float)
+    gb = np.array([variants[kb[s]][key] for s in seeds], dtype=float)
+    if source is not None:
+        mask = np.array([x == source for x in ev["items"]["sources"]])
+        ga, gb = ga[:, mask], gb[:, mask]
+    t = paired_t(ga.mean(1), gb.mean(1))
+    boot = paired_bootstrap(ga, gb)
+    flag = None
+    if key in BOUNDED:
+        lo, hi = BOUNDED[key]
+        flag = bound_flag(np.concatenate([ga.mean(1), gb.mean(1)]), lo, hi, FLOOR_TOLERANCE * (hi - lo))
+    if key == "skill_acc" and ev.get("skill_chance") and flag is None:
+        # Multiple choice: its floor is chance. Both sides within two binomial standard errors of it
+        # (every seed) means neither has the skill left to lose.
+        chance, n = ev["skill_chance"], ga.shape[1]
+        if np.all(np.concatenate([ga.mean(1), gb.mean(1)]) <= chance + 2 * np.sqrt(chance * (1 - chance) / n)):
+            flag = "chance level"
+    return {"a": a, "b": b, "key": key, "source": source, "seeds": len(seeds), "items": int(ga.shape[1]),
+            "mean_a": float(ga.mean()), "mean_b": float(gb.mean()), "t": t.as_dict(), "bootstrap": boot.as_dict(),
+            "flag": flag, "verdict": verdict(t, boot, flag)}
+
+
+def verdict(t, boot, flag: str | None) -> str:
+    """Never calls noise a difference: at a bound nothing is read; otherwise the paired t-interval over
+    seeds decides (it needs >= 2 seeds), the bootstrap over seeds x items is shown beside it."""
+    if flag:
+        return f"not informative: both at the {flag}"
+    if not t.estimated:
+        return "one seed: no estimate of the seed-to-seed noise, no verdict"
+    if t.excludes_zero:
+        return "higher" if t.estimate > 0 else "lower"
+    return "no difference shown (95 % interval holds 0)"
+
+
+def paired_lines(pairs: list[dict[str, Any]]) -> list[str]:
+    rows = ["| a − b | metric | source | seeds × items | a | b | a − b | paired t 95 % CI | bootstrap 95 % CI | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        t, bo = p["t"], p["bootstrap"]
+        ci = lambda r: f"[{r['low']:+.4f}, {r['high']:+.4f}]" if r["low"] == r["low"] else "–"
+        rows.append(f"| {p['a']} − {p['b']} | {p['key']} | {p['source'] or 'all'} | {p['seeds']} × {p['items']} | "
+                    f"{p['mean_a']:.4f} | {p['mean_b']:.4f} | {t['estimate']:+.4f} | {ci(t)} | {ci(bo)} | "
+                    f"{p['verdict']} |")
+    return rows
+
+
+def source_tables(task: Task, ev: dict[str, Any]) -> list[str]:
+    """The task metrics per data source (real and synthetic test items apart), mean ± CI over seeds."""
+    results = [r for r in ev["results"] if "by_source" in r]
+    if not results:
+        return []
+    synthetic = set(ev.get("items", {}).get("synthetic_sources", []))
+    md = ["### By data source", "", "Synthetic sources are derived data (labelled in the prepared records); "
+          "each is scored on its own held-out items.", ""]
+    for src in sorted(results[0]["by_source"]):
+        flat = [{"task": r["task"], "method": r["method"], "seed": r["seed"], **r["by_source"][src]} for r in results]
+        df = aggregate(flat, {task.name: task.primary_metric})
+        label = "synthetic (derived)" if src in synthetic else "real"
+        md += [f"**{src}** — {label}, {flat[0]['n']} test items", "",
+               _table(df, [(m, METRIC_LABELS[m]) for m in task.metrics] + [("mean_length_chars", "mean length")]), ""]
+    return md
+
+
+def paired_comparisons(task: Task, ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The comparisons the research question needs: each branch's task gain over the cold start they
+    share, SFT against GRPO on the task, and their drift on general Chinese text (LM probe)."""
+    sources = sorted(set(ev.get("items", {}).get("sources", [])))
+    by_source = [None] + (sources if len(sources) > 1 else [])  # all items, then each source alone
+    m = task.primary_metric
+    wanted = [(a, b, m, src) for a, b in (("sft", "coldstart"), ("grpo", "coldstart"), ("sft", "grpo"))
+              for src in by_source]
+    wanted += [("sft", "grpo", k, None) for k in ("lm_nll_increase_vs_coldstart", "lm_kl_vs_coldstart",
+                                                 "lm_nll_increase_vs_base")]
+    # The general skill (riddle -> answer, chat format): what the cold start keeps of the base's, what
+    # each branch loses from the cold start, and SFT against GRPO.
+    wanted += [(a, b, "skill_acc", None) for a, b in (("coldstart", "base"), ("sft", "coldstart"),
+                                                      ("grpo", "coldstart"), ("sft", "grpo"))]
+    return [p for p in (paired(ev, *w) for w in wanted) if p is not None]
 
 
 def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, list[str]]:
@@ -154,6 +265,142 @@ def tradeoff_plot(df, out: Path) -> Path:
     return path
 
 
+def trajectory_rows(ev: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """One row per branch x seed x scored step: task gain and LM tax, both relative to the branch's step 0
+    (the cold start, which both branches of a seed share)."""
+    rows = []
+    for key, points in ev.get("trajectories", {}).items():
+        method, seed = key.split("/")
+        start = next((p for p in points if p["step"] == 0), None)
+        if start is None:
+            continue
+        for p in sorted(points, key=lambda p: p["step"]):
+            rows.append({"task": ev["task"], "method": method, "seed": int(seed), "step": p["step"],
+                         "task_gain": p[metric] - start[metric], "tax_lm_nll": p["lm_nll"] - start["lm_nll"],
+                         "sim_eval": p["sim_eval"], "length_ratio": p["length_ratio"], "reward": p.get("reward")})
+    return rows
+
+
+def trajectory_plot(rows: list[dict[str, Any]], tasks_: dict[str, Task], out: Path) -> Path | None:
+    """Task gain against LM tax along training, per task: each branch's mean over seeds at each scored step
+    (thick, steps annotated) and each seed (thin). Who pays less tax at equal gain reads off horizontally."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    names = list(dict.fromkeys(df.task))
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 5), squeeze=False)
+    for ax, task in zip(axes[0], names):
+        d = df[df.task == task]
+        for i, (method, g) in enumerate(d.groupby("method", sort=False)):
+            color = f"C{i}"
+            for _, gs in g.groupby("seed"):
+                ax.plot(gs.tax_lm_nll, gs.task_gain, color=color, lw=0.6, alpha=0.4)
+            mean = g.groupby("step")[["tax_lm_nll", "task_gain"]].mean()
+            ax.plot(mean.tax_lm_nll, mean.task_gain, "o-", color=color, lw=2, label=f"{method} (mean of {g.seed.nunique()} seeds)")
+            for step, r in mean.iterrows():
+                ax.annotate(str(step), (r.tax_lm_nll, r.task_gain), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8)
+        metric = METRIC_LABELS.get(tasks_[task].primary_metric, tasks_[task].primary_metric)
+        ax.set_xlabel("tax: NLL increase on held-out general Chinese since the cold start (nats)")
+        ax.set_ylabel(f"task gain: dev {metric} since the cold start")
+        ax.set_title(f"{task}: gain vs tax along training (labels: step)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "trajectory.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def hacking_flags(ev: dict[str, Any]) -> list[str]:
+    """Reward-hacking flags for every RL-trained variant and seed: test outputs longer than
+    LENGTH_HACKING_RATIO x the references on average, or the training reward rising while the independent
+    evaluation embedder's similarity to the references falls (dev trajectory, first to last point)."""
+    ref_len = ev.get("reference_mean_length_chars")
+    rl = {k.split("/")[0] for k, points in ev.get("trajectories", {}).items() if any(p.get("reward") is not None
+                                                                                   for p in points)}
+    lines = []
+    for r in ev["results"]:
+        if r["method"] not in rl or r.get("seed") is None:
+            continue
+        who = f"{r['method']} seed {r['seed']}"
+        if ref_len and r.get("mean_length_chars", 0) > LENGTH_HACKING_RATIO * ref_len:
+            lines.append(f"- **{who}: outputs {r['mean_length_chars'] / ref_len:.2f}× the reference length** "
+                         f"(> {LENGTH_HACKING_RATIO}): possible length hacking")
+        points = ev["trajectories"].get(f"{r['method']}/{r['seed']}", [])
+        rewards = [p for p in points if p.get("reward") is not None]
+        if len(rewards) >= 2 and points:
+            d_reward = rewards[-1]["reward"] - rewards[0]["reward"]
+            d_sim = points[-1]["sim_eval"] - points[0]["sim_eval"]
+            if d_reward > 0 and d_sim < 0:
+                lines.append(f"- **{who}: reward rose {d_reward:+.3f} while the independent similarity fell "
+                             f"{d_sim:+.4f}**: possible reward hacking")
+    return lines or [f"- no flag (no RL variant beyond {LENGTH_HACKING_RATIO}× the reference length; none whose reward "
+                     "rose while the independent similarity fell)"]
+
+
+def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
+    """Does the semantic reward rank completions as the task metric does? Spearman over the cold start's
+    sampled dev completions (goal >= 0.3), pooled and per data source, per seed; the evaluation
+    embedder's agreement with the metric beside it."""
+    signal = ev.get("reward_signal", {})
+    if not signal:
+        return ["No reward-signal check (rewards.tau is a number, so the cold start sampled nothing).", ""]
+    m = task.primary_metric
+    fmt = lambda v: "–" if v is None else f"{v:+.3f}"
+    lines = [f"Spearman correlation with sentence {METRIC_LABELS.get(m, m)} over the cold start's sampled dev "
+             "completions (goal ≥ 0.3): R_sim (reward embedder, against "
+             f"the {next(iter(signal.values())).get('similarity_against', 'reference')}) and the evaluation "
+             "embedder.", "", "| seed | source | n | τ | R_sim ρ | eval-embedder ρ |", "|---|---|---|---|---|---|"]
+    for seed, info in sorted(signal.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {seed} | all | {info.get('dev_samples', '–')} | {info['tau']:.4f} | "
+                     f"{fmt(info.get(f'spearman_similarity_{m}'))} | {fmt(info.get(f'spearman_eval_similarity_{m}'))} |")
+        for source, b in info.get("by_source", {}).items():
+            lines.append(f"| {seed} | {source} | {b['n']} | | {fmt(b['spearman_similarity'])} | "
+                         f"{fmt(b['spearman_eval_similarity'])} |")
+    return lines + [""]
+
+
+def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = frozenset()) -> list[str]:
+    """The research question's answer for one task, read off the paired verdicts as they came out."""
+    def find(a, b, key, source=None):
+        return next((p for p in pairs if (p["a"], p["b"], p["key"], p["source"]) == (a, b, key, source)), None)
+
+    def say(p, what):
+        if p is None:
+            return f"{what}: not measured"
+        t = p["t"]
+        ci = f"[{t['low']:+.4f}, {t['high']:+.4f}]" if t["low"] == t["low"] else "no interval"
+        return f"{what}: {t['estimate']:+.4f} (95 % CI {ci}, {p['seeds']} seeds) — {p['verdict']}"
+
+    m = task.primary_metric
+    sft_gain, grpo_gain = find("sft", "coldstart", m), find("grpo", "coldstart", m)
+    learnt = [name for name, p in (("strong SFT", sft_gain), ("GRPO", grpo_gain)) if p and p["verdict"] == "higher"]
+    sources = sorted({p["source"] for p in pairs if p["source"] is not None})
+    per_source = [f"  - {src} ({'synthetic' if src in synthetic else 'real'}): "
+                  f"{say(find(a, b, m, src), label)}" for src in sources
+                  for a, b, label in (("sft", "coldstart", "SFT − cold start"), ("grpo", "coldstart", "GRPO − cold start"),
+                                      ("sft", "grpo", "SFT − GRPO"))]
+    return [f"**{task.name}** (primary metric {METRIC_LABELS.get(m, m)}, all test items):", "",
+            f"- {say(sft_gain, 'strong SFT − cold start, task')}",
+            f"- {say(grpo_gain, 'GRPO − cold start, task')}",
+            f"- {say(find('sft', 'grpo', m), 'strong SFT − GRPO, task')}",
+            *([f"- per data source:", *per_source] if per_source else []),
+            f"- {say(find('sft', 'grpo', 'lm_nll_increase_vs_coldstart'), 'strong SFT − GRPO, LM tax (ΔNLL since the cold start; > 0: SFT forgot more)')}",
+            f"- {say(find('sft', 'grpo', 'skill_acc'), 'strong SFT − GRPO, general skill (riddle accuracy; < 0: SFT forgot more)')}",
+            f"- Both branches learnt the task (beat the cold start, paired CI excluding 0): "
+            f"{'yes' if len(learnt) == 2 else 'no — only ' + ', '.join(learnt) if learnt else 'no — neither'}. "
+            "Without that, \"no tax\" would be trivially true.", ""]
+
+
 def transfer_section(path: Path, tasks: dict[str, Task]) -> list[str]:
     md = ["## Few-shot transfer", ""]
     ev = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"enabled": False}
@@ -169,23 +416,67 @@ def transfer_section(path: Path, tasks: dict[str, Task]) -> list[str]:
     return md
 
 
-def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, out: Path) -> tuple[list[str], list]:
+def cmrc_note(g) -> str:
+    """CMRC 2018 dev is the paper's benchmark; a base at its floor makes every tax on it meaningless."""
+    from semrl.evaluation.stats import bound_flag
+
+    base = g[g.method == "base"]
+    if base.empty or "cmrc_avg" not in base or base["cmrc_avg"].isna().all():
+        return "CMRC 2018 EM/F1 not generated (`eval.cmrc_generate: false`); the answer-NLL drift stays."
+    value = float(base["cmrc_avg"].iloc[0])
+    if bound_flag([value], 0.0, 100.0, FLOOR_TOLERANCE * 100):
+        return (f"**CMRC 2018 dev: the base scores {value:.2f} of 100 — at the floor: not informative.** "
+                "The tax is read from the LM probe and the general skill below.")
+    return f"CMRC 2018 dev: base Avg {value:.2f} of 100."
+
+
+def skill_lines(ev: dict[str, Any], g) -> list[str]:
+    n, chance = ev.get("skill_items"), ev.get("skill_chance")
+    if not n:
+        return ["General skill probe off (`eval.skill_samples: 0`).", ""]
+    base = g[g.method == "base"]
+    lines = [f"Xiehouyu riddle → answer in chat format, {n} riddles the base was taught, multiple choice among "
+             f"{round(1 / chance)} answers by mean token NLL (chance {chance:.2f}).", "",
+             _table(g[g.method.isin(["base", "coldstart", "sft", "grpo"])], [("skill_acc", "accuracy")]), ""]
+    if not base.empty and "skill_acc" in base and base["skill_acc"].notna().all():
+        acc = float(base["skill_acc"].iloc[0])
+        lines.append(f"The base scores {acc:.3f}: " + ("the probe measures a skill the base has (≥ 0.5)." if acc >= 0.5
+                     else "**below 0.5: the base does not clearly have the skill; read its drops with care.**"))
+        for method in ("coldstart", "sft", "grpo"):
+            row = g[g.method == method]
+            if not row.empty and acc > chance and "skill_acc" in row and row["skill_acc"].notna().all():
+                kept = (float(row["skill_acc"].iloc[0]) - chance) / (acc - chance)
+                lines.append(f"- {method} keeps {kept:.0%} of the base's margin over chance.")
+        lines.append("")
+    return lines
+
+
+def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, out: Path,
+                 pairs: list[dict[str, Any]]) -> tuple[list[str], list]:
     """One task's part of the report: the tables, the preference, the verdicts and its training curves;
     returns (markdown lines, the MLflow runs the curves came from)."""
     ablations = [m.name for m in methods(cfg).values() if m.ablation]
     tc = [(m, METRIC_LABELS[m]) for m in task.metrics]
     md = [f"## {task.name}", "", f"{ev['test_examples']} test examples, {ev['cmrc_questions']} CMRC questions.",
-          "", "### Cold start vs GRPO", "",
-          _table(g[g.method.isin(["base", "coldstart", "grpo"])],
+          "", *source_tables(task, ev), "### Cold start vs GRPO", "",
+          _table(g[g.method.isin(["base", "copy_input", "copy_lead", "coldstart", "grpo"])],
                  tc + [("sim_reward", "sim (reward emb.)"), ("sim_eval", "sim (eval emb.)")]), "",
           "### Strong SFT vs GRPO: task skill and alignment tax", "",
           _table(g[g.method.isin(["base", "sft", "grpo"])],
                  tc + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"), ("cmrc_avg", "CMRC Avg"),
                        ("cmrc_f1", "CMRC F1"), ("tax_cmrc_avg", "tax (Avg drop)"),
                        ("nll_increase_mean", "ΔNLL mean"), ("nll_increase_p90", "ΔNLL P90"), ("kl_p90", "KL P90")]),
-          "", "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
+          "", cmrc_note(g), "", "### Drift on general Chinese text (LM probe, plain text)", "",
+          _table(g[g.method.isin(["base", "coldstart", "sft", "grpo"])],
+                 [("lm_nll_mean", "NLL"), ("lm_nll_increase_vs_base_mean", "ΔNLL vs base"),
+                  ("lm_kl_vs_base_mean", "KL vs base"), ("lm_nll_increase_vs_coldstart_mean", "ΔNLL vs cold start"),
+                  ("lm_kl_vs_coldstart_mean", "KL vs cold start")]),
+          "", "### General skill (chat format)", "", *skill_lines(ev, g),
+          "### Reward signal (cold start, dev)", "", *reward_signal_lines(task, ev),
+          "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
+          f"References: {ev.get('reference_mean_length_chars', float('nan')):.1f} characters on average.", "",
           _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
-                     ("empty_rate", "empty")], digits=3), "",
+                     ("empty_rate", "empty")], digits=3), "", *hacking_flags(ev), "",
           "### Reward ablations", "",
           _table(g[g.method.isin(["grpo", *ablations])], [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
                                                          ("language_consistency", "in target script")])
@@ -197,20 +488,36 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
            "", "### Verdicts", ""]
     md += [f"- {compare(g, 'sft', 'grpo', col)}" for col in [task.primary_metric, "sim_eval", "cmrc_avg",
                                                               "nll_increase_mean"]]
+    if pairs:
+        md += ["", "### Paired comparisons", "",
+               "Per seed, strong SFT and GRPO start from the same cold start and are scored on the same items, "
+               "so their difference is paired: a t-interval over the per-seed mean differences (df = n − 1) "
+               "decides, a percentile bootstrap resampling seeds, then items, is shown beside it. Task "
+               "metrics here are per-item (sentence chrF/BLEU, ROUGE-L) means. LM drift: mean per-line NLL "
+               "increase and KL on held-out general-Chinese text, plain language modelling. The base is one "
+               "model for every seed: its items pair with each seed's.", "",
+               *paired_lines(pairs)]
     curve, run_ids = training_curves(cfg, task.name, curves)
     if curve:
         md += ["", f"![training curves]({curve.relative_to(out).as_posix()})"]
     return md + [""], run_ids
 
 
-def metrics_summary(df, evals: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """reports/metrics.json (a DVC metric): every aggregated number per task and method, and the preference."""
+def metrics_summary(df, evals: list[dict[str, Any]], meta: dict[str, Any],
+                    pairs: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """reports/metrics.json (a DVC metric): every aggregated number per task and method, the preference,
+    and each paired comparison's estimate and t-interval (`<a>-<b>.<key>[.<source>]`)."""
     metrics = {"meta": meta, "tasks": {}}
     for _, row in df.iterrows():
         metrics["tasks"].setdefault(row["task"], {})[row["method"]] = {
             k: round(float(v), 6) for k, v in row.items() if k in COLUMNS + ["tax_cmrc_avg", "task_gain"] and v == v}
     for ev in evals:
         metrics["tasks"][ev["task"]]["preference"] = {k: v for k, v in ev["preference"].items() if k.endswith("_rate")}
+        for p in (pairs or {}).get(ev["task"], []):
+            name = f"{p['a']}-{p['b']}.{p['key']}" + (f".{p['source']}" if p["source"] else "")
+            t = p["t"]
+            metrics["tasks"][ev["task"]].setdefault("paired", {})[name] = {
+                k: round(float(t[k]), 6) for k in ("estimate", "low", "high") if t[k] == t[k]}
     return metrics
 
 
@@ -253,10 +560,26 @@ def run(cfg: Config) -> dict[str, Any]:
           f"seeds {meta['seeds']}. Cells are mean ± 95 % CI over seeds (no ± with one seed). Task metrics on "
           "the test split with greedy decoding; general competence on CMRC 2018 dev. The alignment tax is the "
           "drop in CMRC Avg from the base model (positive = forgotten); NLL/KL drift are on gold-answer tokens.",
-          ""]
+          "", "Reproducibility: a clean clone on another machine reproduces these numbers to about 1–5 % relative "
+          "(greedy decoding diverges on floating-point differences between CPUs and thread counts); "
+          "`dvc metrics diff` against this commit shows by how much.", ""]
+    pairs = {ev["task"]: paired_comparisons(known[ev["task"]], ev) for ev in evals}
+    md += ["## The answer at this scale", "",
+           "*For the same task gain, does GRPO with a semantic reward forget less than strong SFT?* Read off the "
+           "paired verdicts below as they came out (no tuning toward the paper's claim).", ""]
+    for ev in evals:
+        md += answer_lines(known[ev["task"]], pairs[ev["task"]],
+                           set(ev.get("items", {}).get("synthetic_sources", [])))
+    traj = [r for ev in evals for r in trajectory_rows(ev, known[ev["task"]].primary_metric)]
+    traj_png = trajectory_plot(traj, known, plots)
+    if traj_png:
+        md += [f"![task gain vs tax along training]({traj_png.relative_to(out).as_posix()})", "",
+               "Each branch scored every `train.trajectory.every` steps on a dev subset (task metric) and the LM "
+               "probe: a curve further left at the same height paid less tax for the same gain.", ""]
     linked = []
     for ev in evals:
-        lines, run_ids = task_section(cfg, known[ev["task"]], ev, df[df.task == ev["task"]], curves, out)
+        lines, run_ids = task_section(cfg, known[ev["task"]], ev, df[df.task == ev["task"]], curves, out,
+                                      pairs[ev["task"]])
         md += lines
         linked += run_ids
     md += transfer_section(cfg.eval.out_dir / "transfer.json", known)
@@ -264,10 +587,14 @@ def run(cfg: Config) -> dict[str, Any]:
     md += ["## Trade-off", "", f"![task gain vs alignment tax]({tradeoff.relative_to(out).as_posix()})", ""]
 
     df.to_csv(out / "alignment_tax.csv", index=False)
+    import pandas as pd
+
+    pd.DataFrame(traj, columns=["task", "method", "seed", "step", "task_gain", "tax_lm_nll", "sim_eval",
+                                "length_ratio", "reward"]).to_csv(plots / "trajectory.csv", index=False)
     df[["task", "method", "tax_cmrc_avg", "nll_increase_mean", "task_gain"]].dropna().to_csv(
         plots / "tradeoff.csv", index=False)
     atomic_write_text(out / "alignment_tax.md", "\n".join(md))
-    metrics = metrics_summary(df, evals, meta)
+    metrics = metrics_summary(df, evals, meta, pairs)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log_report(cfg, df, metrics, out, linked)
     return metrics

@@ -80,12 +80,49 @@ def resolve_named(b: BaseConfig, out: Path) -> dict[str, Any]:
     return {"source": ref["model"], "model_type": config.model_type}
 
 
+def lm_split(config: Config, lang: str) -> tuple[list[str], list[str]]:
+    """(train, held-out) lines of the prepared `lm/<lang>.txt`: the tiny base pretrains on the first and
+    never sees the second; its perplexity and the alignment-tax LM probe (evaluation) read the held-out."""
+    t = config.base.train
+    lines = (config.prepare.out_dir / "lm" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+    return _split_lines(lines, t.heldout_frac, t.seed)
+
+
 def _split_lines(lines: list[str], frac: float, seed: int) -> tuple[list[str], list[str]]:
     idx = list(range(len(lines)))
     random.Random(seed).shuffle(idx)
     n = max(1, round(frac * len(lines)))
     held = set(idx[:n])
     return [x for i, x in enumerate(lines) if i not in held], [x for i, x in enumerate(lines) if i in held]
+
+
+def pretraining_texts(config: Config) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    """((zh train, zh held-out), (bo train, bo held-out)) lines of the tiny base's language modelling."""
+    zh, (bo_train, bo_held) = lm_split(config, "zh"), lm_split(config, "bo")
+    if config.base.train.bo_headline_bodies:  # more Tibetan: news bodies of the headline *train* split only
+        bo_train = bo_train + [r["body"] for r in read_jsonl(config.prepare.out_dir / "headline" / "train.jsonl")]
+    return zh, (bo_train, bo_held)
+
+
+def skill_pairs(config: Config) -> list[tuple[str, str]]:
+    """(riddle, answer) of the xiehouyu among the base's LM *training* lines, seed-shuffled; the first
+    `base.train.skill_riddles` are the general skill the tiny base is taught in chat format and the
+    evaluation's skill probe asks (knowledge the base has, which later training can erode)."""
+    sep = config.prepare.lm.xiehouyu_separator
+    pairs = []
+    for line in lm_split(config, "zh")[0]:
+        riddle, found, answer = line.partition(sep)
+        if found and riddle.strip() and answer.strip() and sep not in answer:
+            pairs.append((riddle.strip(), answer.strip()))
+    random.Random(config.base.train.seed).shuffle(pairs)
+    return pairs
+
+
+def skill_documents(tokenizer, pairs: list[tuple[str, str]], prompt: str) -> list[str]:
+    """Riddle -> answer as one chat exchange each, as the tokenizer's chat template writes it."""
+    return tokenizer.apply_chat_template(
+        [[{"role": "user", "content": prompt.format(riddle=r)}, {"role": "assistant", "content": a}]
+         for r, a in pairs], tokenize=False)
 
 
 def pack(tokenizer, texts: list[str], seq_len: int) -> list[list[int]]:
@@ -132,10 +169,7 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
     b, t = config.base, config.base.train
     prepared = config.prepare.out_dir
     seed = t.seed
-    zh = (prepared / "lm" / "zh.txt").read_text(encoding="utf-8").splitlines()
-    bo = (prepared / "lm" / "bo.txt").read_text(encoding="utf-8").splitlines()
-    zh_train, zh_held = _split_lines(zh, t.heldout_frac, seed)
-    bo_train, bo_held = _split_lines(bo, t.heldout_frac, seed)
+    (zh_train, zh_held), (bo_train, bo_held) = pretraining_texts(config)
 
     tok_cfg = b.tokenizer
     tokenizer = train_tokenizer(tokenizer_corpus(prepared, zh_train, bo_train, tok_cfg.include_task_train),
@@ -148,6 +182,15 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
     rng = random.Random(seed)
     n_bo = round(t.bo_share / (1 - t.bo_share) * len(zh_blocks)) if bo_blocks else 0
     train_blocks = zh_blocks + [rng.choice(bo_blocks) for _ in range(n_bo)]
+    # The general skill (evaluation's skill probe): riddle -> answer in chat format, skill_share of all blocks.
+    n_skill = 0
+    if t.skill_share > 0:
+        taught = skill_pairs(config)[: t.skill_riddles]
+        skill_blocks = pack(tokenizer, skill_documents(tokenizer, taught, config.eval.skill_prompt), seq_len)
+        if not skill_blocks:
+            raise SemrlError(f"{prepared / 'lm' / 'zh.txt'}: no xiehouyu lines to teach the skill probe")
+        n_skill = round(t.skill_share / (1 - t.skill_share) * len(train_blocks))
+        train_blocks += [rng.choice(skill_blocks) for _ in range(n_skill)]
     rng.shuffle(train_blocks)
 
     arch = qwen3_config(b.arch, len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
@@ -158,7 +201,7 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
 
     # Checkpoints live outside the DVC output, keyed by the exact config, so a killed run resumes and a
     # changed config never resumes a stale one.
-    key = hashlib.sha256(json.dumps([b.model_dump(mode="json"), tracking.data_version()],
+    key = hashlib.sha256(json.dumps([b.model_dump(mode="json"), tracking.data_version(), config.eval.skill_prompt],
                                     sort_keys=True).encode()).hexdigest()[:12]
     ckpt_dir = b.checkpoint_dir / f"base-{key}"
     args = TrainingArguments(
@@ -177,9 +220,10 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
         result = trainer.train(resume_from_checkpoint=last)
         metrics = {
             "n_params": n_params, "vocab_size": len(tokenizer), "train_blocks_zh": len(zh_blocks),
-            "train_blocks_bo": n_bo, "train_tokens_seen": t.steps * t.batch_size * seq_len,
-            "train_loss": round(result.training_loss, 4), "train_seconds": round(result.metrics["train_runtime"], 1),
-            "resumed_from_step": step_of(last),
+            "train_blocks_bo": n_bo, "train_blocks_skill": n_skill, "train_tokens_seen": t.steps * t.batch_size * seq_len,
+            # The last logged loss, from the run's whole history (restored on resume): Trainer's own
+            # training_loss averages only the steps of this invocation, so a resumed run reported another.
+            "train_loss": round([h["loss"] for h in trainer.state.log_history if "loss" in h][-1], 4),
             "tokens_per_bo_syllable": round(tokens_per_syllable(tokenizer, bo_held[:50] or bo_train[:50]), 3),
         }
         for lang, held in (("zh", zh_held), ("bo", bo_held)):
@@ -187,7 +231,11 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
             if blocks:
                 loss = trainer.evaluate(_Blocks(blocks), metric_key_prefix=f"heldout_{lang}")[f"heldout_{lang}_loss"]
                 metrics[f"heldout_ppl_{lang}"] = round(math.exp(loss), 2)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        # How this invocation ran (wall time, where it resumed) goes to MLflow only: the metrics file holds
+        # results, which a fresh and a resumed run must report alike (`dvc metrics diff` compares them).
+        mlflow.log_metrics({**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                            "train_seconds": round(result.metrics["train_runtime"], 1),
+                            "resumed_from_step": step_of(last)})
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(out, safe_serialization=True)

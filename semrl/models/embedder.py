@@ -1,7 +1,7 @@
 """DVC stage `embedder`: the frozen sentence embedders. `models/embedder/` is the reward model (the paper
 adapts CINO on zh-bo pairs with MultipleNegativesRankingLoss; the tiny profile trains a StaticEmbedding on
-the base tokenizer the same way); `models/eval_embedder/` is an independent one (another architecture and
-seed) used only by evaluation, so the reward model never grades itself."""
+the base tokenizer the same way); `models/eval_embedder/` is an independent one used only by evaluation, so the reward
+model never grades itself (tiny: character n-gram TF-IDF fitted on other text; paper: LaBSE)."""
 from __future__ import annotations
 
 import json
@@ -15,10 +15,62 @@ from semrl import SemrlError
 from semrl.core.config import Config, EmbedderRole
 from semrl.core.io import atomic_write_text, read_jsonl
 
+class CharNgramEmbedder:
+    """A sentence "embedder" with its own vocabulary and no learnt weights: l2-normalised TF-IDF over the
+    character n-grams of a text (sublinear term frequency), the IDF fitted on a reference corpus. Cosine
+    of two texts is their weighted character n-gram overlap. Used as the tiny profile's evaluation
+    embedder because it shares nothing with the reward model: not its tokenizer, not its training pairs."""
+
+    FILE = "char_ngram.json"
+
+    def __init__(self, vocabulary: dict[str, int], idf: list[float], ngram_max: int):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.ngram_max = ngram_max
+        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, ngram_max), vocabulary=vocabulary,
+                                          sublinear_tf=True, lowercase=False, dtype=np.float32)
+        self.vectorizer.idf_ = np.asarray(idf, dtype=np.float32)
+
+    @classmethod
+    def fit(cls, texts: list[str], max_features: int, ngram_max: int) -> "CharNgramEmbedder":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        fitted = TfidfVectorizer(analyzer="char", ngram_range=(1, ngram_max), max_features=max_features,
+                                 sublinear_tf=True, lowercase=False, dtype=np.float32).fit(texts)
+        vocabulary = {k: int(v) for k, v in fitted.vocabulary_.items()}
+        return cls(vocabulary, fitted.idf_.tolist(), ngram_max)
+
+    def encode(self, texts: list[str], batch_size: int = 64, normalize_embeddings: bool = True,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, show_progress_bar: bool = False):
+        """The sentence-transformers call signature, as Similarity and retrieval_top1 use it."""
+        dense = self.vectorizer.transform(texts).toarray()  # rows are l2-normalised already
+        if convert_to_tensor:
+            import torch
+
+            return torch.from_numpy(dense)
+        return dense
+
+    def get_embedding_dimension(self) -> int:
+        return len(self.vectorizer.vocabulary)
+
+    def save(self, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        data = {"kind": "char_ngram", "ngram_max": self.ngram_max, "vocabulary": self.vectorizer.vocabulary,
+                "idf": [float(x) for x in self.vectorizer.idf_]}
+        atomic_write_text(Path(path) / self.FILE, json.dumps(data, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "CharNgramEmbedder":
+        data = json.loads((path / cls.FILE).read_text(encoding="utf-8"))
+        return cls(data["vocabulary"], data["idf"], data["ngram_max"])
+
+
 def load_embedder(path: str | Path, device: str | None = None):
     from sentence_transformers import SentenceTransformer
 
     path = Path(path)
+    if (path / CharNgramEmbedder.FILE).is_file():
+        return CharNgramEmbedder.load(path)
     if not (path / "modules.json").is_file():
         raise SemrlError(f"{path}: no sentence-transformers model here (run `dvc repro embedder`)")
     return SentenceTransformer(str(path), device=device, trust_remote_code=False)
@@ -91,6 +143,8 @@ def build_model(cfg: EmbedderRole, base_dir: Path, workdir: Path):
     from tokenizers import Tokenizer
 
     torch.manual_seed(cfg.seed)
+    if cfg.kind == "char_ngram":
+        raise SemrlError("embedder kind 'char_ngram' is fitted, not built (semrl.models.embedder.build_one)")
     if cfg.kind == "pretrained":
         if not cfg.model:
             raise SemrlError("embedder kind 'pretrained' needs `model` (a hub id or local path)")
@@ -149,14 +203,22 @@ def build_one(config: Config, role: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, \
             tracking.run(config, f"embedder-{role}", tags={"semrl.stage": "embedder", "semrl.embedder": role},
                          log_params={"embedder": cfg.model_dump(mode="json")}):
-        model = build_model(cfg, base_dir, Path(tmp))
-        metrics = {"kind": cfg.kind, "dev_pairs": len(dev),
-                   "dev_top1_bo2zh_before": round(retrieval_top1(model, bo_dev, zh_dev), 4)}
-        if cfg.kind != "pretrained" or cfg.finetune:
+        if cfg.kind == "char_ngram":  # fitted on the base's LM training text: no MT or headline pair
+            from semrl.models.base import lm_split
+
+            texts = lm_split(config, "bo")[0] + lm_split(config, "zh")[0]
+            model = CharNgramEmbedder.fit(texts, cfg.dim, cfg.ngram_max)
+            metrics = {"kind": cfg.kind, "dev_pairs": len(dev), "fit_texts": len(texts)}
+        else:
+            model = build_model(cfg, base_dir, Path(tmp))
+            metrics = {"kind": cfg.kind, "dev_pairs": len(dev),
+                       "dev_top1_bo2zh_before": round(retrieval_top1(model, bo_dev, zh_dev), 4)}
+        if cfg.kind not in ("pretrained", "char_ngram") or cfg.finetune:
             pairs = training_pairs(prepared, cfg)
             metrics["train_pairs"] = len(pairs)
             metrics["train_loss"] = round(train(model, pairs, cfg, Path(tmp)), 4)
-        metrics["dev_top1_bo2zh"] = round(retrieval_top1(model, bo_dev, zh_dev), 4)
+        if cfg.kind != "char_ngram":  # cross-lingual retrieval: not what a monolingual n-gram model does
+            metrics["dev_top1_bo2zh"] = round(retrieval_top1(model, bo_dev, zh_dev), 4)
         metrics["dim"] = model.get_embedding_dimension()
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         model.save(str(out))

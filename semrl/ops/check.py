@@ -104,8 +104,9 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
                     pass
             problems.append(f"{method.section} ({method.name}): reward {comp.name!r} is neither registered "
                             f"({', '.join(REGISTRY)}) nor an importable dotted path")
-    if cfg.prepare.mt.cldr_pairs and not cfg.fetch.cldr:
-        problems.append("prepare.mt.cldr_pairs needs fetch.cldr: true")
+    for key in ("cldr_pairs", "cldr_dates"):
+        if getattr(cfg.prepare.mt, key) and not cfg.fetch.cldr:
+            problems.append(f"prepare.mt.{key} needs fetch.cldr: true")
     try:
         facts.append(f"sources: {len(read_sources(cfg.fetch.sources))} files in {cfg.fetch.sources}")
     except SemrlError as e:

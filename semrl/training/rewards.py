@@ -16,7 +16,7 @@ import numpy as np
 from semrl import SemrlError
 from semrl.core.config import RewardComponent
 from semrl.core.io import import_dotted
-from semrl.core.text import in_script, metric_tokens
+from semrl.core.text import in_script, script_counts
 from semrl.models.embedder import Similarity
 
 RewardFunc = Callable[..., list[float]]
@@ -71,56 +71,44 @@ class SemanticReward(Similarity):
 
 
 class LanguageReward:
-    """R_lang = 1 if the completion is entirely in the target script, else 0 (empty output: 0). The rule
-    (semrl.core.text.in_script): at least one letter and every letter in the script; digits, punctuation,
-    symbols and whitespace of any script are allowed."""
+    """R_lang = 1 if the completion, as decoded, is in the target script, else 0 (empty output: 0). In the
+    script means (semrl.core.text.in_script) at least one letter and every letter in the script, and
+    (min_share) target-script letters make up at least that share of its non-space characters: digits and
+    punctuation are allowed, but "ཀ 123 !!!" (one letter in seven characters) is not Tibetan text. 0 keeps
+    the paper's rule alone."""
 
     __name__ = "language"
 
-    def __init__(self, script: str):
+    def __init__(self, script: str, min_share: float = 0.5):
         if script not in ("bo", "zh"):
             raise SemrlError(f"language reward: script must be 'bo' or 'zh', got {script!r}")
-        self.script = script
+        if not 0.0 <= float(min_share) <= 1.0:
+            raise SemrlError(f"language reward: min_share must be in [0, 1], got {min_share}")
+        self.script, self.min_share = script, float(min_share)
+
+    def value(self, text: str) -> float:
+        if not in_script(text, self.script):
+            return 0.0
+        chars = sum(not c.isspace() for c in text)
+        return 1.0 if script_counts(text)[self.script] >= self.min_share * chars else 0.0
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
-        return [1.0 if in_script(completion_text(c), self.script) else 0.0 for c in completions]
+        return [self.value(completion_text(c)) for c in completions]
 
 
-class _SacrebleuReward:
-    """Sentence-level sacrebleu score in [0, 1] against the reference column, on syllable (Tibetan) or
-    character (Chinese) tokens. For the paper's reward ablations."""
+class MetricReward:
+    """A sentence-level task metric in [0, 1] against the reference column (semrl.evaluation.metrics.
+    item_scores: sentence BLEU or chrF on syllable/character tokens, ROUGE-L). For the paper's ablations."""
 
-    def __init__(self, script: str, reference_column: str = "reference"):
-        self.script, self.reference_column = script, reference_column
-
-    def score(self, hypothesis: str, reference: str) -> float:
-        raise NotImplementedError
+    def __init__(self, metric: str, script: str, reference_column: str = "reference"):
+        self.metric, self.script, self.reference_column = metric, script, reference_column
+        self.__name__ = metric
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
-        refs = columns[self.reference_column]
-        return [self.score(metric_tokens(completion_text(c), self.script), metric_tokens(r, self.script)) / 100.0
-                for c, r in zip(completions, refs)]
+        from semrl.evaluation.metrics import item_scores
 
-
-class BleuReward(_SacrebleuReward):
-    __name__ = "bleu"
-
-    def score(self, hypothesis: str, reference: str) -> float:
-        import sacrebleu
-
-        return sacrebleu.sentence_bleu(hypothesis, [reference], tokenize="none", smooth_method="exp").score
-
-
-class ChrfReward(_SacrebleuReward):
-    __name__ = "chrf"
-
-    def score(self, hypothesis: str, reference: str) -> float:
-        import sacrebleu
-
-        return sacrebleu.sentence_chrf(hypothesis, [reference]).score
-
-
-# ---------------------------------------------------------------- registry
+        refs = list(columns[self.reference_column])
+        return item_scores(self.metric, [completion_text(c) for c in completions], refs, self.script)
 
 
 def _semantic(ctx: dict[str, Any], **kw: Any) -> RewardFunc:
@@ -132,16 +120,17 @@ def _with_script(cls):
     return lambda ctx, **kw: cls(kw.pop("script", ctx["script"]), **kw)
 
 
-def _with_reference(cls):
-    return lambda ctx, **kw: cls(kw.pop("script", ctx["script"]),
-                                 reference_column=kw.pop("reference_column", ctx["reference_column"]), **kw)
+def _metric(name: str):
+    return lambda ctx, **kw: MetricReward(name, kw.pop("script", ctx["script"]),
+                                          reference_column=kw.pop("reference_column", ctx["reference_column"]), **kw)
 
 
 REGISTRY: dict[str, Callable[..., RewardFunc]] = {
     "semantic": _semantic,
     "language": _with_script(LanguageReward),
-    "bleu": _with_reference(BleuReward),
-    "chrf": _with_reference(ChrfReward),
+    "bleu": _metric("bleu"),
+    "chrf": _metric("chrf"),
+    "rouge_l": _metric("rouge_l"),
 }
 
 

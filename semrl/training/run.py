@@ -24,6 +24,7 @@ from semrl.core.io import atomic_write_text
 from semrl.core.methods import COLDSTART, Method, get_method, output_dir, run_name
 from semrl.core.tasks import Task, get_task
 from semrl.training.tau import TAU_FILE, calibrate_tau, grpo_tau
+from semrl.training.trajectory import TRAJECTORY_FILE
 from semrl.training.trainers import init_model_dir, make_trainer, method_items, model_init_kwargs, rank, world_size
 
 
@@ -177,6 +178,8 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         if tau is not None:
             summary["tau"] = tau
         tokenizer.save_pretrained(out / "model")
+        if (ckpt / TRAJECTORY_FILE).is_file():
+            atomic_write_text(out / TRAJECTORY_FILE, (ckpt / TRAJECTORY_FILE).read_text(encoding="utf-8"))
         if method.name == COLDSTART:  # every GRPO branch of this seed reads the tau it calibrates
             info = calibrate_tau(cfg, task, merged, tokenizer, seed)
             atomic_write_text(out / TAU_FILE, json.dumps(info, indent=2) + "\n")

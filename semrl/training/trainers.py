@@ -53,10 +53,14 @@ def sft_dataset(items: list[dict]):
 
 
 def grpo_dataset(items: list[dict], reference_column: str):
+    """Prompts with the reference under `reference_column` and the task input under `input`: a reward
+    component may compare with either (e.g. R_sim against the zh source, cross-lingually)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}], reference_column: x["reference"]}
-                              for x in items])
+    if reference_column == "input":
+        raise ValueError("rewards.reference_column cannot be 'input': that column holds the task input")
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}], reference_column: x["reference"],
+                               "input": x["input"]} for x in items])
 
 
 # ---------------------------------------------------------------- arguments
@@ -128,6 +132,10 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
     hp = method.hparams
     init_kwargs = model_init_kwargs(cfg, method)
     callbacks = [tracking.metrics_callback()]
+    if method.data == "remaining" and cfg.train.trajectory.every:  # the branches, scored along training
+        from semrl.training.trajectory import TRAJECTORY_FILE, trajectory_callback
+
+        callbacks.append(trajectory_callback(cfg, task, tokenizer, ckpt / TRAJECTORY_FILE))
     if method.trainer == "sft":
         from trl import SFTConfig, SFTTrainer
 
