@@ -32,7 +32,7 @@ def test_both_profiles_pass(in_repo):
 def test_broken_profile_lists_every_problem(in_repo):
     """What the schema cannot know (the architecture, importable rewards, the source files) `check` finds."""
     params = read_yaml("params.yaml")
-    params["train"]["lora"]["target_modules"] = ["q_proj", "c_attn"]
+    params["train"]["lora"].update(enabled=True, target_modules=["q_proj", "c_attn"])  # LoRA is the paper path
     params["rewards"]["components"] = [{"name": "semantc"}, {"name": "mypkg.missing"}]
     params["fetch"]["cldr"] = False
     params["check"]["gpu_memory_gib"] = 0.0001
@@ -41,10 +41,10 @@ def test_broken_profile_lists_every_problem(in_repo):
     problems, _ = check(Config.model_validate(params))
     text = "\n".join(problems)
     for expected in ("['c_attn'] not in", "train.grpo (grpo): reward 'semantc'", "reward 'mypkg.missing'",
-                     "cldr_pairs needs fetch.cldr", "exceeds check.gpu_memory_gib",
+                     "cldr_pairs needs fetch.cldr", "cldr_dates needs fetch.cldr", "exceeds check.gpu_memory_gib",
                      "fetch.tables[0] (pairs): columns lacks ['zh']", "(pairs): a URL needs sha256"):
         assert expected in text, expected
-    assert len(problems) == 7, problems
+    assert len(problems) == 8, problems
 
 
 def test_cli_check_exit_codes_and_profile_apply(tmp_path):
@@ -65,7 +65,10 @@ def test_cli_check_exit_codes_and_profile_apply(tmp_path):
     assert merged.profile == "paper" == after["profile"] and merged.base.pretrained == "Qwen/Qwen3-4B"
     assert merged.train.lora.r == 64 and merged.train.grpo.lr == 5.0e-7
     assert merged.rewards.ablations["bleu_language"].components  # merged, not replaced
-    assert after["prepare"] == before["prepare"]  # untouched sections stay
+    assert after["tracking"] == before["tracking"]  # untouched sections stay
+    assert after["prepare"]["mt"] == {**before["prepare"]["mt"], "cldr_dates": False}  # no synthetic pairs
+    assert {k: v for k, v in after["prepare"].items() if k != "mt"} == {
+        k: v for k, v in before["prepare"].items() if k != "mt"}
 
 
 def test_profile_overlay_with_a_bad_key_is_refused_before_writing(tmp_path):
