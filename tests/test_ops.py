@@ -144,6 +144,7 @@ def test_a_failing_branch_fails_alone_and_is_not_retried(live, tmp_path):
     repo, urls, env = live
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["rewards"]["components"] = [{"name": "test_train.broken_reward"}]
+    params["rewards"]["ablations"]["bleu_language"]["enabled"] = False  # three steps: cold start, sft, grpo
     params["flow"]["retries"] = 2
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(params, allow_unicode=True))

@@ -18,8 +18,8 @@ def load(repo, task):
 
 def test_outputs_exist_and_stats_account_for_every_source(repo_copy):
     stats = json.loads((repo_copy / "data" / "prepared" / "stats.json").read_text())
-    assert set(stats["sources"]) == {"lotsawa", "cldr", "nanhai_news", "nanhai_childrens_lit", "cmrc_trial",
-                                     "xiehouyu", "cmrc_dev"}
+    assert set(stats["sources"]) == {"lotsawa", "cldr", "cldr_dates", "nanhai_news", "nanhai_childrens_lit",
+                                     "cmrc_trial", "xiehouyu", "cmrc_dev"}
     for source, row in stats["sources"].items():
         assert row["input"] == row["kept"] + row["quarantined"], source
     # Known sizes of the pinned corpora (corpora.md): 78 Lotsawa texts with 2,495 newline-terminated line pairs
@@ -29,6 +29,7 @@ def test_outputs_exist_and_stats_account_for_every_source(repo_copy):
     assert stats["sources"]["nanhai_childrens_lit"]["input"] == 348
     assert stats["sources"]["cmrc_dev"]["kept"] == 3219
     assert stats["sources"]["xiehouyu"]["input"] == 14032 and stats["sources"]["cmrc_trial"]["input"] == 256
+    assert stats["sources"]["cldr_dates"]["input"] == 2400  # synthetic: 2,400 days of 1950-2049
     quarantined = read_jsonl(repo_copy / "data" / "prepared" / "quarantine.jsonl")
     assert len(quarantined) == stats["quarantine"]["total"] == sum(r["quarantined"] for r in stats["sources"].values())
     assert all(q["reason"] and q["file"] for q in quarantined)
@@ -51,8 +52,9 @@ def test_mt_splits_are_clean_normalised_and_disjoint(repo_copy):
             assert r.get("synthetic", False) is synthetic
             assert in_script(r["bo"], "bo") and not r["bo"].startswith("༄")
             assert normalize_zh(r["zh"]) == r["zh"] and script_share(r["zh"], "zh") >= 0.5
-    assert {r["source"] for r in mt["train"]} == {"lotsawa", "cldr"}
-    assert {r["source"] for s in ("dev", "test") for r in mt[s]} == {"lotsawa"}
+    # CLDR names train only; CLDR dates (synthetic, on in the tiny profile) in every split, by month-day
+    assert {r["source"] for r in mt["train"]} == {"lotsawa", "cldr", "cldr_dates"}
+    assert {r["source"] for s in ("dev", "test") for r in mt[s]} == {"lotsawa", "cldr_dates"}
 
 
 def test_headlines_are_desegmented_tibetan_and_disjoint(repo_copy):
