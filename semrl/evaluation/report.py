@@ -46,6 +46,7 @@ def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
             # The alignment tax: the drop in general competence from the base model (positive = forgot).
             row["tax_cmrc_avg"] = float(base["cmrc_avg"].mean() - g["cmrc_avg"].mean())
             row["tax_cmrc_avg_ci"] = mean_ci95((base["cmrc_avg"].mean() - g["cmrc_avg"]).tolist())[1]
+        if len(base):
             metric = primary[task]
             row["task_gain"] = float(g[metric].mean() - base[metric].mean())
             row["task_gain_ci"] = mean_ci95((g[metric] - base[metric].mean()).tolist())[1]
