@@ -2,7 +2,7 @@
 steps, seed, TRL arguments) trained (a) by our stack: `semrl train --method grpo` with MLflow tracking,
 checkpoints, model registry and saved outputs, both as the Prefect flow runs a step (forked from the flow's
 warm step server, semrl.ops.steps, whose one-off start-up is printed apart) and as a fresh process; and
-(b) by a bare TRL script of ~25 lines written the way TRL's GRPO docs show (GRPOConfig + GRPOTrainer, the
+(b) by a bare TRL script of ~30 lines written the way TRL's GRPO docs show (GRPOConfig + GRPOTrainer, the
 same reward functions and prompts, no tracking), a fresh process as a user would run it. Prints the wall
 times, the median TRL `step_time` and the ratios, alternating the runs so that machine noise hits all.
 
@@ -38,6 +38,10 @@ from trl import GRPOConfig, GRPOTrainer
 from semrl.training.rewards import build_rewards  # the same reward functions as our stack
 
 spec = json.load(open(sys.argv[1]))
+if spec["torch_threads"]:  # the same threads as our step (train.torch_threads: branches share the cores)
+    import torch
+
+    torch.set_num_threads(spec["torch_threads"])
 rows = [json.loads(line) for line in open(spec["prompts"])]
 dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "reference": r["reference"],
                               "input": r["input"]} for r in rows])
@@ -95,6 +99,7 @@ def bare_spec(params_path: Path, scratch: Path, task: str, seed: int, run: int) 
                 beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, scale_rewards=hp.scale_rewards,
                 save_steps=100_000)
     spec = {"model": str(init), "prompts": str(prompts), "output_dir": str(scratch / f"bare-{run}"),
+            "torch_threads": cfg.train.torch_threads,
             "result": str(scratch / f"bare-{run}.json"), "args": args,
             "components": [c.model_dump() for c in method.rewards],
             "reward_context": {"embedder": str(cfg.embedder.reward.out_dir), "tau": grpo_tau(cfg, task, seed),
