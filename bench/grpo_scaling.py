@@ -28,7 +28,8 @@ def model_dir(base: Path, hidden: int, scratch: Path) -> tuple[Path, int]:
     config = AutoConfig.from_pretrained(base)
     heads = max(1, hidden // 64)
     config.update(dict(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=heads,
-                       num_key_value_heads=max(1, heads // 2), head_dim=64))
+                       num_key_value_heads=max(1, heads // 2), head_dim=64,
+                       use_cache=True))  # the base's config says False (training); generation needs its KV cache
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     out = scratch / f"qwen3-h{hidden}"
