@@ -29,7 +29,7 @@ def scratch_params(params_path: Path, scratch: Path, sft_steps: int, grpo_steps:
     params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
     t = params["train"]
     t.update(out_dir=str(scratch / "models"), checkpoint_dir=str(scratch / "checkpoints"), logging_steps=1,
-             save_steps=100_000)
+             save_steps=100_000, match_budgets=False)  # the branches' step counts are the benchmark's
     t["coldstart"]["max_steps"] = t["sft"]["max_steps"] = sft_steps
     t["grpo"]["max_steps"] = grpo_steps
     params["tracking"].update(uri=f"sqlite:///{scratch}/mlflow.db", artifact_root=str(scratch / "mlartifacts"))

@@ -26,3 +26,18 @@ def test_train_speed_reports_every_branch_and_gpu_smoke_refuses_without_cuda(tra
         return
     smoke = run(["bash", str(REPO / "bench" / "gpu_smoke.sh")], trained_repo, check=False)
     assert smoke.returncode == 2 and "torch sees no CUDA device" in smoke.stderr
+
+
+def test_orchestration_overhead_runs_the_same_grpo_both_ways(trained_repo, tmp_path):
+    out = tmp_path / "overhead.json"
+    summary = trained_repo / "models" / "mt" / "grpo" / "seed0" / "summary.json"
+    before = summary.read_text()
+    proc = run([sys.executable, str(REPO / "bench" / "orchestration_overhead.py"), "--steps", "2", "--repeats", "1",
+                "--out", str(out)], trained_repo)
+    result = json.loads(out.read_text())
+    assert [(r["name"], r["steps"]) for r in result["runs"]] == [("ours_flow_step", 2), ("ours_fresh", 2), ("bare", 2)]
+    for r in result["runs"]:
+        assert len(r["step_times"]) == 2 and r["wall_s"] > sum(r["step_times"]) > 0
+    assert result["summary"]["ratio_wall"] > 0 and result["summary"]["ratio_step"] > 0
+    assert "end to end (best of 1): ours as a flow step" in proc.stdout and "median GRPO step: ours" in proc.stdout
+    assert summary.read_text() == before  # the repo's own GRPO run is untouched (scratch folder)

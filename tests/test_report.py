@@ -1,6 +1,7 @@
 """Evaluation and the report stage on the smoke outputs, through `dvc repro report`."""
 import csv
 import json
+import sys
 
 import mlflow
 
@@ -90,3 +91,28 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)}
     assert {"alignment_tax.json", "alignment_tax.md", "plots"} <= files
     assert "up to date" in run(["dvc", "status", "report"], trained_repo).stdout
+
+
+def test_report_without_cmrc_generation(trained_repo, tmp_path):
+    """The tiny default (eval.cmrc_generate: false): no CMRC EM/F1 in the evaluation, the report still has
+    its trade-off plot, on the tax measures there are."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(trained_repo / "reports" / "eval", tmp_path / "eval")
+    for path in (tmp_path / "eval").glob("*.json"):
+        ev = json.loads(path.read_text())
+        for r in ev.get("results", []):
+            for key in ("cmrc_em", "cmrc_f1", "cmrc_avg"):
+                r.pop(key, None)
+        path.write_text(json.dumps(ev))
+    params = yaml.safe_load((trained_repo / "params.yaml").read_text())
+    params["eval"].update(out_dir=str(tmp_path / "eval"), cmrc_generate=False)
+    params["report"]["out_dir"] = str(tmp_path / "reports")
+    params["tracking"].update(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    run([sys.executable, "stages/report.py", "--params", str(tmp_path / "params.yaml")], trained_repo)
+    curve = list(csv.DictReader((tmp_path / "reports" / "plots" / "tradeoff.csv").open()))
+    assert curve and "tax_cmrc_avg" not in curve[0] and {"lm_nll_increase_vs_base_mean", "task_gain"} <= set(curve[0])
+    assert "not generated (`eval.cmrc_generate: false`)" in (tmp_path / "reports" / "alignment_tax.md").read_text()

@@ -162,6 +162,9 @@ def register(name: str, run_id: str, artifact_path: str) -> str:
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
+        try:
+            client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException:  # the seeds' runs finish together: another one created it
+            client.get_registered_model(name)
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
     return client.create_model_version(name, source=source, run_id=run_id).version

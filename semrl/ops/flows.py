@@ -1,9 +1,10 @@
 """Prefect flow `expansion`: for each task and seed, the cold start, then strong SFT and GRPO (and any
 enabled reward ablations) as sibling branches that run concurrently; optionally evaluation and the report.
 
-Each step runs the `semrl` CLI in its own process: branches really run in parallel (no GIL, no shared
-torch or accelerate state), a crash stays in its branch, and a killed step resumes from its checkpoint
-when retried or rerun. Prefect retries a step only when its process was killed by a signal or exited
+Each step runs the `semrl` CLI in its own process (semrl.ops.steps: forked from a warm server that
+imported the ML stack once per flow): branches really run in parallel (no GIL, no shared torch or
+accelerate state), a crash stays in its branch, and a killed step resumes from its checkpoint when
+retried or rerun. Prefect retries a step only when its process was killed by a signal or exited
 with EX_TEMPFAIL (75) — an error in the data, the config or the code fails the same way twice and is not
 retried. One MLflow parent run per flow run holds the steps as nested runs.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from semrl.core.config import Config, deep_merge, load_config, profile_overlay, 
 from semrl.core.io import atomic_write_text
 from semrl.core.methods import COLDSTART, branches, output_dir, run_name
 from semrl.core.tracking import PARENT_RUN_ENV
+from semrl.ops import steps
 
 EX_TEMPFAIL = 75
 
@@ -44,9 +44,9 @@ def transient(task, task_run, state) -> bool:
 
 
 def _cli(args: list[str], parent_run_id: str, label: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "semrl.cli", *args], env={**os.environ, PARENT_RUN_ENV: parent_run_id})
-    if proc.returncode != 0:
-        raise StepFailed(f"{label} exited with {proc.returncode}", proc.returncode)
+    returncode = steps.run_cli(args, {**os.environ, PARENT_RUN_ENV: parent_run_id})
+    if returncode != 0:
+        raise StepFailed(f"{label} exited with {returncode}", returncode)
 
 
 @task(name="train-step", task_run_name="{task_name}-{method}-s{seed}", cache_policy=None,
