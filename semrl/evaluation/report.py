@@ -243,8 +243,13 @@ TAX_MEASURES = [("lm_nll_increase_vs_base_mean", "LM probe: NLL increase on gene
                 ("tax_cmrc_avg", "CMRC Avg drop from base (points)")]
 
 
+def trained_rows(df):
+    """The rows of trained variants: not the base, not the trivial baselines (which have no model)."""
+    return df[~df.method.isin(["base", "copy_input", "copy_lead"])]
+
+
 def tax_measures(df) -> list[tuple[str, str]]:
-    trained = df[~df.method.isin(["base", "copy_input", "copy_lead"])]
+    trained = trained_rows(df)
     return [(x, label) for x, label in TAX_MEASURES if x in trained and trained[x].notna().any()]
 
 
@@ -260,7 +265,7 @@ def tradeoff_plot(df, out: Path) -> Path:
     measures = tax_measures(df)
     fig, axes = plt.subplots(1, len(measures), figsize=(6 * len(measures), 5), squeeze=False)
     for ax, (x, label) in zip(axes[0], measures):
-        for task, g in df[~df.method.isin(["base", "copy_input", "copy_lead"])].groupby("task"):
+        for task, g in trained_rows(df).groupby("task"):
             for _, row in g.iterrows():
                 ax.errorbar(row[x], row["task_gain"], xerr=row.get(f"{x}_ci", 0) or None,
                             yerr=row.get("task_gain_ci", 0) or None, fmt="o", capsize=3)
