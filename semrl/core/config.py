@@ -209,6 +209,13 @@ class EmbedderRole(Section):
     headline_body_chars: int = Field(500, ge=1)  # a headline pair is (title, the body's first N characters)
     max_seq_length: int = Field(128, ge=8)
     ngram_max: int = Field(3, ge=1)  # char_ngram kind: n-grams of 1..ngram_max characters
+    # SimCSE-style monolingual pairs (derived, train split only): per MT training text in each of
+    # view_scripts, `views` pairs of two random views that each drop a view_drop share of its units
+    # (Tibetan syllables, Chinese characters). Without them a from-scratch embedder trained on bo-zh pairs
+    # alone gives bo-bo cosines that do not rank outputs (README "Rewards").
+    views: int = Field(0, ge=0)
+    view_drop: float = Field(0.5, ge=0.0, lt=1.0)
+    view_scripts: list[Script] = Field(default_factory=lambda: ["bo"])
 
 
 class RewardEmbedder(EmbedderRole):
@@ -220,6 +227,7 @@ class RewardEmbedder(EmbedderRole):
     batch_size: int = Field(64, ge=2)
     lr: float = Field(0.05, gt=0)
     use_headlines: bool = False
+    views: int = Field(1, ge=0)
 
 
 class EvalEmbedder(EmbedderRole):
