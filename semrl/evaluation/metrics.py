@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from semrl.core.text import in_script, metric_tokens
+from semrl.models.chat import render_prompts
 
 # ---------------------------------------------------------------- task metrics
 
@@ -168,8 +169,7 @@ def answer_batches(tokenizer, items: list[dict[str, Any]], prompt: str, max_cont
         for item in items[i:i + batch_size]:
             ctx_ids = tokenizer(item["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
             context = tokenizer.decode(ctx_ids)
-            chat = [{"role": "user", "content": prompt.format(context=context, question=item["question"])}]
-            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            text = render_prompts(tokenizer, [prompt.format(context=context, question=item["question"])])[0]
             p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             a_ids = tokenizer(item["answers"][0], add_special_tokens=False)["input_ids"]
             ids_list.append(p_ids + a_ids)
@@ -251,8 +251,7 @@ def skill_probe(model, tokenizer, items: list[dict[str, Any]], prompt: str, batc
     prompt, the answer and its end-of-turn token scored), else 0.0."""
     seqs, masks = [], []
     for x in items:
-        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt.format(riddle=x["riddle"])}],
-                                             add_generation_prompt=True, tokenize=False)
+        head = render_prompts(tokenizer, [prompt.format(riddle=x["riddle"])])[0]
         head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
         for option in x["choices"]:
             tail = tokenizer(option + tokenizer.eos_token, add_special_tokens=False)["input_ids"]

@@ -17,17 +17,19 @@ from semrl import SemrlError
 from semrl.core.config import RewardComponent
 from semrl.core.io import import_dotted
 from semrl.core.text import in_script, script_counts
+from semrl.models.chat import strip_thinking
 from semrl.models.embedder import Similarity
 
 RewardFunc = Callable[..., list[float]]
 
 
 def completion_text(completion: Any) -> str:
-    """TRL passes plain strings, or for conversational data a list of messages (the last is ours)."""
+    """The completion's text without a leading thinking block (semrl.models.chat.strip_thinking): TRL
+    passes plain strings, or for conversational data a list of messages (the last is ours)."""
     if isinstance(completion, str):
-        return completion
+        return strip_thinking(completion)
     if isinstance(completion, dict):
-        return str(completion.get("content", ""))
+        return strip_thinking(str(completion.get("content", "")))
     if isinstance(completion, list) and completion:
         return completion_text(completion[-1])
     return ""

@@ -9,6 +9,7 @@ from typing import Any
 from semrl.core.config import Config, StageConfig
 from semrl.core.methods import Method, output_dir
 from semrl.core.tasks import Task
+from semrl.models.chat import render_prompts, template_kwargs
 
 
 def rank() -> int:
@@ -45,11 +46,15 @@ def method_items(cfg: Config, method: Method, train_items: list[dict], seed: int
     return seed_split(train_items, method.hparams.samples, seed)[0]  # fewshot
 
 
-def sft_dataset(items: list[dict]):
+def sft_dataset(items: list[dict], chat_kwargs: dict[str, Any] | None = None):
+    """Prompt-completion conversations; chat_kwargs (thinking off for Qwen3) ride along per row, where
+    TRL's SFTTrainer reads them when it renders the template."""
     from datasets import Dataset
 
+    extra = {"chat_template_kwargs": chat_kwargs} if chat_kwargs else {}
     return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}],
-                               "completion": [{"role": "assistant", "content": x["reference"]}]} for x in items])
+                               "completion": [{"role": "assistant", "content": x["reference"]}], **extra}
+                              for x in items])
 
 
 def grpo_dataset(items: list[dict], reference_column: str):
@@ -141,12 +146,11 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
         # Room for the longest templated prompt (instruction, truncated input, chat markup: its length in
         # tokens depends on the tokenizer) plus the target budget, so no example loses its completion.
-        prompts = tokenizer.apply_chat_template([[{"role": "user", "content": x["prompt"]}] for x in items],
-                                                add_generation_prompt=True, tokenize=False)
+        prompts = render_prompts(tokenizer, [x["prompt"] for x in items])
         longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
         args = SFTConfig(**common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=hp.batch_size,
                          max_length=longest + cfg.train.max_target_tokens, model_init_kwargs=init_kwargs)
-        return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items),
+        return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items, template_kwargs(tokenizer)),
                           processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
 
     from trl import GRPOConfig, GRPOTrainer
@@ -163,6 +167,7 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         num_generations=g, max_completion_length=cfg.train.max_target_tokens, temperature=hp.temperature,
         top_p=hp.top_p, beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, reward_weights=weights,
         use_vllm=hp.use_vllm, scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs,
+        chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
     return GRPOTrainer(model=str(init), reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(items, r.reference_column),
