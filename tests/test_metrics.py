@@ -50,6 +50,21 @@ def test_output_stats():
     assert s == {"language_consistency": 0.25, "mean_length_chars": (7 + 2 + 0 + 7) / 4, "empty_rate": 0.25}
 
 
+@pytest.mark.parametrize("answer, prediction, em, f1", [
+    ("北京", "北京", 1.0, 1.0),                        # gold
+    ("北京", "北京。", 1.0, 1.0),                      # punctuated: CMRC's punctuation is removed
+    ("3.5亿", "3.5亿元", 0.0, 0.8),                    # "3.5" one segment: LCS 2, P 2/3, R 1 (a regex split: 0.889)
+    ("1,000米", "1000米", 0.0, 0.5),                   # "1,000" one segment: P 1/2, R 1/2 (regex: 0.333)
+    ("U.S. army", "the U.S. army", 0.0, 0.8),          # lower-cased; "u.s." one segment (regex: 0.909)
+    ("it's 10%", "it is 10%", 0.0, 0.5),               # it + 's, 10 + %: LCS 2 of 4 and 4
+])
+def test_cmrc_scores_equal_the_official_script_on_numbers_and_latin(answer, prediction, em, f1):
+    """Golden values worked out by hand with the official cmrc2018_evaluate.py algorithm and
+    nltk.word_tokenize's Treebank splitting of the non-Chinese runs."""
+    assert cmrc_em([answer], prediction) == em
+    assert cmrc_f1([answer], prediction) == pytest.approx(f1)
+
+
 def test_cmrc_normalisation_em_f1_on_real_dev_answers():
     # From CMRC 2018 dev (DEV_0): answers '光荣和ω-force' and '村雨城'.
     assert mixed_segmentation("光荣和ω-force", rm_punc=True) == ["光", "荣", "和", "ωforce"]  # '-' dropped first
