@@ -451,6 +451,9 @@ class MemoryModel(Section):
 
 class CheckConfig(Section):
     gpu_memory_gib: float = Field(24, gt=0)
+    # Fewer training examples than this left for strong SFT and GRPO after the cold start is no comparison:
+    # `semrl check` and the training flow fail early, naming the numbers.
+    min_branch_examples: int = Field(100, ge=1)
     qwen3_config: dict[str, Any] = {}  # a named Qwen3 base's config.json, for `semrl check` offline
     memory: MemoryModel = MemoryModel()
 

@@ -3,6 +3,8 @@ shapes, LoRA target modules against the real architecture, reward names, tasks, 
 the accelerator memory a step needs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from semrl import SemrlError
 from semrl.core.config import Config
 from semrl.core.io import import_dotted
@@ -75,6 +77,80 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
     return {k: round(v, 2) for k, v in est.items()}
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def named_models(cfg: Config) -> dict[str, tuple[str, str | None]]:
+    """The models a profile names by hub id or path: {setting: (name, revision)}."""
+    named = {}
+    if cfg.base.pretrained:
+        named["base.pretrained"] = (cfg.base.pretrained, cfg.base.revision)
+    for role in ("reward", "eval"):
+        e = getattr(cfg.embedder, role)
+        if e.model and e.kind in ("pretrained", "transformer"):
+            named[f"embedder.{role}.model"] = (e.model, e.revision)
+    return named
+
+
+def hub_problems(cfg: Config) -> list[str]:
+    """With HF_HUB_OFFLINE set, every named hub model must already be in the local cache: otherwise the
+    run would fail at its first download, after hours of earlier stages (or after `semrl profile` rewrote
+    params.yaml). `make` sets the variable only where a corpus mirror is configured."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if not _truthy(os.environ.get("HF_HUB_OFFLINE")):
+        return []
+    problems = []
+    for setting, (name, revision) in named_models(cfg).items():
+        if Path(name).exists():
+            continue
+        if not isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+            problems.append(f"{setting} {name!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; unset "
+                            "HF_HUB_OFFLINE to download it (make sets it only when SEMRL_DATA_MIRROR is set)")
+    return problems
+
+
+def split_sizes(cfg: Config, task_name: str) -> dict[str, int] | None:
+    """Rows per split of a task's prepared data, or None before `prepare` wrote it."""
+    from semrl.core.tasks import get_task
+
+    task = get_task(cfg, task_name)
+    if not task.split_file("train").is_file():
+        return None
+    sizes = {}
+    for split in ("train", "dev", "test"):
+        path = task.split_file(split)
+        sizes[split] = sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else 0
+    return sizes
+
+
+def data_problems(cfg: Config, task_names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Each task's prepared splits against what training needs: the cold start's samples plus
+    check.min_branch_examples for the branches, and non-empty dev and test splits. (problems, facts);
+    a task not prepared yet is a fact (the training flow checks again before its first step)."""
+    problems, facts = [], []
+    t = cfg.train
+    need = t.coldstart.samples + cfg.check.min_branch_examples
+    for name in task_names or t.tasks:
+        sizes = split_sizes(cfg, name)
+        if sizes is None:
+            facts.append(f"data {name}: not prepared yet (checked again when training starts)")
+            continue
+        facts.append(f"data {name}: train {sizes['train']:,}, dev {sizes['dev']:,}, test {sizes['test']:,}")
+        if sizes["train"] < need:
+            problems.append(
+                f"task {name}: the train split has {sizes['train']:,} rows, fewer than train.coldstart.samples "
+                f"{t.coldstart.samples:,} + check.min_branch_examples {cfg.check.min_branch_examples:,} = {need:,}: "
+                f"add a corpus (fetch.tables; configs/paper.yaml shows an MT slot) or lower coldstart.samples")
+        for split in ("dev", "test"):
+            if not sizes[split]:
+                problems.append(f"task {name}: the {split} split is empty")
+    return problems, facts
+
+
 def check(cfg: Config) -> tuple[list[str], list[str]]:
     """(problems, facts) beyond what the typed config already validated (which `load_config` reports):
     rewards that resolve, sources and tables that parse, LoRA targets in the real architecture, the
@@ -136,4 +212,6 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
                             "prompts_per_step or max lengths, or enable gradient checkpointing")
     except SemrlError as e:
         problems.append(str(e))
-    return problems, facts
+    problems += hub_problems(cfg)
+    data_issues, data_facts = data_problems(cfg)
+    return problems + data_issues, facts + data_facts

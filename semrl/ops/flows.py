@@ -20,11 +20,13 @@ from prefect import flow, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from semrl import SemrlError
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
 from semrl.core.methods import COLDSTART, branches, output_dir, run_name
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
+from semrl.ops.check import data_problems
 
 EX_TEMPFAIL = 75
 
@@ -100,6 +102,9 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
     cfg = load_config(params_path)
     tasks = list(tasks or cfg.train.tasks)
     seeds = [int(s) for s in (seeds if seeds is not None else cfg.train.seeds)]
+    problems, _ = data_problems(cfg, tasks)
+    if problems:  # before any cold start runs: a split too small for the branches fails here, not hours later
+        raise SemrlError(f"{params_path}: " + "; ".join(problems))
     retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_s}
     step = train_step.with_options(**retry)
     name = f"expansion-{flow_run.get_name() or 'local'}"
