@@ -132,6 +132,33 @@ def test_drift_against_a_direct_computation(tiny):
     assert drift_summary(nll_m, nll_b, kls)["kl_p90"] > 0
 
 
+
+def test_drift_scores_only_the_answer_positions_in_chunks(tiny):
+    """Memory safety for a large vocabulary: the LM head sees only the scored positions (never a
+    [batch, length, vocab] tensor), a chunk at a time, and the chunking changes nothing."""
+    from semrl.evaluation.metrics import mean_nll, nll_and_kl
+
+    base, tok, items = tiny
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    prompt = EvalConfig().cmrc_prompt
+    batches = list(answer_batches(tok, items, prompt, 48, batch_size=len(items)))
+    answer_tokens = sum(int(m[:, 1:].sum()) for _, _, m in batches)
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    try:
+        chunked = nll_and_kl(model, base, batches, chunk_tokens=3)
+    finally:
+        hook.remove()
+    assert all(len(shape) == 2 and shape[0] <= 3 for shape in seen)  # [positions, hidden]: no length axis
+    assert sum(shape[0] for shape in seen) == answer_tokens  # every answer token once, nothing else
+    whole = nll_and_kl(model, base, batches, chunk_tokens=10 ** 6)
+    for a, b in zip(chunked, whole):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    assert mean_nll(model, batches, chunk_tokens=2) == pytest.approx(whole[0], rel=1e-5)
+
 def test_item_scores_average_to_the_sentence_metrics():
     hyps = ["བོད་ཀྱི་ཡུལ་ལ་", "ཟླ་བ་དང་པོ", ""]
     refs = ["བོད་ཀྱི་ཡུལ་ལ་", "ཟླ་བ་གཉིས་པ", "ཚེས་"]

@@ -195,11 +195,32 @@ def text_batches(tokenizer, texts: list[str], max_tokens: int, batch_size: int):
         yield _padded(tokenizer, ids_list, [[1] * len(x) for x in ids_list])
 
 
-def nll_and_kl(model, ref, batches) -> tuple[list[float], list[float], list[float]]:
-    """Per item: mean NLL of the masked tokens under model and ref, and the mean over those positions of
-    KL(ref || model) between their next-token distributions (both share one tokenizer)."""
+def scored_logprobs(model, ids, attn, pos, chunk_tokens: int = 1024):
+    """float32 log-probabilities of the next token at the scored positions only (pos: [batch, len - 1]
+    bool, the logits at t predicting token t + 1), chunk_tokens rows at a time. Memory-safe for a large
+    vocabulary: the final hidden states are sliced to the scored positions before the LM head, so no
+    [batch, len, vocab] tensor exists (Qwen3's 151,936-token vocabulary at batch 32 x ~900 tokens would be
+    ~18 GB per model in float32); the head runs in the model's dtype (bf16 on GPU) and only the chunk's
+    log-softmax in float32. Yields (rows of the chunk, log-probs [rows, vocab])."""
     import torch
-    import torch.nn.functional as F
+
+    decoder = getattr(model, "get_decoder", lambda: None)()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if decoder is None or head is None or decoder is model:  # no decoder/head split: full logits, then slice
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1][pos]
+        for i in range(0, logits.shape[0], chunk_tokens):
+            yield torch.arange(i, min(i + chunk_tokens, logits.shape[0])), logits[i:i + chunk_tokens].float().log_softmax(-1)
+        return
+    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1][pos]
+    for i in range(0, hidden.shape[0], chunk_tokens):
+        yield torch.arange(i, min(i + chunk_tokens, hidden.shape[0])), head(hidden[i:i + chunk_tokens]).float().log_softmax(-1)
+
+
+def nll_and_kl(model, ref, batches, chunk_tokens: int = 1024) -> tuple[list[float], list[float], list[float]]:
+    """Per item: mean NLL of the masked tokens under model and ref, and the mean over those positions of
+    KL(ref || model) between their next-token distributions (both share one tokenizer). Only the masked
+    positions are ever turned into vocabulary-sized log-probs (scored_logprobs)."""
+    import torch
 
     nll_model, nll_ref, kls = [], [], []
     model.eval()
@@ -207,34 +228,42 @@ def nll_and_kl(model, ref, batches) -> tuple[list[float], list[float], list[floa
     with torch.no_grad():
         for ids, attn, mask in batches:
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
-            target, pos = ids[:, 1:], mask[:, 1:].bool()  # the logits at t predict token t+1
-            lp_m = F.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
-            lp_r = F.log_softmax(ref(input_ids=ids.to(ref.device), attention_mask=attn.to(ref.device))
-                                 .logits[:, :-1].float().to(model.device), -1)
-            tok_m = -lp_m.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            tok_r = -lp_r.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            kl = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
-            n = pos.sum(1).clamp(min=1)
-            nll_model += ((tok_m * pos).sum(1) / n).tolist()
-            nll_ref += ((tok_r * pos).sum(1) / n).tolist()
-            kls += ((kl * pos).sum(1) / n).tolist()
+            pos = mask[:, 1:].bool()  # the logits at t predict token t + 1
+            item = pos.nonzero()[:, 0]  # the item of each scored position
+            target = ids[:, 1:][pos]
+            tok_m, tok_r, kl = (torch.zeros(len(target), device=model.device) for _ in range(3))
+            for (rows, lp_m), (_, lp_r) in zip(
+                    scored_logprobs(model, ids, attn, pos, chunk_tokens),
+                    scored_logprobs(ref, ids.to(ref.device), attn.to(ref.device), pos.to(ref.device), chunk_tokens)):
+                lp_r = lp_r.to(model.device)
+                t = target[rows].unsqueeze(-1)
+                tok_m[rows] = -lp_m.gather(-1, t).squeeze(-1)
+                tok_r[rows] = -lp_r.gather(-1, t).squeeze(-1)
+                kl[rows] = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
+            n = pos.sum(1).clamp(min=1).float()
+            per_item = lambda v: (torch.zeros(len(n), device=v.device).index_add_(0, item, v) / n).tolist()
+            nll_model += per_item(tok_m)
+            nll_ref += per_item(tok_r)
+            kls += per_item(kl)
     return nll_model, nll_ref, kls
 
 
-def mean_nll(model, batches) -> list[float]:
-    """Per item: the model's mean NLL over the masked tokens."""
+def mean_nll(model, batches, chunk_tokens: int = 1024) -> list[float]:
+    """Per item: the model's mean NLL over the masked tokens (scored positions only, as nll_and_kl)."""
     import torch
-    import torch.nn.functional as F
 
     out: list[float] = []
     model.eval()
     with torch.no_grad():
         for ids, attn, mask in batches:
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            tok = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            pos = mask[:, 1:].float()
-            out += ((tok * pos).sum(1) / pos.sum(1).clamp(min=1)).tolist()
+            pos = mask[:, 1:].bool()
+            item, target = pos.nonzero()[:, 0], ids[:, 1:][pos]
+            tok = torch.zeros(len(target), device=model.device)
+            for rows, lp in scored_logprobs(model, ids, attn, pos, chunk_tokens):
+                tok[rows] = -lp.gather(-1, target[rows].unsqueeze(-1)).squeeze(-1)
+            n = pos.sum(1).clamp(min=1).float()
+            out += (torch.zeros(len(n), device=tok.device).index_add_(0, item, tok) / n).tolist()
     return out
 
 
