@@ -31,6 +31,8 @@ def test_both_profiles_pass(in_repo, tmp_path):
     problems, facts = check(unprepared(load_config("params.yaml", "paper"), tmp_path))
     assert [p for p in problems if "not in the local Hugging Face cache" not in p] == [], problems
     assert any("4,022.5 M parameters" in f for f in facts)  # Qwen3-4B, from its config
+    assert "GRPO trains a LoRA adapter at lr 5e-07" in facts
+    assert any(f.startswith("warning: train.grpo: LoRA at lr 5e-07 < 1e-6") for f in facts)
     assert any("8 generations = 32 completions" in f for f in facts)
     assert any("cmhg: hf KEVVVV/CMHG -> headline (split)" in f for f in facts)
     assert any("warning: fetch.tables cmhg: revision 'main' is not a commit" in f for f in facts)

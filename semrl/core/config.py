@@ -334,6 +334,10 @@ class GRPOStage(StageConfig):
     epsilon: float = Field(0.2, gt=0)
     scale_rewards: str = "group"
     use_vllm: bool = False
+    # null: as train.lora.enabled; true/false: GRPO alone with or without LoRA. The paper gives GRPO a
+    # full-parameter lr (5e-7) and does not say it used LoRA: on a fresh adapter (B = 0) that rate barely
+    # moves the policy, and "no tax" would be trivially true (`semrl check` warns below 1e-6).
+    lora: bool | None = None
     scheduler: str = "constant"
     warmup: float = Field(0, ge=0)
 

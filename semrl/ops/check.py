@@ -45,11 +45,14 @@ def _linear_modules(config) -> tuple[set[str], dict[str, tuple[int, int]], int]:
 def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[int, int]]) -> dict:
     """A rough peak for the heaviest step (GRPO generation + update), in GiB; the constants of the model
     are `check.memory`."""
+    from semrl.core.methods import get_method
+
     t, mm = cfg.train, cfg.check.memory
     bytes_w = 2 if t.bf16 else 4
     lora = t.lora
+    grpo_lora = get_method(cfg, "grpo").lora
     layers = config.num_hidden_layers
-    if lora.enabled:
+    if grpo_lora:
         trainable = sum(lora.r * (shapes[m][0] + shapes[m][1]) for m in lora.target_modules if m in shapes)
         trainable *= layers
     else:
@@ -63,7 +66,7 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
     gib = 2 ** 30
     est = {
         "weights": n_params * bytes_w / gib,
-        "reference_model": 0.0 if lora.enabled or g.beta == 0 else n_params * bytes_w / gib,
+        "reference_model": 0.0 if grpo_lora or g.beta == 0 else n_params * bytes_w / gib,  # LoRA: adapter off
         "trainable_params_m": trainable / 1e6,
         "optimizer_and_grads": trainable * (4 + 4 + 4 + bytes_w) / gib,  # fp32 master, Adam m and v, grads
         "kv_cache": batch * seq * layers * 2 * kv_heads * head_dim * bytes_w / gib,
@@ -180,6 +183,12 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
                     pass
             problems.append(f"{method.section} ({method.name}): reward {comp.name!r} is neither registered "
                             f"({', '.join(REGISTRY)}) nor an importable dotted path")
+    grpo = methods(cfg)["grpo"]
+    facts.append(f"GRPO trains {'a LoRA adapter' if grpo.lora else 'every weight'} at lr {g.lr:g}")
+    if grpo.lora and g.lr < 1e-6:
+        facts.append(f"warning: train.grpo: LoRA at lr {g.lr:g} < 1e-6 barely moves a fresh adapter (B = 0), and "
+                     "an unmoved policy pays no tax trivially; set train.grpo.lora: false for full-parameter GRPO "
+                     "or raise the lr (MLflow logs adapter/lora_B_norm and kl to show whether it moved)")
     for key in ("cldr_pairs", "cldr_dates"):
         if getattr(cfg.prepare.mt, key) and not cfg.fetch.cldr:
             problems.append(f"prepare.mt.{key} needs fetch.cldr: true")
@@ -200,7 +209,7 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
         names, shapes, n_params = _linear_modules(arch)
         facts.append(f"base: {arch.model_type}, {n_params / 1e6:,.1f} M parameters, linear layers "
                      f"{', '.join(sorted(names))}")
-        if t.lora.enabled:
+        if any(m.lora for m in methods(cfg).values()):
             missing = [m for m in t.lora.target_modules if m not in names]
             if missing:
                 problems.append(f"train.lora.target_modules: {missing} not in the architecture ({sorted(names)})")

@@ -87,9 +87,9 @@ def init_model_dir(cfg: Config, task: str, method: Method, seed: int) -> Path:
     return path
 
 
-def lora_config(cfg: Config):
+def lora_config(cfg: Config, method: Method):
     lora = cfg.train.lora
-    if not lora.enabled:
+    if not method.lora:
         return None
     from peft import LoraConfig
 
@@ -130,13 +130,41 @@ def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
 # ---------------------------------------------------------------- trainers
 
 
+def adapter_norms(model) -> dict[str, float]:
+    """L2 norms of the LoRA weights: `adapter/lora_B_norm` starts at 0 (B is initialised to zero) and
+    measures how far the adapter has moved; {} for a model without LoRA (there TRL's `kl` says it)."""
+    import torch
+
+    a = b = 0.0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                b += float(p.detach().float().pow(2).sum())
+            elif "lora_A" in name:
+                a += float(p.detach().float().pow(2).sum())
+    return {"adapter/weight_norm": (a + b) ** 0.5, "adapter/lora_B_norm": b ** 0.5} if a or b else {}
+
+
+def policy_movement_callback():
+    """Logs adapter_norms with every logging step, so "did the policy move" is a curve in MLflow next to
+    GRPO's KL to the reference (a GRPO lr meant for full fine-tuning leaves a LoRA adapter near zero)."""
+    from transformers import TrainerCallback
+
+    class PolicyMovement(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if logs is not None and model is not None and state.is_world_process_zero:
+                logs.update(adapter_norms(model))
+
+    return PolicyMovement()
+
+
 def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list[dict], init: Path, ckpt: Path,
                  tokenizer, tau: float | None):
     from semrl.core import tracking
 
     hp = method.hparams
     init_kwargs = model_init_kwargs(cfg, method)
-    callbacks = [tracking.metrics_callback()]
+    callbacks = [policy_movement_callback(), tracking.metrics_callback()]  # adds its keys before MLflow logs them
     if method.data == "remaining" and cfg.train.trajectory.every:  # the branches, scored along training
         from semrl.training.trajectory import TRAJECTORY_FILE, trajectory_callback
 
@@ -151,7 +179,7 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         args = SFTConfig(**common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=hp.batch_size,
                          max_length=longest + cfg.train.max_target_tokens, model_init_kwargs=init_kwargs)
         return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items, template_kwargs(tokenizer)),
-                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+                          processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
 
     from trl import GRPOConfig, GRPOTrainer
 
@@ -171,4 +199,4 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
     )
     return GRPOTrainer(model=str(init), reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(items, r.reference_column),
-                       processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+                       processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
