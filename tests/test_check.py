@@ -161,3 +161,23 @@ def test_the_training_flow_fails_before_its_first_step_on_too_little_data(smoke_
         in proc.stdout + proc.stderr
     assert "mt-coldstart-s0" not in proc.stdout + proc.stderr  # no step was started
     (smoke_repo / "too-big.yaml").unlink()
+
+
+def test_vllm_generation_is_refused_without_cuda_and_its_knobs_reach_trl(in_repo, tmp_path):
+    import torch
+    from trl import GRPOConfig
+
+    from semrl.training.trainers import vllm_args
+
+    cfg = unprepared(load_config("params.yaml"), tmp_path)
+    cfg.train.grpo.use_vllm = True
+    problems, _ = check(cfg)
+    if not torch.cuda.is_available():
+        assert any(p.startswith("train.grpo.use_vllm: vLLM generation needs CUDA") for p in problems)
+    assert vllm_args(load_config("params.yaml").train.grpo) == {"use_vllm": False}  # HF generation by default
+    g = cfg.train.grpo.model_copy(update={"vllm_mode": "server", "vllm_server_port": 8123})
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, **vllm_args(g))
+    assert (args.use_vllm, args.vllm_mode, args.vllm_server_host, args.vllm_server_port) == (
+        True, "server", "127.0.0.1", 8123)
+    colocate = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, **vllm_args(cfg.train.grpo))
+    assert colocate.vllm_mode == "colocate" and colocate.vllm_gpu_memory_utilization == 0.3

@@ -228,6 +228,7 @@ class RewardEmbedder(EmbedderRole):
     lr: float = Field(0.05, gt=0)
     use_headlines: bool = False
     views: int = Field(1, ge=0)
+    device: str | None = None  # where GRPO's reward embedder runs; null: the trainer's device (cuda:LOCAL_RANK or cpu)
 
 
 class EvalEmbedder(EmbedderRole):
@@ -333,7 +334,15 @@ class GRPOStage(StageConfig):
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
     epsilon: float = Field(0.2, gt=0)
     scale_rewards: str = "group"
+    # GRPO generation by vLLM (CUDA only; not installable beside the pinned transformers: README "vLLM") instead of transformers' generate (the
+    # default, tested on CPU). colocate: vLLM shares the trainer's GPU (vllm_gpu_memory_utilization of it);
+    # server: a `trl vllm-serve` process on other GPUs at vllm_server_host:vllm_server_port.
     use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_server_host: str = "127.0.0.1"
+    vllm_server_port: int = Field(8000, ge=1, le=65535)
     # null: as train.lora.enabled; true/false: GRPO alone with or without LoRA. The paper gives GRPO a
     # full-parameter lr (5e-7) and does not say it used LoRA: on a fresh adapter (B = 0) that rate barely
     # moves the policy, and "no tax" would be trivially true (`semrl check` warns below 1e-6).
@@ -437,6 +446,14 @@ class FlowConfig(Section):
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(10, ge=0)
     max_workers: int = Field(16, ge=1)  # concurrent steps of one flow run (branches, seeds)
+    # GPU placement (semrl.ops.flows.DeviceSlots); ignored where no GPU is visible. Each step (training,
+    # evaluation, transfer) runs on gpus_per_step devices of its own (CUDA_VISIBLE_DEVICES), and at most
+    # steps_per_gpu steps share a device: steps that do not fit wait, while the flow still shows the
+    # branches as siblings. gpus_per_step > 1 runs the step under `accelerate launch` with accelerate_config.
+    devices: list[str] | None = None  # null: CUDA_VISIBLE_DEVICES, else every GPU torch sees
+    gpus_per_step: int = Field(1, ge=1)
+    steps_per_gpu: int = Field(1, ge=1)
+    accelerate_config: Path = Path("configs/accelerate/ddp.yaml")
 
 
 class DeploymentConfig(Section):
@@ -451,6 +468,9 @@ class DeploymentConfig(Section):
 class MemoryModel(Section):
     activation_bytes: float = 34  # bytes kept for backward per hidden unit, token and layer
     prompt_overhead_tokens: int = 64  # instruction and chat markup on top of the input budget
+    # A named (pretrained/transformer) reward embedder's memory on the trainer's device; the tiny static
+    # one is computed. KEVVVV/bo2zh-embedding is CINO-large-sized (~560 M parameters): ~2.2 GiB in float32.
+    reward_embedder_gib: float = Field(2.2, ge=0)
 
 
 class CheckConfig(Section):

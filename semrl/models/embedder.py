@@ -84,8 +84,8 @@ class Similarity:
     cached (a GRPO batch holds each reference G times, and epochs repeat them); an empty text scores 0
     (it has no meaningful embedding)."""
 
-    def __init__(self, embedder: Any, cache: bool = True, batch_size: int = 64):
-        self.model = load_embedder(embedder) if isinstance(embedder, (str, Path)) else embedder
+    def __init__(self, embedder: Any, cache: bool = True, batch_size: int = 64, device: str | None = None):
+        self.model = load_embedder(embedder, device) if isinstance(embedder, (str, Path)) else embedder
         self.cache: dict[str, np.ndarray] | None = {} if cache else None
         self.batch_size = batch_size
 

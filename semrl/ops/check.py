@@ -76,8 +76,31 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
         / (layers ** 0.5 if t.gradient_checkpointing else 1) / gib
         + batch * seq * config.vocab_size * 4 / gib,
     }
-    est["total"] = sum(v for k, v in est.items() if k != "trainable_params_m")
+    e = cfg.embedder.reward
+    # GRPO's reward embedder lives on the trainer's device too (embedder.reward.device null)
+    est["reward_embedder"] = (0.0 if e.device == "cpu" else
+                              config.vocab_size * e.dim * 4 / gib if e.kind == "static" else mm.reward_embedder_gib)
+    est["per_step"] = sum(v for k, v in est.items() if k != "trainable_params_m")
+    # what shares one GPU at a time (flow.steps_per_gpu steps; on CPU-only machines this is the RAM estimate)
+    est["steps_at_once"] = cfg.flow.steps_per_gpu
+    est["total"] = est["per_step"] * cfg.flow.steps_per_gpu
     return {k: round(v, 2) for k, v in est.items()}
+
+
+def vllm_problems() -> list[str]:
+    """train.grpo.use_vllm needs CUDA and the vllm extra in TRL's supported range."""
+    import importlib.util
+
+    import torch
+
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("train.grpo.use_vllm: vLLM generation needs CUDA and none is visible; set use_vllm: false "
+                        "(HF generation) on this machine")
+    if importlib.util.find_spec("vllm") is None:
+        problems.append("train.grpo.use_vllm: vllm is not installed, and no version TRL 1.16 supports (0.22-0.31) "
+                        "installs beside the pinned transformers 5.24 (vLLM 0.31 needs < 5.18): README \"vLLM\"")
+    return problems
 
 
 def _truthy(value: str | None) -> bool:
@@ -183,6 +206,8 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
                     pass
             problems.append(f"{method.section} ({method.name}): reward {comp.name!r} is neither registered "
                             f"({', '.join(REGISTRY)}) nor an importable dotted path")
+    if g.use_vllm:
+        problems += vllm_problems()
     grpo = methods(cfg)["grpo"]
     facts.append(f"GRPO trains {'a LoRA adapter' if grpo.lora else 'every weight'} at lr {g.lr:g}")
     if grpo.lora and g.lr < 1e-6:
@@ -217,8 +242,9 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
         budget = cfg.check.gpu_memory_gib
         facts.append("memory estimate (GiB): " + ", ".join(f"{k} {v}" for k, v in est.items()))
         if est["total"] > budget:
-            problems.append(f"estimated peak {est['total']} GiB exceeds check.gpu_memory_gib {budget}: lower "
-                            "prompts_per_step or max lengths, or enable gradient checkpointing")
+            problems.append(f"estimated peak {est['total']} GiB ({est['per_step']} per step x flow.steps_per_gpu "
+                            f"{cfg.flow.steps_per_gpu}) exceeds check.gpu_memory_gib {budget}: lower "
+                            "flow.steps_per_gpu, prompts_per_step or max lengths, or enable gradient checkpointing")
     except SemrlError as e:
         problems.append(str(e))
     problems += hub_problems(cfg)

@@ -130,6 +130,29 @@ def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
 # ---------------------------------------------------------------- trainers
 
 
+def reward_device(cfg: Config) -> str:
+    """embedder.reward.device, else the trainer's device: this rank's GPU (cuda:LOCAL_RANK, within the GPUs
+    the flow gave the step) or the CPU. Never a fixed cuda:0, where every rank of a multi-GPU step would
+    put its reward model."""
+    import os
+
+    import torch
+
+    if cfg.embedder.reward.device:
+        return cfg.embedder.reward.device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+
+
+def vllm_args(hp) -> dict[str, Any]:
+    """GRPOConfig's vLLM arguments: nothing unless train.grpo.use_vllm (HF generation is the default)."""
+    if not hp.use_vllm:
+        return {"use_vllm": False}
+    args = {"use_vllm": True, "vllm_mode": hp.vllm_mode, "vllm_tensor_parallel_size": hp.vllm_tensor_parallel_size}
+    if hp.vllm_mode == "colocate":
+        return {**args, "vllm_gpu_memory_utilization": hp.vllm_gpu_memory_utilization}
+    return {**args, "vllm_server_host": hp.vllm_server_host, "vllm_server_port": hp.vllm_server_port}
+
+
 def adapter_norms(model) -> dict[str, float]:
     """L2 norms of the LoRA weights: `adapter/lora_B_norm` starts at 0 (B is initialised to zero) and
     measures how far the adapter has moved; {} for a model without LoRA (there TRL's `kl` says it)."""
@@ -187,14 +210,14 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
     r = cfg.rewards
     context = {"embedder": cfg.embedder.reward.out_dir, "tau": tau, "script": task.script,
-               "reference_column": r.reference_column}
+               "reference_column": r.reference_column, "device": reward_device(cfg)}
     funcs, weights = build_rewards(method.rewards, context)
     g = hp.num_generations
     args = GRPOConfig(
         **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,
         num_generations=g, max_completion_length=cfg.train.max_target_tokens, temperature=hp.temperature,
         top_p=hp.top_p, beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, reward_weights=weights,
-        use_vllm=hp.use_vllm, scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs,
+        scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs, **vllm_args(hp),
         chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
     return GRPOTrainer(model=str(init), reward_funcs=funcs, args=args,
