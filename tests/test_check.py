@@ -117,7 +117,8 @@ def test_offline_mode_names_each_uncached_hub_model(in_repo, tmp_path):
     problems, _ = check(cfg)
     assert [p.split(":")[0] for p in problems] == ["base.pretrained 'Qwen/Qwen3-4B'",
                                                     "embedder.reward.model 'KEVVVV/bo2zh-embedding'",
-                                                    "embedder.eval.model 'sentence-transformers/LaBSE'"]
+                                                    "embedder.eval.model 'sentence-transformers/LaBSE'",
+                                                    "eval.judge.model 'Qwen/Qwen3-8B'"]
     assert all("HF_HUB_OFFLINE=1" in p for p in problems)
     in_repo.delenv("HF_HUB_OFFLINE")
     assert hub_problems(cfg) == []  # online they download when first used

@@ -409,18 +409,35 @@ class TransferConfig(SFTStage):
 # ---------------------------------------------------------------- evaluation and operations
 
 
+class JudgeConfig(Section):
+    """The pairwise judge of strong SFT vs GRPO outputs (semrl.evaluation.judge)."""
+
+    kind: Literal["proxy", "local", "openai"] = "proxy"
+    model: str | None = None  # local: hub id or path of a causal LM; openai: the served model's name
+    revision: str | None = None
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (a `vllm serve`)
+    api_key_env: str | None = "OPENAI_API_KEY"  # the variable holding the key, if the endpoint wants one
+    timeout_s: float = Field(60, gt=0)
+    max_pairs: int | None = Field(None, ge=1)  # null: every seed x test item
+    prompt: str = ("You compare two outputs of a model for one task input. Task input: {source}\n"
+                   "Reference output: {reference}\nOutput A: {a}\nOutput B: {b}\n"
+                   "Which output is closer in meaning to the reference and better written in its language? "
+                   "Answer with one letter, A or B.")
+
+
 class EvalConfig(Section):
     out_dir: Path = Path("reports/eval")
     test_samples: int = Field(100, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(16, ge=1)
-    seed: int = 0  # torch seed before each variant's greedy decoding, and the preference judge's order
+    seed: int = 0  # torch seed before each variant's greedy decoding
     cmrc_samples: int = Field(64, ge=1)
     cmrc_generate: bool = False  # CMRC EM/F1 by greedy generation (the answer-NLL probe runs either way)
     cmrc_max_context_tokens: int = Field(384, ge=8)
     cmrc_max_new_tokens: int = Field(24, ge=1)
     cmrc_prompt: str = "阅读下面的文章，用文中的原话回答问题。\n文章：{context}\n问题：{question}"
-    tie_margin: float = Field(0.01, ge=0)
+    tie_margin: float = Field(0.01, ge=0)  # the proxy judge: similarity differences below this are ties
+    judge: JudgeConfig = JudgeConfig()
     samples_to_keep: int = Field(20, ge=0)
     lm_probe_samples: int = Field(200, ge=1)  # held-out general-Chinese lines scored as plain text
     lm_probe_min_chars: int = Field(32, ge=1)  # shorter held-out lines (single sayings) are skipped

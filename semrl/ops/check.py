@@ -116,6 +116,8 @@ def named_models(cfg: Config) -> dict[str, tuple[str, str | None]]:
         e = getattr(cfg.embedder, role)
         if e.model and e.kind in ("pretrained", "transformer"):
             named[f"embedder.{role}.model"] = (e.model, e.revision)
+    if cfg.eval.judge.kind == "local" and cfg.eval.judge.model:
+        named["eval.judge.model"] = (cfg.eval.judge.model, cfg.eval.judge.revision)
     return named
 
 
