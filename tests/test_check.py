@@ -135,7 +135,7 @@ def _splits(root, rows):
 
 def test_check_names_a_train_split_too_small_for_the_branches(in_repo, tmp_path):
     """The paper profile on the mirrored MT data: ~1,371 training pairs for a 5,000-example cold start."""
-    from semrl.ops.check import data_problems
+    from semrl.core.tasks import data_problems
 
     cfg = load_config("params.yaml", "paper")
     cfg.prepare.out_dir = tmp_path

@@ -28,9 +28,9 @@ from semrl import SemrlError
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
 from semrl.core.methods import COLDSTART, branches, output_dir, run_name
+from semrl.core.tasks import data_problems
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
-from semrl.ops.check import data_problems
 
 EX_TEMPFAIL = 75
 
