@@ -76,6 +76,7 @@ def test_the_flow_queues_branches_on_one_device(trained_repo, tmp_path):
     proc = semrl(["flow", "--task", "mt", "--seed", "0", "--params", str(path)], trained_repo)
     steps = {r["method"]: r for r in json.loads((tmp_path / "models" / "mt" / "flow_run.json").read_text())}
     assert set(steps) == {"coldstart", "sft", "grpo", "grpo_bleu_language"}
+    assert all(r["devices"] == ["0"] for r in steps.values())
     spans = sorted((r["start"], r["end"]) for r in steps.values())
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one step on the device at a time
     assert "on GPU 0" in proc.stdout + proc.stderr

@@ -100,9 +100,11 @@ def _free_port() -> int:
 _SLOTS: dict[str, DeviceSlots] = {}  # per flow run (its MLflow parent run id): the steps are its threads
 
 
-def _cli(args: list[str], parent_run_id: str, label: str) -> None:
+def _cli(args: list[str], parent_run_id: str, label: str) -> dict[str, Any]:
+    """Run one step, on a device slot where the flow has GPUs; when it ran (after any wait for a slot) and where."""
     slots = _SLOTS.get(parent_run_id) or DeviceSlots([])
     with slots.take() as slot:
+        start = time.time()
         env = {**os.environ, PARENT_RUN_ENV: parent_run_id}
         if slot is None:
             returncode = steps.run_cli(args, env)
@@ -120,16 +122,16 @@ def _cli(args: list[str], parent_run_id: str, label: str) -> None:
                 returncode = subprocess.run(launch, env=env).returncode
     if returncode != 0:
         raise StepFailed(f"{label} exited with {returncode}", returncode)
+    return {"start": start, "end": time.time(), "devices": list(slot) if slot else None}
 
 
 @task(name="train-step", task_run_name="{task_name}-{method}-s{seed}", cache_policy=None,
       retry_condition_fn=transient)
 def train_step(task_name: str, method: str, seed: int, params_path: str, parent_run_id: str) -> dict[str, Any]:
-    start = time.time()
-    _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
-         parent_run_id, run_name(task_name, method, seed))
+    ran = _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
+               parent_run_id, run_name(task_name, method, seed))
     summary_file = output_dir(load_config(params_path), task_name, method, seed) / "summary.json"
-    return {**json.loads(summary_file.read_text()), "start": start, "end": time.time()}
+    return {**json.loads(summary_file.read_text()), **ran}
 
 
 @task(name="evaluate-step", task_run_name="evaluate-{task_name}", cache_policy=None, retry_condition_fn=transient)
