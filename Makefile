@@ -10,8 +10,13 @@ STAMP := $(VENV)/.semrl-installed
 # dvc itself runs before any semrl code; every semrl process (and the test suite) sets the rest of the quiet
 # environment from semrl/core/env.py.
 export DVC_NO_ANALYTICS := 1
+# Offline (nothing downloads from the Hugging Face hub) only where the corpora come from a mirror (CI,
+# offline machines): the paper profile downloads Qwen3-4B and its embedders. `semrl check` names a model
+# that offline mode would fail to load.
+ifneq ($(SEMRL_DATA_MIRROR),)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+endif
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
 .PHONY: run test install clean-venv

@@ -41,3 +41,17 @@ def test_orchestration_overhead_runs_the_same_grpo_both_ways(trained_repo, tmp_p
     assert result["summary"]["ratio_wall"] > 0 and result["summary"]["ratio_step"] > 0
     assert "end to end (best of 1): ours as a flow step" in proc.stdout and "median GRPO step: ours" in proc.stdout
     assert summary.read_text() == before  # the repo's own GRPO run is untouched (scratch folder)
+
+
+def test_reward_signal_pilot_scores_every_variant(trained_repo, tmp_path):
+    out = tmp_path / "signal.json"
+    proc = run([sys.executable, str(REPO / "bench" / "pilot_reward_signal.py"), "--workspace", str(trained_repo),
+                "--task", "mt", "--seeds", "0", "--out", str(out)], trained_repo)
+    data = json.loads(out.read_text())
+    names = [r["variant"] for r in data["results"]]
+    assert names[0] == "bo-zh pairs only" and names[-1] == "+ views dropping 50 % (default)" and len(names) == 5
+    only, default = data["results"][0], data["results"][-1]
+    assert default["train_pairs"] > only["train_pairs"]  # the view pairs come on top of the translations
+    for r in data["results"]:
+        assert all(v is None or -1 <= v <= 1 for v in r["seeds"]["0"].values()), r
+    assert "bo-zh pairs only" in proc.stdout

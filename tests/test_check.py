@@ -1,4 +1,6 @@
 """`semrl check` on both profiles, on broken profiles, and `semrl profile` applying an overlay."""
+import json
+
 import pytest
 import yaml
 
@@ -13,15 +15,24 @@ from conftest import REPO, run
 def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return monkeypatch
 
 
-def test_both_profiles_pass(in_repo):
-    problems, facts = check(load_config("params.yaml"))
+def unprepared(cfg, tmp_path):
+    cfg.prepare.out_dir = tmp_path / "not-prepared"  # the data checks wait for `prepare`
+    return cfg
+
+
+def test_both_profiles_pass(in_repo, tmp_path):
+    problems, facts = check(unprepared(load_config("params.yaml"), tmp_path))
     assert problems == [] and any("3.9 M parameters" in f for f in facts)
     assert "methods: coldstart, sft, grpo, transfer_from_sft, transfer_from_grpo" in facts
-    problems, facts = check(load_config("params.yaml", "paper"))
-    assert problems == [], problems
+    assert "data mt: not prepared yet (checked again when training starts)" in facts
+    problems, facts = check(unprepared(load_config("params.yaml", "paper"), tmp_path))
+    assert [p for p in problems if "not in the local Hugging Face cache" not in p] == [], problems
     assert any("4,022.5 M parameters" in f for f in facts)  # Qwen3-4B, from its config
+    assert "GRPO trains a LoRA adapter at lr 5e-07" in facts
+    assert any(f.startswith("warning: train.grpo: LoRA at lr 5e-07 < 1e-6") for f in facts)
     assert any("8 generations = 32 completions" in f for f in facts)
     assert any("cmhg: hf KEVVVV/CMHG -> headline (split)" in f for f in facts)
     assert any("warning: fetch.tables cmhg: revision 'main' is not a commit" in f for f in facts)
@@ -94,3 +105,80 @@ def test_flow_run_params_apply_a_profile_per_run(tmp_path, monkeypatch):
     merged = load_config(path)
     assert path.endswith("r2.yaml") and merged.profile == "paper" and merged.train.lora.r == 64
     assert load_config("params.yaml").profile == "tiny"  # the shared params file is untouched
+
+
+def test_offline_mode_names_each_uncached_hub_model(in_repo, tmp_path):
+    """`make` sets HF_HUB_OFFLINE only with a corpus mirror; where it is set, the paper's hub models must be
+    cached, or `semrl check paper` (run by `make run PROFILE=paper` before params.yaml is rewritten) fails."""
+    from semrl.ops.check import hub_problems
+
+    in_repo.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    cfg = unprepared(load_config("params.yaml", "paper"), tmp_path)
+    problems, _ = check(cfg)
+    assert [p.split(":")[0] for p in problems] == ["base.pretrained 'Qwen/Qwen3-4B'",
+                                                    "embedder.reward.model 'KEVVVV/bo2zh-embedding'",
+                                                    "embedder.eval.model 'sentence-transformers/LaBSE'",
+                                                    "eval.judge.model 'Qwen/Qwen3-8B'"]
+    assert all("HF_HUB_OFFLINE=1" in p for p in problems)
+    in_repo.delenv("HF_HUB_OFFLINE")
+    assert hub_problems(cfg) == []  # online they download when first used
+    makefile = (REPO / "Makefile").read_text()
+    assert "ifneq ($(SEMRL_DATA_MIRROR),)\nexport HF_HUB_OFFLINE := 1" in makefile
+
+
+def _splits(root, rows):
+    for split, n in rows.items():
+        path = root / "mt" / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"id": f"{split}-{i}", "zh": "你好", "bo": "བོད"}) + "\n" for i in range(n)))
+
+
+def test_check_names_a_train_split_too_small_for_the_branches(in_repo, tmp_path):
+    """The paper profile on the mirrored MT data: ~1,371 training pairs for a 5,000-example cold start."""
+    from semrl.core.tasks import data_problems
+
+    cfg = load_config("params.yaml", "paper")
+    cfg.prepare.out_dir = tmp_path
+    cfg.train.tasks = ["mt"]
+    _splits(tmp_path, {"train": 1371, "dev": 5, "test": 0})
+    problems, facts = check(cfg)
+    assert "data mt: train 1,371, dev 5, test 0" in facts
+    assert [p for p in problems if p.startswith("task ")] == [
+        "task mt: the train split has 1,371 rows, fewer than train.coldstart.samples 5,000 + "
+        "check.min_branch_examples 100 = 5,100: add a corpus (fetch.tables; configs/paper.yaml shows an MT slot) "
+        "or lower coldstart.samples",
+        "task mt: the test split is empty"]
+    _splits(tmp_path, {"train": 5100, "test": 3})
+    assert data_problems(cfg) == ([], ["data mt: train 5,100, dev 5, test 3"])
+
+
+def test_the_training_flow_fails_before_its_first_step_on_too_little_data(smoke_repo, tmp_path):
+    params = read_yaml(smoke_repo / "params.yaml")
+    params["train"]["coldstart"]["samples"] = 10 ** 6
+    (smoke_repo / "too-big.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    proc = run(["semrl", "flow", "--task", "mt", "--seed", "0", "--params", "too-big.yaml"], smoke_repo, check=False)
+    assert proc.returncode != 0
+    assert "task mt: the train split has" in proc.stdout + proc.stderr and "1,000,000 + check.min_branch_examples" \
+        in proc.stdout + proc.stderr
+    assert "mt-coldstart-s0" not in proc.stdout + proc.stderr  # no step was started
+    (smoke_repo / "too-big.yaml").unlink()
+
+
+def test_vllm_generation_is_refused_without_cuda_and_its_knobs_reach_trl(in_repo, tmp_path):
+    import torch
+    from trl import GRPOConfig
+
+    from semrl.training.trainers import vllm_args
+
+    cfg = unprepared(load_config("params.yaml"), tmp_path)
+    cfg.train.grpo.use_vllm = True
+    problems, _ = check(cfg)
+    if not torch.cuda.is_available():
+        assert any(p.startswith("train.grpo.use_vllm: vLLM generation needs CUDA") for p in problems)
+    assert vllm_args(load_config("params.yaml").train.grpo) == {"use_vllm": False}  # HF generation by default
+    g = cfg.train.grpo.model_copy(update={"vllm_mode": "server", "vllm_server_port": 8123})
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, **vllm_args(g))
+    assert (args.use_vllm, args.vllm_mode, args.vllm_server_host, args.vllm_server_port) == (
+        True, "server", "127.0.0.1", 8123)
+    colocate = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, **vllm_args(cfg.train.grpo))
+    assert colocate.vllm_mode == "colocate" and colocate.vllm_gpu_memory_utilization == 0.3

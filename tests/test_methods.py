@@ -110,6 +110,25 @@ def test_full_fine_tuning_trains_every_weight(trained_repo, tmp_path):
     assert "model.norm.weight" in changed and len(changed) > len(before) // 2  # not only LoRA targets
 
 
+def test_grpo_alone_can_train_every_weight(trained_repo, tmp_path):
+    """train.grpo.lora: false next to train.lora.enabled: true (the smoke profile): the cold start and SFT
+    keep their adapters, GRPO trains every weight."""
+    from semrl.core.config import Config
+    from semrl.core.methods import methods
+
+    path, params = variant(trained_repo, tmp_path, train__grpo__lora=False, train__grpo__max_steps=2,
+                           train__match_budgets=False)
+    assert {m.name: m.lora for m in methods(Config.model_validate(params)).values() if not m.group} == {
+        "coldstart": True, "sft": True, "grpo": False, "grpo_bleu_language": False}
+    shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
+    semrl(["train", "--task", "mt", "--method", "grpo", "--params", str(path)], trained_repo)
+    out = tmp_path / "models" / "mt" / "grpo" / "seed0"
+    assert not (out / "adapter").exists() and json.loads((out / "summary.json").read_text())["steps"] == 2
+    before = load_file(tmp_path / "models" / "mt" / "coldstart" / "seed0" / "model" / "model.safetensors")
+    after = load_file(out / "model" / "model.safetensors")
+    assert "model.norm.weight" in [k for k in before if not (before[k] == after[k]).all()]
+
+
 def test_a_changed_config_never_resumes_a_stale_checkpoint(trained_repo, tmp_path):
     shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
     path, _ = variant(trained_repo, tmp_path, train__sft__max_steps=4, train__save_steps=2,

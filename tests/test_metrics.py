@@ -50,6 +50,21 @@ def test_output_stats():
     assert s == {"language_consistency": 0.25, "mean_length_chars": (7 + 2 + 0 + 7) / 4, "empty_rate": 0.25}
 
 
+@pytest.mark.parametrize("answer, prediction, em, f1", [
+    ("北京", "北京", 1.0, 1.0),                        # gold
+    ("北京", "北京。", 1.0, 1.0),                      # punctuated: CMRC's punctuation is removed
+    ("3.5亿", "3.5亿元", 0.0, 0.8),                    # "3.5" one segment: LCS 2, P 2/3, R 1 (a regex split: 0.889)
+    ("1,000米", "1000米", 0.0, 0.5),                   # "1,000" one segment: P 1/2, R 1/2 (regex: 0.333)
+    ("U.S. army", "the U.S. army", 0.0, 0.8),          # lower-cased; "u.s." one segment (regex: 0.909)
+    ("it's 10%", "it is 10%", 0.0, 0.5),               # it + 's, 10 + %: LCS 2 of 4 and 4
+])
+def test_cmrc_scores_equal_the_official_script_on_numbers_and_latin(answer, prediction, em, f1):
+    """Golden values worked out by hand with the official cmrc2018_evaluate.py algorithm and
+    nltk.word_tokenize's Treebank splitting of the non-Chinese runs."""
+    assert cmrc_em([answer], prediction) == em
+    assert cmrc_f1([answer], prediction) == pytest.approx(f1)
+
+
 def test_cmrc_normalisation_em_f1_on_real_dev_answers():
     # From CMRC 2018 dev (DEV_0): answers '光荣和ω-force' and '村雨城'.
     assert mixed_segmentation("光荣和ω-force", rm_punc=True) == ["光", "荣", "和", "ωforce"]  # '-' dropped first
@@ -116,6 +131,33 @@ def test_drift_against_a_direct_computation(tiny):
     assert drift_summary(*same)["nll_increase_mean"] == 0.0 and max(same[2]) < 1e-6
     assert drift_summary(nll_m, nll_b, kls)["kl_p90"] > 0
 
+
+
+def test_drift_scores_only_the_answer_positions_in_chunks(tiny):
+    """Memory safety for a large vocabulary: the LM head sees only the scored positions (never a
+    [batch, length, vocab] tensor), a chunk at a time, and the chunking changes nothing."""
+    from semrl.evaluation.metrics import mean_nll, nll_and_kl
+
+    base, tok, items = tiny
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    prompt = EvalConfig().cmrc_prompt
+    batches = list(answer_batches(tok, items, prompt, 48, batch_size=len(items)))
+    answer_tokens = sum(int(m[:, 1:].sum()) for _, _, m in batches)
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    try:
+        chunked = nll_and_kl(model, base, batches, chunk_tokens=3)
+    finally:
+        hook.remove()
+    assert all(len(shape) == 2 and shape[0] <= 3 for shape in seen)  # [positions, hidden]: no length axis
+    assert sum(shape[0] for shape in seen) == answer_tokens  # every answer token once, nothing else
+    whole = nll_and_kl(model, base, batches, chunk_tokens=10 ** 6)
+    for a, b in zip(chunked, whole):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    assert mean_nll(model, batches, chunk_tokens=2) == pytest.approx(whole[0], rel=1e-5)
 
 def test_item_scores_average_to_the_sentence_metrics():
     hyps = ["བོད་ཀྱི་ཡུལ་ལ་", "ཟླ་བ་དང་པོ", ""]

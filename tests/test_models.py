@@ -2,6 +2,7 @@
 real sentence-transformers training, MLflow runs, and the paper profile's code paths on local models."""
 import json
 import math
+import random
 
 import mlflow
 import pytest
@@ -11,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from semrl import SemrlError
 from semrl.core.config import BaseConfig, TrackingConfig, load_config
 from semrl.models.base import load_base, resolve_named
-from semrl.models.embedder import build_one, load_embedder
+from semrl.models.embedder import _UNITS, build_one, load_embedder, view
 from semrl.models.tokenizer import tokens_per_syllable, train_tokenizer
 
 from conftest import read_jsonl
@@ -111,6 +112,13 @@ def test_embedders_are_trained_and_independent(smoke_repo):
     a = reward.encode([r["bo"] for r in dev], normalize_embeddings=True)
     b = reward.encode([r["zh"] for r in dev], normalize_embeddings=True)
     assert (a * b).sum(1).mean() > 0.05  # translations lie closer than chance after training
+    # The monolingual view pairs teach same-language similarity: a dev line (never trained on) lies closer
+    # to a random view of itself than to the other dev lines.
+    assert metrics["reward"]["train_pairs_views"] == metrics["reward"]["train_pairs_translation"]  # views: 1, [bo]
+    rng = random.Random(0)
+    v = reward.encode([view(r["bo"], 0.5, rng) for r in dev], normalize_embeddings=True)
+    cos = a @ v.T
+    assert (cos.diagonal() > (cos.sum(1) - cos.diagonal()) / (len(dev) - 1)).mean() >= 0.75
     # The evaluator shares nothing with the reward model: its own vocabulary (character n-grams, none of
     # them a base-tokenizer token id), fitted on the LM text only, no training pairs, no loss.
     assert metrics["eval"]["kind"] == "char_ngram" and metrics["eval"]["fit_texts"] > 0
@@ -160,3 +168,22 @@ def test_embeddings_do_not_depend_on_the_batch(smoke_repo):
         together = model.encode(texts, normalize_embeddings=True)
         alone = np.stack([model.encode([t], normalize_embeddings=True)[0] for t in texts])
         assert np.abs(together - alone).max() < 1e-4, name
+
+
+def test_views_drop_whole_units_of_real_lines(repo_copy):
+    """The reward embedder's monolingual pairs: views of real MT lines keep whole Tibetan syllables and
+    Han characters, are reproducible from the seed, and drop about the configured share."""
+    rows = read_jsonl(repo_copy / "data" / "prepared" / "mt" / "train.jsonl")[:200]
+    for r in rows:
+        for text in (r["bo"], r["zh"]):
+            assert "".join(_UNITS.findall(text)) == text  # the units tile the text
+    for u in (u.strip() for r in rows for u in _UNITS.findall(r["bo"])):
+        assert "\u0f0b" not in u[:-1]  # a unit ends at a tsheg: never a syllable cut in two
+    a = [view(r["bo"], 0.5, random.Random(1)) for r in rows]
+    assert a == [view(r["bo"], 0.5, random.Random(1)) for r in rows]
+    kept = sum(len(_UNITS.findall(x)) for x in a) / sum(len(_UNITS.findall(r["bo"])) for r in rows)
+    assert 0.4 < kept < 0.65
+    for x, r in zip(a, rows):  # a view is the line with units left out: its characters, in order
+        rest = iter(r["bo"])
+        assert x and all(c in rest for c in x)
+    assert view("藏文", 0.0, random.Random(0)) == "藏文" and view("ཀ་", 0.99, random.Random(0)) == "ཀ་"

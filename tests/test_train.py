@@ -75,8 +75,9 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
         assert any(v.run_id == r.info.run_id for v in versions)
     grpo = runs["mt-grpo-s0"]
     for key in ("reward", "reward_std", "rewards/semantic/mean", "rewards/language/mean", "kl", "entropy",
-                "completions/mean_length", "language_mixing_rate"):
+                "completions/mean_length", "language_mixing_rate", "adapter/lora_B_norm", "adapter/weight_norm"):
         assert key in grpo.data.metrics, key
+    assert grpo.data.metrics["adapter/lora_B_norm"] > 0  # the adapter moved off its zero initialisation
     assert json.loads(grpo.data.params["rewards"].replace("'", '"')) == [
         {"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0, "min_share": 0.5}]
 

@@ -209,6 +209,13 @@ class EmbedderRole(Section):
     headline_body_chars: int = Field(500, ge=1)  # a headline pair is (title, the body's first N characters)
     max_seq_length: int = Field(128, ge=8)
     ngram_max: int = Field(3, ge=1)  # char_ngram kind: n-grams of 1..ngram_max characters
+    # SimCSE-style monolingual pairs (derived, train split only): per MT training text in each of
+    # view_scripts, `views` pairs of two random views that each drop a view_drop share of its units
+    # (Tibetan syllables, Chinese characters). Without them a from-scratch embedder trained on bo-zh pairs
+    # alone gives bo-bo cosines that do not rank outputs (README "Rewards").
+    views: int = Field(0, ge=0)
+    view_drop: float = Field(0.5, ge=0.0, lt=1.0)
+    view_scripts: list[Script] = Field(default_factory=lambda: ["bo"])
 
 
 class RewardEmbedder(EmbedderRole):
@@ -220,6 +227,8 @@ class RewardEmbedder(EmbedderRole):
     batch_size: int = Field(64, ge=2)
     lr: float = Field(0.05, gt=0)
     use_headlines: bool = False
+    views: int = Field(1, ge=0)
+    device: str | None = None  # where GRPO's reward embedder runs; null: the trainer's device (cuda:LOCAL_RANK or cpu)
 
 
 class EvalEmbedder(EmbedderRole):
@@ -325,7 +334,19 @@ class GRPOStage(StageConfig):
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
     epsilon: float = Field(0.2, gt=0)
     scale_rewards: str = "group"
+    # GRPO generation by vLLM (CUDA only; not installable beside the pinned transformers: README "vLLM") instead of transformers' generate (the
+    # default, tested on CPU). colocate: vLLM shares the trainer's GPU (vllm_gpu_memory_utilization of it);
+    # server: a `trl vllm-serve` process on other GPUs at vllm_server_host:vllm_server_port.
     use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_server_host: str = "127.0.0.1"
+    vllm_server_port: int = Field(8000, ge=1, le=65535)
+    # null: as train.lora.enabled; true/false: GRPO alone with or without LoRA. The paper gives GRPO a
+    # full-parameter lr (5e-7) and does not say it used LoRA: on a fresh adapter (B = 0) that rate barely
+    # moves the policy, and "no tax" would be trivially true (`semrl check` warns below 1e-6).
+    lora: bool | None = None
     scheduler: str = "constant"
     warmup: float = Field(0, ge=0)
 
@@ -388,18 +409,35 @@ class TransferConfig(SFTStage):
 # ---------------------------------------------------------------- evaluation and operations
 
 
+class JudgeConfig(Section):
+    """The pairwise judge of strong SFT vs GRPO outputs (semrl.evaluation.judge)."""
+
+    kind: Literal["proxy", "local", "openai"] = "proxy"
+    model: str | None = None  # local: hub id or path of a causal LM; openai: the served model's name
+    revision: str | None = None
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (a `vllm serve`)
+    api_key_env: str | None = "OPENAI_API_KEY"  # the variable holding the key, if the endpoint wants one
+    timeout_s: float = Field(60, gt=0)
+    max_pairs: int | None = Field(None, ge=1)  # null: every seed x test item
+    prompt: str = ("You compare two outputs of a model for one task input. Task input: {source}\n"
+                   "Reference output: {reference}\nOutput A: {a}\nOutput B: {b}\n"
+                   "Which output is closer in meaning to the reference and better written in its language? "
+                   "Answer with one letter, A or B.")
+
+
 class EvalConfig(Section):
     out_dir: Path = Path("reports/eval")
     test_samples: int = Field(100, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(16, ge=1)
-    seed: int = 0  # torch seed before each variant's greedy decoding, and the preference judge's order
+    seed: int = 0  # torch seed before each variant's greedy decoding
     cmrc_samples: int = Field(64, ge=1)
     cmrc_generate: bool = False  # CMRC EM/F1 by greedy generation (the answer-NLL probe runs either way)
     cmrc_max_context_tokens: int = Field(384, ge=8)
     cmrc_max_new_tokens: int = Field(24, ge=1)
     cmrc_prompt: str = "阅读下面的文章，用文中的原话回答问题。\n文章：{context}\n问题：{question}"
-    tie_margin: float = Field(0.01, ge=0)
+    tie_margin: float = Field(0.01, ge=0)  # the proxy judge: similarity differences below this are ties
+    judge: JudgeConfig = JudgeConfig()
     samples_to_keep: int = Field(20, ge=0)
     lm_probe_samples: int = Field(200, ge=1)  # held-out general-Chinese lines scored as plain text
     lm_probe_min_chars: int = Field(32, ge=1)  # shorter held-out lines (single sayings) are skipped
@@ -425,6 +463,14 @@ class FlowConfig(Section):
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(10, ge=0)
     max_workers: int = Field(16, ge=1)  # concurrent steps of one flow run (branches, seeds)
+    # GPU placement (semrl.ops.flows.DeviceSlots); ignored where no GPU is visible. Each step (training,
+    # evaluation, transfer) runs on gpus_per_step devices of its own (CUDA_VISIBLE_DEVICES), and at most
+    # steps_per_gpu steps share a device: steps that do not fit wait, while the flow still shows the
+    # branches as siblings. gpus_per_step > 1 runs the step under `accelerate launch` with accelerate_config.
+    devices: list[str] | None = None  # null: CUDA_VISIBLE_DEVICES, else every GPU torch sees
+    gpus_per_step: int = Field(1, ge=1)
+    steps_per_gpu: int = Field(1, ge=1)
+    accelerate_config: Path = Path("configs/accelerate/ddp.yaml")
 
 
 class DeploymentConfig(Section):
@@ -439,10 +485,16 @@ class DeploymentConfig(Section):
 class MemoryModel(Section):
     activation_bytes: float = 34  # bytes kept for backward per hidden unit, token and layer
     prompt_overhead_tokens: int = 64  # instruction and chat markup on top of the input budget
+    # A named (pretrained/transformer) reward embedder's memory on the trainer's device; the tiny static
+    # one is computed. KEVVVV/bo2zh-embedding is CINO-large-sized (~560 M parameters): ~2.2 GiB in float32.
+    reward_embedder_gib: float = Field(2.2, ge=0)
 
 
 class CheckConfig(Section):
     gpu_memory_gib: float = Field(24, gt=0)
+    # Fewer training examples than this left for strong SFT and GRPO after the cold start is no comparison:
+    # `semrl check` and the training flow fail early, naming the numbers.
+    min_branch_examples: int = Field(100, ge=1)
     qwen3_config: dict[str, Any] = {}  # a named Qwen3 base's config.json, for `semrl check` offline
     memory: MemoryModel = MemoryModel()
 

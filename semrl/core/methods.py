@@ -28,6 +28,7 @@ class Method:
     ablation: bool = False  # a reward ablation of GRPO (reported apart)
     init_task: str | None = None  # the task whose `init` model it starts from (None: its own task)
     group: str | None = None  # its own output folder models/<group>/<task>/ (a DVC output of its own stage)
+    lora: bool = False  # trains a LoRA adapter (train.lora) rather than every weight
 
     @property
     def is_branch(self) -> bool:
@@ -39,16 +40,18 @@ def methods(cfg: Config) -> dict[str, Method]:
     """Every method this config defines, in run order: the cold start, its branches (strong SFT, GRPO,
     each enabled reward ablation) and the few-shot transfer methods."""
     t = cfg.train
+    lora, grpo_lora = t.lora.enabled, t.lora.enabled if t.grpo.lora is None else t.grpo.lora
     found = [
-        Method(COLDSTART, "sft", "base", "coldstart", "train.coldstart", t.coldstart),
-        Method("sft", "sft", COLDSTART, "remaining", "train.sft", t.sft),
-        Method("grpo", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(cfg.rewards.components)),
+        Method(COLDSTART, "sft", "base", "coldstart", "train.coldstart", t.coldstart, lora=lora),
+        Method("sft", "sft", COLDSTART, "remaining", "train.sft", t.sft, lora=lora),
+        Method("grpo", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(cfg.rewards.components),
+               lora=grpo_lora),
     ]
     found += [Method(f"grpo_{name}", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(a.components),
-                     ablation=True)
+                     ablation=True, lora=grpo_lora)
               for name, a in cfg.rewards.ablations.items() if a.enabled]
     found += [Method(f"transfer_from_{source}", "sft", source, "fewshot", "transfer", cfg.transfer,
-                     init_task=cfg.transfer.source_task, group="transfer") for source in cfg.transfer.sources]
+                     init_task=cfg.transfer.source_task, group="transfer", lora=lora) for source in cfg.transfer.sources]
     return {m.name: m for m in found}
 
 

@@ -70,3 +70,39 @@ def get_task(cfg: Config, name: str) -> Task:
     if name not in known:
         raise SemrlError(f"unknown task {name!r} (defined in params `tasks`: {', '.join(known)})")
     return known[name]
+
+
+def split_sizes(cfg: Config, task_name: str) -> dict[str, int] | None:
+    """Rows per split of a task's prepared data, or None before `prepare` wrote it."""
+    task = get_task(cfg, task_name)
+    if not task.split_file("train").is_file():
+        return None
+    sizes = {}
+    for split in ("train", "dev", "test"):
+        path = task.split_file(split)
+        sizes[split] = sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else 0
+    return sizes
+
+
+def data_problems(cfg: Config, task_names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Each task's prepared splits against what training needs: the cold start's samples plus
+    check.min_branch_examples for the branches, and non-empty dev and test splits. (problems, facts);
+    a task not prepared yet is a fact (the training flow checks again before its first step)."""
+    problems, facts = [], []
+    t = cfg.train
+    need = t.coldstart.samples + cfg.check.min_branch_examples
+    for name in task_names or t.tasks:
+        sizes = split_sizes(cfg, name)
+        if sizes is None:
+            facts.append(f"data {name}: not prepared yet (checked again when training starts)")
+            continue
+        facts.append(f"data {name}: train {sizes['train']:,}, dev {sizes['dev']:,}, test {sizes['test']:,}")
+        if sizes["train"] < need:
+            problems.append(
+                f"task {name}: the train split has {sizes['train']:,} rows, fewer than train.coldstart.samples "
+                f"{t.coldstart.samples:,} + check.min_branch_examples {cfg.check.min_branch_examples:,} = {need:,}: "
+                f"add a corpus (fetch.tables; configs/paper.yaml shows an MT slot) or lower coldstart.samples")
+        for split in ("dev", "test"):
+            if not sizes[split]:
+                problems.append(f"task {name}: the {split} split is empty")
+    return problems, facts

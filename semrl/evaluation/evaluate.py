@@ -5,7 +5,6 @@ preference of strong SFT vs GRPO outputs. Writes reports/eval/<task>.json and <t
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from semrl.core.config import Config, EvalConfig
 from semrl.core.io import atomic_write_text, read_jsonl, write_jsonl
 from semrl.core.methods import COLDSTART, methods, output_dir, transfer_methods
 from semrl.core.tasks import Task, get_task, per_source
+from semrl.evaluation.judge import make_judge, preference
 
 
 def variants(cfg: Config, task: str) -> list[tuple[str, int | None, Path | None]]:
@@ -93,31 +93,6 @@ def general_competence(model, base, tokenizer, cmrc: list[dict], e: EvalConfig) 
         return drift, []
     preds = generate(model, tokenizer, prompts, e.cmrc_max_new_tokens, batch_size=e.batch_size, desc="cmrc")
     return {**cmrc_scores(preds, [x["answers"] for x in cmrc]), **drift}, preds
-
-
-def preference(outputs: dict[tuple[str, int], list[str]], references: list[str], eval_emb, seed: int,
-               tie_margin: float, a: str = "sft", b: str = "grpo") -> dict[str, Any]:
-    """Pairwise preference of a vs b per seed. Tiny profile: a proxy judge — whichever output the
-    *independent evaluation embedder* places closer to the reference; a difference under tie_margin is a
-    tie. Presentation order is randomised as it would be for an LLM judge (the proxy is order-blind)."""
-    from semrl.models.embedder import Similarity
-
-    sim = Similarity(eval_emb)
-    rng = random.Random(seed)
-    wins = {a: 0, b: 0, "tie": 0}
-    seeds = sorted({s for (m, s) in outputs if m == a} & {s for (m, s) in outputs if m == b})
-    for s in seeds:
-        sa, sb = sim.similarity(outputs[(a, s)], references), sim.similarity(outputs[(b, s)], references)
-        for x, y in zip(sa, sb):
-            first_is_a = rng.random() < 0.5  # what a judge would see first
-            first, second = (x, y) if first_is_a else (y, x)
-            if abs(first - second) < tie_margin:
-                wins["tie"] += 1
-            else:
-                wins[(a if first_is_a else b) if first > second else (b if first_is_a else a)] += 1
-    n = max(1, sum(wins.values()))
-    return {"judge": "proxy: independent evaluation embedder, closer to the reference (not an LLM judge)",
-            "pairs": sum(wins.values()), "seeds": seeds, **{f"{k}_rate": v / n for k, v in wins.items()}}
 
 
 def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
@@ -222,7 +197,8 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
         items[f"{name}/-"] = per_item
         found.append((name, None, None))
     order = [f"{m}/{s if s is not None else '-'}" for m, s, _ in found]  # methods in definition order
-    pref = preference(outputs, refs, eval_emb, seed=e.seed, tie_margin=e.tie_margin)
+    judge = make_judge(e.judge, eval_emb, e.tie_margin, e.batch_size)
+    pref = preference(judge, [x["input"] for x in test], refs, outputs, max_pairs=e.judge.max_pairs)
     report = {"task": task_name, "test_examples": len(test), "cmrc_questions": len(cmrc),
               "lm_probe_texts": len(probe_texts), "skill_items": len(skill),
               "skill_chance": 1 / e.skill_choices if skill else None,

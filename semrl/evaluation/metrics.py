@@ -2,6 +2,7 @@
 2018 EM/F1, and the NLL/KL drift of a model from the base model on answer tokens."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from semrl.core.text import in_script, metric_tokens
+from semrl.models.chat import render_prompts
 
 # ---------------------------------------------------------------- task metrics
 
@@ -83,9 +85,18 @@ CMRC_PUNCTUATION = ['-', ':', '_', '*', '^', '/', '\\', '~', '`', '+', '=', '，
 
 
 def _word_tokenize(text: str) -> list[str]:
-    """Stands in for nltk.word_tokenize (its punkt data is a download) on the non-Chinese runs: words
-    and single punctuation marks."""
-    return re.findall(r"\w+|[^\w\s]", text)
+    """The official script's nltk.word_tokenize on the non-Chinese runs, as nltk's Treebank-style
+    NLTKWordTokenizer (no data download): "3.5", "1,000" and "u.s." stay whole, "it's" is it + 's. The one
+    difference left: word_tokenize first splits sentences with punkt (a download), so a run holding two
+    Latin sentences keeps an inner full stop on its word ("a. b" -> a., b rather than a, ., b)."""
+    return _nltk_words().tokenize(text)
+
+
+@functools.cache
+def _nltk_words():
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
 
 
 def mixed_segmentation(text: str, rm_punc: bool = False) -> list[str]:
@@ -168,8 +179,7 @@ def answer_batches(tokenizer, items: list[dict[str, Any]], prompt: str, max_cont
         for item in items[i:i + batch_size]:
             ctx_ids = tokenizer(item["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
             context = tokenizer.decode(ctx_ids)
-            chat = [{"role": "user", "content": prompt.format(context=context, question=item["question"])}]
-            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            text = render_prompts(tokenizer, [prompt.format(context=context, question=item["question"])])[0]
             p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             a_ids = tokenizer(item["answers"][0], add_special_tokens=False)["input_ids"]
             ids_list.append(p_ids + a_ids)
@@ -185,11 +195,32 @@ def text_batches(tokenizer, texts: list[str], max_tokens: int, batch_size: int):
         yield _padded(tokenizer, ids_list, [[1] * len(x) for x in ids_list])
 
 
-def nll_and_kl(model, ref, batches) -> tuple[list[float], list[float], list[float]]:
-    """Per item: mean NLL of the masked tokens under model and ref, and the mean over those positions of
-    KL(ref || model) between their next-token distributions (both share one tokenizer)."""
+def scored_logprobs(model, ids, attn, pos, chunk_tokens: int = 1024):
+    """float32 log-probabilities of the next token at the scored positions only (pos: [batch, len - 1]
+    bool, the logits at t predicting token t + 1), chunk_tokens rows at a time. Memory-safe for a large
+    vocabulary: the final hidden states are sliced to the scored positions before the LM head, so no
+    [batch, len, vocab] tensor exists (Qwen3's 151,936-token vocabulary at batch 32 x ~900 tokens would be
+    ~18 GB per model in float32); the head runs in the model's dtype (bf16 on GPU) and only the chunk's
+    log-softmax in float32. Yields (rows of the chunk, log-probs [rows, vocab])."""
     import torch
-    import torch.nn.functional as F
+
+    decoder = getattr(model, "get_decoder", lambda: None)()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if decoder is None or head is None or decoder is model:  # no decoder/head split: full logits, then slice
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1][pos]
+        for i in range(0, logits.shape[0], chunk_tokens):
+            yield torch.arange(i, min(i + chunk_tokens, logits.shape[0])), logits[i:i + chunk_tokens].float().log_softmax(-1)
+        return
+    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1][pos]
+    for i in range(0, hidden.shape[0], chunk_tokens):
+        yield torch.arange(i, min(i + chunk_tokens, hidden.shape[0])), head(hidden[i:i + chunk_tokens]).float().log_softmax(-1)
+
+
+def nll_and_kl(model, ref, batches, chunk_tokens: int = 1024) -> tuple[list[float], list[float], list[float]]:
+    """Per item: mean NLL of the masked tokens under model and ref, and the mean over those positions of
+    KL(ref || model) between their next-token distributions (both share one tokenizer). Only the masked
+    positions are ever turned into vocabulary-sized log-probs (scored_logprobs)."""
+    import torch
 
     nll_model, nll_ref, kls = [], [], []
     model.eval()
@@ -197,34 +228,42 @@ def nll_and_kl(model, ref, batches) -> tuple[list[float], list[float], list[floa
     with torch.no_grad():
         for ids, attn, mask in batches:
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
-            target, pos = ids[:, 1:], mask[:, 1:].bool()  # the logits at t predict token t+1
-            lp_m = F.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
-            lp_r = F.log_softmax(ref(input_ids=ids.to(ref.device), attention_mask=attn.to(ref.device))
-                                 .logits[:, :-1].float().to(model.device), -1)
-            tok_m = -lp_m.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            tok_r = -lp_r.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            kl = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
-            n = pos.sum(1).clamp(min=1)
-            nll_model += ((tok_m * pos).sum(1) / n).tolist()
-            nll_ref += ((tok_r * pos).sum(1) / n).tolist()
-            kls += ((kl * pos).sum(1) / n).tolist()
+            pos = mask[:, 1:].bool()  # the logits at t predict token t + 1
+            item = pos.nonzero()[:, 0]  # the item of each scored position
+            target = ids[:, 1:][pos]
+            tok_m, tok_r, kl = (torch.zeros(len(target), device=model.device) for _ in range(3))
+            for (rows, lp_m), (_, lp_r) in zip(
+                    scored_logprobs(model, ids, attn, pos, chunk_tokens),
+                    scored_logprobs(ref, ids.to(ref.device), attn.to(ref.device), pos.to(ref.device), chunk_tokens)):
+                lp_r = lp_r.to(model.device)
+                t = target[rows].unsqueeze(-1)
+                tok_m[rows] = -lp_m.gather(-1, t).squeeze(-1)
+                tok_r[rows] = -lp_r.gather(-1, t).squeeze(-1)
+                kl[rows] = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
+            n = pos.sum(1).clamp(min=1).float()
+            per_item = lambda v: (torch.zeros(len(n), device=v.device).index_add_(0, item, v) / n).tolist()
+            nll_model += per_item(tok_m)
+            nll_ref += per_item(tok_r)
+            kls += per_item(kl)
     return nll_model, nll_ref, kls
 
 
-def mean_nll(model, batches) -> list[float]:
-    """Per item: the model's mean NLL over the masked tokens."""
+def mean_nll(model, batches, chunk_tokens: int = 1024) -> list[float]:
+    """Per item: the model's mean NLL over the masked tokens (scored positions only, as nll_and_kl)."""
     import torch
-    import torch.nn.functional as F
 
     out: list[float] = []
     model.eval()
     with torch.no_grad():
         for ids, attn, mask in batches:
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            tok = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            pos = mask[:, 1:].float()
-            out += ((tok * pos).sum(1) / pos.sum(1).clamp(min=1)).tolist()
+            pos = mask[:, 1:].bool()
+            item, target = pos.nonzero()[:, 0], ids[:, 1:][pos]
+            tok = torch.zeros(len(target), device=model.device)
+            for rows, lp in scored_logprobs(model, ids, attn, pos, chunk_tokens):
+                tok[rows] = -lp.gather(-1, target[rows].unsqueeze(-1)).squeeze(-1)
+            n = pos.sum(1).clamp(min=1).float()
+            out += (torch.zeros(len(n), device=tok.device).index_add_(0, item, tok) / n).tolist()
     return out
 
 
@@ -251,8 +290,7 @@ def skill_probe(model, tokenizer, items: list[dict[str, Any]], prompt: str, batc
     prompt, the answer and its end-of-turn token scored), else 0.0."""
     seqs, masks = [], []
     for x in items:
-        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt.format(riddle=x["riddle"])}],
-                                             add_generation_prompt=True, tokenize=False)
+        head = render_prompts(tokenizer, [prompt.format(riddle=x["riddle"])])[0]
         head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
         for option in x["choices"]:
             tail = tokenizer(option + tokenizer.eos_token, add_special_tokens=False)["input_ids"]

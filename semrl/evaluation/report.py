@@ -502,8 +502,10 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
           if g.method.isin(ablations).any() else "No ablation enabled (`rewards.ablations.<name>.enabled`).", ""]
     p = ev["preference"]
     md += ["### Preference: strong SFT vs GRPO", "",
-           f"Judge: {p['judge']}. {p['pairs']} pairs over seeds {p['seeds']}: SFT wins "
-           f"{p.get('sft_rate', 0):.1%}, GRPO wins {p.get('grpo_rate', 0):.1%}, ties {p.get('tie_rate', 0):.1%}.",
+           f"Judge: {p['judge']}. {p['pairs']} pairs over seeds {p['seeds']}, each judged in both orders (a win "
+           f"needs both): SFT wins {p.get('sft_rate', 0):.1%}, GRPO wins {p.get('grpo_rate', 0):.1%}, ties "
+           f"{p.get('tie_rate', 0):.1%} (of which the judge flipped with the order: "
+           f"{p.get('order_inconsistent_rate', 0):.1%}).",
            "", "### Verdicts", ""]
     md += [f"- {compare(g, 'sft', 'grpo', col)}" for col in [task.primary_metric, "sim_eval", "cmrc_avg",
                                                               "nll_increase_mean"]]

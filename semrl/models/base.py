@@ -13,6 +13,7 @@ from typing import Any
 from semrl import SemrlError
 from semrl.core.checkpoints import last_complete_checkpoint, step_of
 from semrl.core.config import ArchConfig, BaseConfig, Config
+from semrl.models.chat import render
 from semrl.core.io import atomic_write_text, read_jsonl
 
 SOURCE_FILE = "source.json"  # written instead of weights when the base is a named model
@@ -120,9 +121,8 @@ def skill_pairs(config: Config) -> list[tuple[str, str]]:
 
 def skill_documents(tokenizer, pairs: list[tuple[str, str]], prompt: str) -> list[str]:
     """Riddle -> answer as one chat exchange each, as the tokenizer's chat template writes it."""
-    return tokenizer.apply_chat_template(
-        [[{"role": "user", "content": prompt.format(riddle=r)}, {"role": "assistant", "content": a}]
-         for r, a in pairs], tokenize=False)
+    return render(tokenizer, [[{"role": "user", "content": prompt.format(riddle=r)}, {"role": "assistant", "content": a}]
+                              for r, a in pairs], add_generation_prompt=False)
 
 
 def pack(tokenizer, texts: list[str], seq_len: int) -> list[list[int]]:

@@ -5,6 +5,8 @@ model never grades itself (tiny: character n-gram TF-IDF fitted on other text; p
 from __future__ import annotations
 
 import json
+import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import numpy as np
 from semrl import SemrlError
 from semrl.core.config import Config, EmbedderRole
 from semrl.core.io import atomic_write_text, read_jsonl
+from semrl.core.text import TSHEG
 
 class CharNgramEmbedder:
     """A sentence "embedder" with its own vocabulary and no learnt weights: l2-normalised TF-IDF over the
@@ -81,8 +84,8 @@ class Similarity:
     cached (a GRPO batch holds each reference G times, and epochs repeat them); an empty text scores 0
     (it has no meaningful embedding)."""
 
-    def __init__(self, embedder: Any, cache: bool = True, batch_size: int = 64):
-        self.model = load_embedder(embedder) if isinstance(embedder, (str, Path)) else embedder
+    def __init__(self, embedder: Any, cache: bool = True, batch_size: int = 64, device: str | None = None):
+        self.model = load_embedder(embedder, device) if isinstance(embedder, (str, Path)) else embedder
         self.cache: dict[str, np.ndarray] | None = {} if cache else None
         self.batch_size = batch_size
 
@@ -159,12 +162,37 @@ def build_model(cfg: EmbedderRole, base_dir: Path, workdir: Path):
     return SentenceTransformer(modules=[encoder, Pooling(encoder.get_embedding_dimension(), "mean")])
 
 
-def training_pairs(prepared: Path, cfg: EmbedderRole) -> list[dict[str, str]]:
-    pairs = [{"anchor": r["bo"], "positive": r["zh"]} for r in read_jsonl(prepared / "mt" / "train.jsonl")]
+# A view's units: a Tibetan syllable with its tsheg/space, a Han character, or any other run (digits, Latin).
+_UNITS = re.compile(rf"[\u0f00-\u0fff]+?(?:{TSHEG}|\s+|$)|[^\u0f00-\u0fff\u3400-\u9fff\s]+\s*|\S\s*|\s+")
+
+
+def view(text: str, drop: float, rng: random.Random) -> str:
+    """A random view of a text: each unit (syllable, character) dropped with probability `drop`, at least
+    one kept. Two views of one text are a positive pair: the embedder learns that texts sharing most of
+    their units are close, which is what lets it rank a model's output against a same-language reference."""
+    units = _UNITS.findall(text)
+    kept = [u for u in units if rng.random() >= drop] or [rng.choice(units or [text])]
+    return "".join(kept).strip()
+
+
+def view_pairs(texts: list[str], cfg: EmbedderRole) -> list[dict[str, str]]:
+    rng = random.Random(cfg.seed)
+    return [{"anchor": view(t, cfg.view_drop, rng), "positive": view(t, cfg.view_drop, rng)}
+            for _ in range(cfg.views) for t in texts]
+
+
+def training_pairs(prepared: Path, cfg: EmbedderRole) -> dict[str, list[dict[str, str]]]:
+    """The pairs by kind: bo-zh translations of the MT train split (the paper's adaptation data), headline
+    title-body pairs (use_headlines), and `views` monolingual view pairs per MT training text in each of
+    view_scripts (derived; never dev or test text)."""
+    mt = read_jsonl(prepared / "mt" / "train.jsonl")
+    groups = {"translation": [{"anchor": r["bo"], "positive": r["zh"]} for r in mt]}
     if cfg.use_headlines:
-        pairs += [{"anchor": r["title"], "positive": r["body"][:cfg.headline_body_chars]}
-                  for r in read_jsonl(prepared / "headline" / "train.jsonl")]
-    return pairs
+        groups["headline"] = [{"anchor": r["title"], "positive": r["body"][:cfg.headline_body_chars]}
+                              for r in read_jsonl(prepared / "headline" / "train.jsonl")]
+    if cfg.views:
+        groups["views"] = view_pairs([r[script] for script in cfg.view_scripts for r in mt], cfg)
+    return groups
 
 
 def train(model, pairs: list[dict[str, str]], cfg: EmbedderRole, workdir: Path) -> float:
@@ -214,8 +242,10 @@ def build_one(config: Config, role: str) -> dict[str, Any]:
             metrics = {"kind": cfg.kind, "dev_pairs": len(dev),
                        "dev_top1_bo2zh_before": round(retrieval_top1(model, bo_dev, zh_dev), 4)}
         if cfg.kind not in ("pretrained", "char_ngram") or cfg.finetune:
-            pairs = training_pairs(prepared, cfg)
+            groups = training_pairs(prepared, cfg)
+            pairs = [p for group in groups.values() for p in group]
             metrics["train_pairs"] = len(pairs)
+            metrics.update({f"train_pairs_{name}": len(group) for name, group in groups.items()})
             metrics["train_loss"] = round(train(model, pairs, cfg, Path(tmp)), 4)
         if cfg.kind != "char_ngram":  # cross-lingual retrieval: not what a monolingual n-gram model does
             metrics["dev_top1_bo2zh"] = round(retrieval_top1(model, bo_dev, zh_dev), 4)

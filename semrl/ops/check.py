@@ -3,6 +3,8 @@ shapes, LoRA target modules against the real architecture, reward names, tasks, 
 the accelerator memory a step needs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from semrl import SemrlError
 from semrl.core.config import Config
 from semrl.core.io import import_dotted
@@ -43,11 +45,14 @@ def _linear_modules(config) -> tuple[set[str], dict[str, tuple[int, int]], int]:
 def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[int, int]]) -> dict:
     """A rough peak for the heaviest step (GRPO generation + update), in GiB; the constants of the model
     are `check.memory`."""
+    from semrl.core.methods import get_method
+
     t, mm = cfg.train, cfg.check.memory
     bytes_w = 2 if t.bf16 else 4
     lora = t.lora
+    grpo_lora = get_method(cfg, "grpo").lora
     layers = config.num_hidden_layers
-    if lora.enabled:
+    if grpo_lora:
         trainable = sum(lora.r * (shapes[m][0] + shapes[m][1]) for m in lora.target_modules if m in shapes)
         trainable *= layers
     else:
@@ -61,7 +66,7 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
     gib = 2 ** 30
     est = {
         "weights": n_params * bytes_w / gib,
-        "reference_model": 0.0 if lora.enabled or g.beta == 0 else n_params * bytes_w / gib,
+        "reference_model": 0.0 if grpo_lora or g.beta == 0 else n_params * bytes_w / gib,  # LoRA: adapter off
         "trainable_params_m": trainable / 1e6,
         "optimizer_and_grads": trainable * (4 + 4 + 4 + bytes_w) / gib,  # fp32 master, Adam m and v, grads
         "kv_cache": batch * seq * layers * 2 * kv_heads * head_dim * bytes_w / gib,
@@ -71,8 +76,69 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
         / (layers ** 0.5 if t.gradient_checkpointing else 1) / gib
         + batch * seq * config.vocab_size * 4 / gib,
     }
-    est["total"] = sum(v for k, v in est.items() if k != "trainable_params_m")
+    e = cfg.embedder.reward
+    # GRPO's reward embedder lives on the trainer's device too (embedder.reward.device null)
+    est["reward_embedder"] = (0.0 if e.device == "cpu" else
+                              config.vocab_size * e.dim * 4 / gib if e.kind == "static" else mm.reward_embedder_gib)
+    est["per_step"] = sum(v for k, v in est.items() if k != "trainable_params_m")
+    # what shares one GPU at a time (flow.steps_per_gpu steps; on CPU-only machines this is the RAM estimate)
+    est["steps_at_once"] = cfg.flow.steps_per_gpu
+    est["total"] = est["per_step"] * cfg.flow.steps_per_gpu
     return {k: round(v, 2) for k, v in est.items()}
+
+
+def vllm_problems() -> list[str]:
+    """train.grpo.use_vllm needs CUDA and the vllm extra in TRL's supported range."""
+    import importlib.util
+
+    import torch
+
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("train.grpo.use_vllm: vLLM generation needs CUDA and none is visible; set use_vllm: false "
+                        "(HF generation) on this machine")
+    if importlib.util.find_spec("vllm") is None:
+        problems.append("train.grpo.use_vllm: vllm is not installed, and no version TRL 1.16 supports (0.22-0.31) "
+                        "installs beside the pinned transformers 5.24 (vLLM 0.31 needs < 5.18): README \"vLLM\"")
+    return problems
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def named_models(cfg: Config) -> dict[str, tuple[str, str | None]]:
+    """The models a profile names by hub id or path: {setting: (name, revision)}."""
+    named = {}
+    if cfg.base.pretrained:
+        named["base.pretrained"] = (cfg.base.pretrained, cfg.base.revision)
+    for role in ("reward", "eval"):
+        e = getattr(cfg.embedder, role)
+        if e.model and e.kind in ("pretrained", "transformer"):
+            named[f"embedder.{role}.model"] = (e.model, e.revision)
+    if cfg.eval.judge.kind == "local" and cfg.eval.judge.model:
+        named["eval.judge.model"] = (cfg.eval.judge.model, cfg.eval.judge.revision)
+    return named
+
+
+def hub_problems(cfg: Config) -> list[str]:
+    """With HF_HUB_OFFLINE set, every named hub model must already be in the local cache: otherwise the
+    run would fail at its first download, after hours of earlier stages (or after `semrl profile` rewrote
+    params.yaml). `make` sets the variable only where a corpus mirror is configured."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if not _truthy(os.environ.get("HF_HUB_OFFLINE")):
+        return []
+    problems = []
+    for setting, (name, revision) in named_models(cfg).items():
+        if Path(name).exists():
+            continue
+        if not isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+            problems.append(f"{setting} {name!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; unset "
+                            "HF_HUB_OFFLINE to download it (make sets it only when SEMRL_DATA_MIRROR is set)")
+    return problems
 
 
 def check(cfg: Config) -> tuple[list[str], list[str]]:
@@ -80,7 +146,7 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
     rewards that resolve, sources and tables that parse, LoRA targets in the real architecture, the
     memory a step needs. No problem means the profile is ready to run."""
     from semrl.core.methods import methods
-    from semrl.core.tasks import tasks
+    from semrl.core.tasks import data_problems, tasks
     from semrl.data.sources import read_sources
     from semrl.data.tables import read_tables, unpinned
     from semrl.training.rewards import REGISTRY
@@ -104,6 +170,14 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
                     pass
             problems.append(f"{method.section} ({method.name}): reward {comp.name!r} is neither registered "
                             f"({', '.join(REGISTRY)}) nor an importable dotted path")
+    if g.use_vllm:
+        problems += vllm_problems()
+    grpo = methods(cfg)["grpo"]
+    facts.append(f"GRPO trains {'a LoRA adapter' if grpo.lora else 'every weight'} at lr {g.lr:g}")
+    if grpo.lora and g.lr < 1e-6:
+        facts.append(f"warning: train.grpo: LoRA at lr {g.lr:g} < 1e-6 barely moves a fresh adapter (B = 0), and "
+                     "an unmoved policy pays no tax trivially; set train.grpo.lora: false for full-parameter GRPO "
+                     "or raise the lr (MLflow logs adapter/lora_B_norm and kl to show whether it moved)")
     for key in ("cldr_pairs", "cldr_dates"):
         if getattr(cfg.prepare.mt, key) and not cfg.fetch.cldr:
             problems.append(f"prepare.mt.{key} needs fetch.cldr: true")
@@ -124,7 +198,7 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
         names, shapes, n_params = _linear_modules(arch)
         facts.append(f"base: {arch.model_type}, {n_params / 1e6:,.1f} M parameters, linear layers "
                      f"{', '.join(sorted(names))}")
-        if t.lora.enabled:
+        if any(m.lora for m in methods(cfg).values()):
             missing = [m for m in t.lora.target_modules if m not in names]
             if missing:
                 problems.append(f"train.lora.target_modules: {missing} not in the architecture ({sorted(names)})")
@@ -132,8 +206,11 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
         budget = cfg.check.gpu_memory_gib
         facts.append("memory estimate (GiB): " + ", ".join(f"{k} {v}" for k, v in est.items()))
         if est["total"] > budget:
-            problems.append(f"estimated peak {est['total']} GiB exceeds check.gpu_memory_gib {budget}: lower "
-                            "prompts_per_step or max lengths, or enable gradient checkpointing")
+            problems.append(f"estimated peak {est['total']} GiB ({est['per_step']} per step x flow.steps_per_gpu "
+                            f"{cfg.flow.steps_per_gpu}) exceeds check.gpu_memory_gib {budget}: lower "
+                            "flow.steps_per_gpu, prompts_per_step or max lengths, or enable gradient checkpointing")
     except SemrlError as e:
         problems.append(str(e))
-    return problems, facts
+    problems += hub_problems(cfg)
+    data_issues, data_facts = data_problems(cfg)
+    return problems + data_issues, facts + data_facts

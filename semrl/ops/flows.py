@@ -10,8 +10,12 @@ retried. One MLflow parent run per flow run holds the steps as nested runs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,11 @@ from prefect import flow, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from semrl import SemrlError
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
 from semrl.core.methods import COLDSTART, branches, output_dir, run_name
+from semrl.core.tasks import data_problems
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
 
@@ -43,20 +49,89 @@ def transient(task, task_run, state) -> bool:
     return isinstance(exc, StepFailed) and (exc.returncode < 0 or exc.returncode == EX_TEMPFAIL)
 
 
-def _cli(args: list[str], parent_run_id: str, label: str) -> None:
-    returncode = steps.run_cli(args, {**os.environ, PARENT_RUN_ENV: parent_run_id})
+def visible_gpus(cfg: Config) -> list[str]:
+    """The GPUs the flow hands out: flow.devices, else CUDA_VISIBLE_DEVICES, else every GPU torch sees."""
+    if cfg.flow.devices is not None:
+        return [str(d) for d in cfg.flow.devices]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    import torch  # device_count() asks NVML: no CUDA context in the flow process
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+class DeviceSlots:
+    """Placement of a flow run's steps on GPUs. A slot is a group of flow.gpus_per_step devices, offered
+    flow.steps_per_gpu times; a step holds one slot for its whole run and waits while none is free. So on
+    one GPU, branches that do not fit together run one after another (the flow still submits them as
+    siblings), and with N GPUs each step gets its own. No GPU: no slots, only flow.max_workers limits."""
+
+    def __init__(self, gpus: list[str], gpus_per_step: int = 1, steps_per_gpu: int = 1):
+        if gpus and len(gpus) < gpus_per_step:
+            raise SemrlError(f"flow.gpus_per_step {gpus_per_step}, but only {len(gpus)} GPU(s) visible: {gpus}")
+        self.groups = [tuple(gpus[i:i + gpus_per_step]) for i in range(0, len(gpus) - gpus_per_step + 1, gpus_per_step)]
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(steps_per_gpu):
+            for group in self.groups:
+                self.free.put(group)
+
+    @contextlib.contextmanager
+    def take(self):
+        if not self.groups:
+            yield None
+            return
+        slot = self.free.get()
+        try:
+            yield slot
+        finally:
+            self.free.put(slot)
+
+
+def _free_port() -> int:
+    """A free local port for a multi-GPU step's rendezvous (two such steps at once must not share 29500)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_SLOTS: dict[str, DeviceSlots] = {}  # per flow run (its MLflow parent run id): the steps are its threads
+
+
+def _cli(args: list[str], parent_run_id: str, label: str) -> dict[str, Any]:
+    """Run one step, on a device slot where the flow has GPUs; when it ran (after any wait for a slot) and where."""
+    slots = _SLOTS.get(parent_run_id) or DeviceSlots([])
+    with slots.take() as slot:
+        start = time.time()
+        env = {**os.environ, PARENT_RUN_ENV: parent_run_id}
+        if slot is None:
+            returncode = steps.run_cli(args, env)
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
+            print(f"{label}: on GPU {env['CUDA_VISIBLE_DEVICES']}")
+            if len(slot) == 1 or args[0] != "train":  # evaluation and transfer use one device
+                env["CUDA_VISIBLE_DEVICES"] = slot[0]
+                returncode = steps.run_cli(args, env)
+            else:  # a training step on several GPUs: data parallel under accelerate (rank 0 tracks and saves)
+                cfg = load_config(args[args.index("--params") + 1])
+                launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(cfg.flow.accelerate_config), "--num_processes", str(len(slot)),
+                          "--main_process_port", str(_free_port()), "-m", "semrl.cli", *args]
+                returncode = subprocess.run(launch, env=env).returncode
     if returncode != 0:
         raise StepFailed(f"{label} exited with {returncode}", returncode)
+    return {"start": start, "end": time.time(), "devices": list(slot) if slot else None}
 
 
 @task(name="train-step", task_run_name="{task_name}-{method}-s{seed}", cache_policy=None,
       retry_condition_fn=transient)
 def train_step(task_name: str, method: str, seed: int, params_path: str, parent_run_id: str) -> dict[str, Any]:
-    start = time.time()
-    _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
-         parent_run_id, run_name(task_name, method, seed))
+    ran = _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
+               parent_run_id, run_name(task_name, method, seed))
     summary_file = output_dir(load_config(params_path), task_name, method, seed) / "summary.json"
-    return {**json.loads(summary_file.read_text()), "start": start, "end": time.time()}
+    return {**json.loads(summary_file.read_text()), **ran}
 
 
 @task(name="evaluate-step", task_run_name="evaluate-{task_name}", cache_policy=None, retry_condition_fn=transient)
@@ -100,6 +175,9 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
     cfg = load_config(params_path)
     tasks = list(tasks or cfg.train.tasks)
     seeds = [int(s) for s in (seeds if seeds is not None else cfg.train.seeds)]
+    problems, _ = data_problems(cfg, tasks)
+    if problems:  # before any cold start runs: a split too small for the branches fails here, not hours later
+        raise SemrlError(f"{params_path}: " + "; ".join(problems))
     retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_s}
     step = train_step.with_options(**retry)
     name = f"expansion-{flow_run.get_name() or 'local'}"
@@ -108,6 +186,7 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
                       log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART, *names], "profile": profile,
                                   "params_path": params_path}) as parent:
         parent_id = parent.info.run_id
+        _SLOTS[parent_id] = DeviceSlots(visible_gpus(cfg), cfg.flow.gpus_per_step, cfg.flow.steps_per_gpu)
         futures, by_task = [], {}
         for task_name in tasks:
             for seed in seeds:
@@ -119,6 +198,7 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
                  for t in tasks] if evaluate else []
         report = [report_step.with_options(**retry).submit(params_path, parent_id, wait_for=evals)] if evaluate else []
         wait(futures + evals + report)
+        _SLOTS.pop(parent_id, None)
         results, failures = [], []
         for f in futures + evals + report:
             if f.state.is_completed():

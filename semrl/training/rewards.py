@@ -17,17 +17,19 @@ from semrl import SemrlError
 from semrl.core.config import RewardComponent
 from semrl.core.io import import_dotted
 from semrl.core.text import in_script, script_counts
+from semrl.models.chat import strip_thinking
 from semrl.models.embedder import Similarity
 
 RewardFunc = Callable[..., list[float]]
 
 
 def completion_text(completion: Any) -> str:
-    """TRL passes plain strings, or for conversational data a list of messages (the last is ours)."""
+    """The completion's text without a leading thinking block (semrl.models.chat.strip_thinking): TRL
+    passes plain strings, or for conversational data a list of messages (the last is ours)."""
     if isinstance(completion, str):
-        return completion
+        return strip_thinking(completion)
     if isinstance(completion, dict):
-        return str(completion.get("content", ""))
+        return strip_thinking(str(completion.get("content", "")))
     if isinstance(completion, list) and completion:
         return completion_text(completion[-1])
     return ""
@@ -53,10 +55,10 @@ class SemanticReward(Similarity):
     __name__ = "semantic"
 
     def __init__(self, embedder: Any, tau: float = 0.0, reference_column: str = "reference", cache: bool = True,
-                 batch_size: int = 64):
+                 batch_size: int = 64, device: str | None = None):
         if not 0.0 <= float(tau) < 1.0:
             raise SemrlError(f"semantic reward: tau must be in [0, 1), got {tau}")
-        super().__init__(embedder, cache=cache, batch_size=batch_size)
+        super().__init__(embedder, cache=cache, batch_size=batch_size, device=device)
         self.tau, self.reference_column = float(tau), reference_column
 
     def similarity(self, completions: list[Any], references: list[str]) -> list[float]:
@@ -113,7 +115,8 @@ class MetricReward:
 
 def _semantic(ctx: dict[str, Any], **kw: Any) -> RewardFunc:
     return SemanticReward(kw.pop("embedder", ctx["embedder"]), tau=kw.pop("tau", ctx["tau"]),
-                          reference_column=kw.pop("reference_column", ctx["reference_column"]), **kw)
+                          reference_column=kw.pop("reference_column", ctx["reference_column"]),
+                          device=kw.pop("device", ctx.get("device")), **kw)
 
 
 def _with_script(cls):

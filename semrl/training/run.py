@@ -75,7 +75,7 @@ def save_outputs(cfg: Config, method: Method, trainer, init: Path, out: Path, ma
     (possibly sharded) training model, so it is the same under one process, DDP, ZeRO-2 and ZeRO-3."""
     from transformers import AutoModelForCausalLM
 
-    lora = cfg.train.lora.enabled
+    lora = method.lora
     saved = out / ("adapter" if lora else "model")
     trainer.save_model(str(saved))
     if not main:
@@ -155,7 +155,7 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
     main = rank() == 0
     logged = {"task": task.name, "method": method.name, "seed": seed, "train_examples": len(items),
               "trainer": method.trainer, "config": method.hparams.model_dump(mode="json"),
-              "lora": cfg.train.lora.model_dump(mode="json"), "init": str(init), "world_size": world_size()}
+              "lora": {**cfg.train.lora.model_dump(mode="json"), "enabled": method.lora}, "init": str(init), "world_size": world_size()}
     if method.trainer == "grpo":
         logged.update(rewards=[c.model_dump() for c in method.rewards], tau=tau)
     if main:

@@ -9,6 +9,7 @@ from typing import Any
 from semrl.core.config import Config, StageConfig
 from semrl.core.methods import Method, output_dir
 from semrl.core.tasks import Task
+from semrl.models.chat import render_prompts, template_kwargs
 
 
 def rank() -> int:
@@ -45,11 +46,15 @@ def method_items(cfg: Config, method: Method, train_items: list[dict], seed: int
     return seed_split(train_items, method.hparams.samples, seed)[0]  # fewshot
 
 
-def sft_dataset(items: list[dict]):
+def sft_dataset(items: list[dict], chat_kwargs: dict[str, Any] | None = None):
+    """Prompt-completion conversations; chat_kwargs (thinking off for Qwen3) ride along per row, where
+    TRL's SFTTrainer reads them when it renders the template."""
     from datasets import Dataset
 
+    extra = {"chat_template_kwargs": chat_kwargs} if chat_kwargs else {}
     return Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}],
-                               "completion": [{"role": "assistant", "content": x["reference"]}]} for x in items])
+                               "completion": [{"role": "assistant", "content": x["reference"]}], **extra}
+                              for x in items])
 
 
 def grpo_dataset(items: list[dict], reference_column: str):
@@ -82,9 +87,9 @@ def init_model_dir(cfg: Config, task: str, method: Method, seed: int) -> Path:
     return path
 
 
-def lora_config(cfg: Config):
+def lora_config(cfg: Config, method: Method):
     lora = cfg.train.lora
-    if not lora.enabled:
+    if not method.lora:
         return None
     from peft import LoraConfig
 
@@ -125,13 +130,64 @@ def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
 # ---------------------------------------------------------------- trainers
 
 
+def reward_device(cfg: Config) -> str:
+    """embedder.reward.device, else the trainer's device: this rank's GPU (cuda:LOCAL_RANK, within the GPUs
+    the flow gave the step) or the CPU. Never a fixed cuda:0, where every rank of a multi-GPU step would
+    put its reward model."""
+    import os
+
+    import torch
+
+    if cfg.embedder.reward.device:
+        return cfg.embedder.reward.device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+
+
+def vllm_args(hp) -> dict[str, Any]:
+    """GRPOConfig's vLLM arguments: nothing unless train.grpo.use_vllm (HF generation is the default)."""
+    if not hp.use_vllm:
+        return {"use_vllm": False}
+    args = {"use_vllm": True, "vllm_mode": hp.vllm_mode, "vllm_tensor_parallel_size": hp.vllm_tensor_parallel_size}
+    if hp.vllm_mode == "colocate":
+        return {**args, "vllm_gpu_memory_utilization": hp.vllm_gpu_memory_utilization}
+    return {**args, "vllm_server_host": hp.vllm_server_host, "vllm_server_port": hp.vllm_server_port}
+
+
+def adapter_norms(model) -> dict[str, float]:
+    """L2 norms of the LoRA weights: `adapter/lora_B_norm` starts at 0 (B is initialised to zero) and
+    measures how far the adapter has moved; {} for a model without LoRA (there TRL's `kl` says it)."""
+    import torch
+
+    a = b = 0.0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                b += float(p.detach().float().pow(2).sum())
+            elif "lora_A" in name:
+                a += float(p.detach().float().pow(2).sum())
+    return {"adapter/weight_norm": (a + b) ** 0.5, "adapter/lora_B_norm": b ** 0.5} if a or b else {}
+
+
+def policy_movement_callback():
+    """Logs adapter_norms with every logging step, so "did the policy move" is a curve in MLflow next to
+    GRPO's KL to the reference (a GRPO lr meant for full fine-tuning leaves a LoRA adapter near zero)."""
+    from transformers import TrainerCallback
+
+    class PolicyMovement(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if logs is not None and model is not None and state.is_world_process_zero:
+                logs.update(adapter_norms(model))
+
+    return PolicyMovement()
+
+
 def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list[dict], init: Path, ckpt: Path,
                  tokenizer, tau: float | None):
     from semrl.core import tracking
 
     hp = method.hparams
     init_kwargs = model_init_kwargs(cfg, method)
-    callbacks = [tracking.metrics_callback()]
+    callbacks = [policy_movement_callback(), tracking.metrics_callback()]  # adds its keys before MLflow logs them
     if method.data == "remaining" and cfg.train.trajectory.every:  # the branches, scored along training
         from semrl.training.trajectory import TRAJECTORY_FILE, trajectory_callback
 
@@ -141,13 +197,12 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
         # Room for the longest templated prompt (instruction, truncated input, chat markup: its length in
         # tokens depends on the tokenizer) plus the target budget, so no example loses its completion.
-        prompts = tokenizer.apply_chat_template([[{"role": "user", "content": x["prompt"]}] for x in items],
-                                                add_generation_prompt=True, tokenize=False)
+        prompts = render_prompts(tokenizer, [x["prompt"] for x in items])
         longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
         args = SFTConfig(**common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=hp.batch_size,
                          max_length=longest + cfg.train.max_target_tokens, model_init_kwargs=init_kwargs)
-        return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items),
-                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+        return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items, template_kwargs(tokenizer)),
+                          processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
 
     from trl import GRPOConfig, GRPOTrainer
 
@@ -155,15 +210,16 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
     r = cfg.rewards
     context = {"embedder": cfg.embedder.reward.out_dir, "tau": tau, "script": task.script,
-               "reference_column": r.reference_column}
+               "reference_column": r.reference_column, "device": reward_device(cfg)}
     funcs, weights = build_rewards(method.rewards, context)
     g = hp.num_generations
     args = GRPOConfig(
         **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,
         num_generations=g, max_completion_length=cfg.train.max_target_tokens, temperature=hp.temperature,
         top_p=hp.top_p, beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, reward_weights=weights,
-        use_vllm=hp.use_vllm, scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs,
+        scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs, **vllm_args(hp),
+        chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
     return GRPOTrainer(model=str(init), reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(items, r.reference_column),
-                       processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+                       processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)

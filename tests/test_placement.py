@@ -1,0 +1,82 @@
+"""GPU placement of flow steps (semrl.ops.flows.DeviceSlots) and the reward embedder's device: slots per
+device, steps that wait for a free one, and the flow keeping branches as siblings while they queue."""
+import json
+import threading
+import time
+
+import pytest
+import yaml
+
+from semrl import SemrlError
+from semrl.core.config import load_config
+from semrl.ops.flows import DeviceSlots, visible_gpus
+from semrl.training.trainers import reward_device
+
+from conftest import REPO
+
+
+def test_slots_group_devices_and_make_the_rest_wait():
+    slots = DeviceSlots(["0", "1", "2", "3"], gpus_per_step=2, steps_per_gpu=1)
+    assert slots.groups == [("0", "1"), ("2", "3")]
+    with slots.take() as a, slots.take() as b:
+        assert {a, b} == {("0", "1"), ("2", "3")}
+    with pytest.raises(SemrlError, match="gpus_per_step 2, but only 1 GPU"):
+        DeviceSlots(["0"], gpus_per_step=2)
+    with DeviceSlots([]).take() as none:  # no GPU: no placement
+        assert none is None
+
+
+def test_one_gpu_runs_steps_one_after_another():
+    slots, spans = DeviceSlots(["0"], steps_per_gpu=1), []
+
+    def step():
+        with slots.take() as slot:
+            start = time.monotonic()
+            time.sleep(0.2)
+            spans.append((slot, start, time.monotonic()))
+
+    threads = [threading.Thread(target=step) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans.sort(key=lambda s: s[1])
+    assert [s[0] for s in spans] == [("0",)] * 3
+    assert all(prev[2] <= nxt[1] for prev, nxt in zip(spans, spans[1:]))  # never two at once
+    shared = DeviceSlots(["0"], steps_per_gpu=2)
+    with shared.take(), shared.take():
+        assert shared.free.empty()  # two steps share the device, a third would wait
+
+
+def test_visible_gpus_and_the_reward_device(monkeypatch):
+    cfg = load_config(REPO / "params.yaml")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus(cfg) == ["2", "5"]
+    cfg.flow.devices = ["7"]
+    assert visible_gpus(cfg) == ["7"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cfg.flow.devices = None
+    assert visible_gpus(cfg) == []
+    import torch
+
+    if not torch.cuda.is_available():
+        assert reward_device(cfg) == "cpu"
+    cfg.embedder.reward.device = "cuda:3"
+    assert reward_device(cfg) == "cuda:3"
+
+
+def test_the_flow_queues_branches_on_one_device(trained_repo, tmp_path):
+    """flow.devices ["0"] on this CPU machine: each step gets CUDA_VISIBLE_DEVICES=0 (torch sees no GPU there
+    and trains on the CPU), one step at a time; the flow still submits the branches as siblings."""
+    from test_methods import semrl, variant
+
+    path, _ = variant(trained_repo, tmp_path, flow__devices=["0"], flow__steps_per_gpu=1, train__seeds=[0],
+                      train__coldstart__max_steps=2, train__sft__max_steps=2, train__grpo__max_steps=2,
+                      train__match_budgets=False, train__trajectory__every=0)
+    proc = semrl(["flow", "--task", "mt", "--seed", "0", "--params", str(path)], trained_repo)
+    steps = {r["method"]: r for r in json.loads((tmp_path / "models" / "mt" / "flow_run.json").read_text())}
+    assert set(steps) == {"coldstart", "sft", "grpo", "grpo_bleu_language"}
+    assert all(r["devices"] == ["0"] for r in steps.values())
+    spans = sorted((r["start"], r["end"]) for r in steps.values())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one step on the device at a time
+    assert "on GPU 0" in proc.stdout + proc.stderr
