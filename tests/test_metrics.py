@@ -176,6 +176,9 @@ def test_lm_probe_scores_plain_text_per_item(tiny):
     lines = ["短", "这是一段足够长的中文文本，用来测试语言模型探针的每条结果。", "另一段同样足够长的中文文本，它在后面出现。"]
     texts = lm_probe_texts(lines, n=5, min_chars=10)
     assert texts == lines[1:]
+    fill = ["太短", lines[1], "第三段来自别处的足够长的中文文本，补足探针。", "第三段来自别处的足够长的中文文本，补足探针。",
+            "第四段来自别处的足够长的中文文本，也补进来。", "第五段足够长的文本，但探针已经满了。"]
+    assert lm_probe_texts(lines, n=4, min_chars=10, fill=fill) == lines[1:] + [fill[2], fill[4]]  # distinct, long
     [(ids, attn, mask)] = list(text_batches(tok, texts, 64, batch_size=2))
     first = tok.decode(ids[0, : int(attn[0].sum())])
     assert first == texts[0] and "<|im_start|>" not in first  # plain text, no chat markup
@@ -225,3 +228,24 @@ def test_skill_probe_picks_the_choice_of_lowest_mean_nll(tiny):
                 logp = F.log_softmax(base(torch.tensor([h + a])).logits[0, :-1].float(), -1)
             nlls.append(-logp[len(h) - 1:, :].gather(-1, torch.tensor(a).unsqueeze(-1)).mean().item())
         assert score == float(min(range(len(nlls)), key=nlls.__getitem__) == x["answer_index"])
+
+
+def test_the_probe_tops_up_held_out_lines_with_cmrc_dev_contexts(smoke_repo, monkeypatch):
+    """Held-out LM lines first, then distinct CMRC 2018 *dev* contexts, never trained on: the base's LM text
+    (lm/zh.txt) holds no dev context."""
+    from semrl.core.config import load_config
+    from semrl.core.io import read_jsonl
+    from semrl.evaluation.metrics import probe_texts
+
+    monkeypatch.chdir(smoke_repo)
+    cfg = load_config("params.yaml")
+    texts, sources = probe_texts(cfg, 60)
+    assert len(texts) == 60 == sum(sources.values()) and sources["cmrc_dev_contexts"] > 0
+    assert len(set(texts)) == 60 and all(len(t) >= cfg.eval.lm_probe_min_chars for t in texts)
+    contexts = {r["context"] for r in read_jsonl(smoke_repo / "data" / "prepared" / "general" / "cmrc_dev.jsonl")}
+    lm_text = (smoke_repo / "data" / "prepared" / "lm" / "zh.txt").read_text(encoding="utf-8")
+    assert set(texts[sources["heldout_lm_lines"]:]) <= contexts
+    assert not any(c in lm_text for c in texts[sources["heldout_lm_lines"]:])
+    cfg.eval.lm_probe_cmrc_contexts = False
+    assert probe_texts(cfg, 60) == (texts[:sources["heldout_lm_lines"]],
+                                    {"heldout_lm_lines": sources["heldout_lm_lines"], "cmrc_dev_contexts": 0})

@@ -441,6 +441,9 @@ class EvalConfig(Section):
     samples_to_keep: int = Field(20, ge=0)
     lm_probe_samples: int = Field(200, ge=1)  # held-out general-Chinese lines scored as plain text
     lm_probe_min_chars: int = Field(32, ge=1)  # shorter held-out lines (single sayings) are skipped
+    # Only ~14 held-out LM lines are long enough: top the probe up with distinct CMRC 2018 dev contexts
+    # (general Chinese no stage trains on; the base pretrains on the *trial* set's contexts).
+    lm_probe_cmrc_contexts: bool = True
     lm_probe_max_tokens: int = Field(128, ge=2)
     # The general skill probe: riddle -> answer (xiehouyu) in chat format, multiple choice by the answer's
     # mean token NLL among `skill_choices` answers (the others drawn from other riddles); chance 1/choices.

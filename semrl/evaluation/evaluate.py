@@ -143,8 +143,9 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from semrl.evaluation.metrics import lm_probe, lm_probe_texts, skill_probe
-    from semrl.models.base import load_base, lm_split
+    from semrl.evaluation.metrics import lm_probe, skill_probe
+    from semrl.evaluation.metrics import probe_texts as lm_probe_texts_for
+    from semrl.models.base import load_base
     from semrl.models.generation import accelerator, generate
 
     task, e = get_task(cfg, task_name), cfg.eval
@@ -154,7 +155,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     test = test_rows(task, tokenizer, cfg)
     cmrc_path = cfg.prepare.out_dir / "general" / "cmrc_dev.jsonl"
     cmrc = read_jsonl(cmrc_path)[: e.cmrc_samples]
-    probe_texts = lm_probe_texts(lm_split(cfg, "zh")[1], e.lm_probe_samples, e.lm_probe_min_chars)
+    probe_texts, probe_sources = lm_probe_texts_for(cfg, e.lm_probe_samples)
     skill = skill_set(cfg)
     if not test or not cmrc or not probe_texts:
         raise SemrlError(f"{task_name}: nothing to evaluate (test {len(test)}, CMRC {len(cmrc)}, "
@@ -200,7 +201,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     judge = make_judge(e.judge, eval_emb, e.tie_margin, e.batch_size)
     pref = preference(judge, [x["input"] for x in test], refs, outputs, max_pairs=e.judge.max_pairs)
     report = {"task": task_name, "test_examples": len(test), "cmrc_questions": len(cmrc),
-              "lm_probe_texts": len(probe_texts), "skill_items": len(skill),
+              "lm_probe_texts": len(probe_texts), "lm_probe_sources": probe_sources, "skill_items": len(skill),
               "skill_chance": 1 / e.skill_choices if skill else None,
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
               "reference_mean_length_chars": float(np.mean([len(r) for r in refs])),

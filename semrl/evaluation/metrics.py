@@ -313,10 +313,34 @@ def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], promp
     return nll_and_kl(model, base, answer_batches(tokenizer, items, prompt, max_context_tokens, batch_size))
 
 
-def lm_probe_texts(lines: list[str], n: int, min_chars: int) -> list[str]:
-    """The probe's texts: the first n held-out lines of at least min_chars characters (a fixed set, so
-    every variant is scored on the same items and differences pair up)."""
-    return [x for x in lines if len(x) >= min_chars][:n]
+def lm_probe_texts(lines: list[str], n: int, min_chars: int, fill: list[str] = ()) -> list[str]:
+    """The probe's texts: the first n held-out lines of at least min_chars characters, topped up to n from
+    `fill` (distinct texts, same length rule) — a fixed set, so every variant is scored on the same items
+    and differences pair up."""
+    texts = [x for x in lines if len(x) >= min_chars][:n]
+    for x in dict.fromkeys(fill):
+        if len(texts) >= n:
+            break
+        if len(x) >= min_chars and x not in texts:
+            texts.append(x)
+    return texts
+
+
+def probe_texts(cfg, n: int) -> tuple[list[str], dict[str, int]]:
+    """The LM probe's texts for a config, and how many came from each source: the held-out lines of the
+    base's LM text (lm/zh.txt), then, with eval.lm_probe_cmrc_contexts, the distinct CMRC 2018 *dev*
+    contexts — general Chinese (Wikipedia) that no stage trains on (the base learns from the trial set)."""
+    from semrl.core.io import read_jsonl
+    from semrl.models.base import lm_split
+
+    e = cfg.eval
+    held = lm_split(cfg, "zh")[1]
+    own = lm_probe_texts(held, n, e.lm_probe_min_chars)
+    fill = []
+    if e.lm_probe_cmrc_contexts:
+        fill = [r["context"] for r in read_jsonl(cfg.prepare.out_dir / "general" / "cmrc_dev.jsonl")]
+    texts = lm_probe_texts(held, n, e.lm_probe_min_chars, fill)
+    return texts, {"heldout_lm_lines": len(own), "cmrc_dev_contexts": len(texts) - len(own)}
 
 
 def lm_probe(model, refs: dict[str, Any], tokenizer, texts: list[str], max_tokens: int,

@@ -238,6 +238,15 @@ def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, lis
 
 # Measures of the tax the trade-off plot and tradeoff.csv show, when the evaluation produced them (CMRC EM/F1
 # only with eval.cmrc_generate).
+def probe_note(ev: dict[str, Any]) -> str:
+    src = ev.get("lm_probe_sources") or {}
+    parts = [f"{src.get('heldout_lm_lines', 0)} held-out lines of the base's LM text"]
+    if src.get("cmrc_dev_contexts"):
+        parts.append(f"{src['cmrc_dev_contexts']} CMRC 2018 dev contexts (no stage trains on them)")
+    return (f"{ev.get('lm_probe_texts', 0)} texts, paired across variants: " + " + ".join(parts) +
+            "; each scored as plain language modelling on its first `eval.lm_probe_max_tokens` tokens.")
+
+
 TAX_MEASURES = [("lm_nll_increase_vs_base_mean", "LM probe: NLL increase on general Chinese (nats)"),
                 ("nll_increase_mean", "NLL increase on CMRC answers (nats)"),
                 ("tax_cmrc_avg", "CMRC Avg drop from base (points)")]
@@ -485,7 +494,7 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
                  tc + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"), ("cmrc_avg", "CMRC Avg"),
                        ("cmrc_f1", "CMRC F1"), ("tax_cmrc_avg", "tax (Avg drop)"),
                        ("nll_increase_mean", "ΔNLL mean"), ("nll_increase_p90", "ΔNLL P90"), ("kl_p90", "KL P90")]),
-          "", cmrc_note(g), "", "### Drift on general Chinese text (LM probe, plain text)", "",
+          "", cmrc_note(g), "", "### Drift on general Chinese text (LM probe, plain text)", "", probe_note(ev), "",
           _table(g[g.method.isin(["base", "coldstart", "sft", "grpo"])],
                  [("lm_nll_mean", "NLL"), ("lm_nll_increase_vs_base_mean", "ΔNLL vs base"),
                   ("lm_kl_vs_base_mean", "KL vs base"), ("lm_nll_increase_vs_coldstart_mean", "ΔNLL vs cold start"),

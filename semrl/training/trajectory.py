@@ -30,15 +30,14 @@ def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):
     from transformers import TrainerCallback
 
     from semrl.core.text import metric_tokens
-    from semrl.evaluation.metrics import TASK_METRICS, lm_probe_texts, mean_nll, text_batches
-    from semrl.models.base import lm_split
+    from semrl.evaluation.metrics import TASK_METRICS, mean_nll, probe_texts, text_batches
     from semrl.models.embedder import Similarity, load_embedder
     from semrl.models.generation import generate
 
     tr, e = cfg.train.trajectory, cfg.eval
     rows = per_source(task.examples("dev", tokenizer, cfg.train.max_input_tokens), tr.dev_samples)
     prompts, refs = [x["prompt"] for x in rows], [x["reference"] for x in rows]
-    texts = lm_probe_texts(lm_split(cfg, "zh")[1], tr.probe_samples, e.lm_probe_min_chars)
+    texts = probe_texts(cfg, tr.probe_samples)[0]
     similarity = Similarity(load_embedder(cfg.embedder.eval.out_dir))
     ref_len = np.mean([len(metric_tokens(r, task.script).split()) for r in refs]) if refs else 1.0
     metric = task.primary_metric
