@@ -96,15 +96,21 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     assert "| sft − grpo | lm_kl_vs_coldstart | all | 2 × " in md
 
 
+def train_from_the_cold_start(trained_repo: Path, tmp_path: Path, path: Path, method: str):
+    """Train one branch for 2 steps from the trained repo's cold start, as a full model (no adapter saved);
+    the cold start's weights and the branch's, by tensor name."""
+    shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
+    semrl(["train", "--task", "mt", "--method", method, "--params", str(path)], trained_repo)
+    out = tmp_path / "models" / "mt" / method / "seed0"
+    assert not (out / "adapter").exists() and json.loads((out / "summary.json").read_text())["steps"] == 2
+    before = load_file(tmp_path / "models" / "mt" / "coldstart" / "seed0" / "model" / "model.safetensors")
+    return before, load_file(out / "model" / "model.safetensors")
+
+
 def test_full_fine_tuning_trains_every_weight(trained_repo, tmp_path):
     path, _ = variant(trained_repo, tmp_path, train__lora__enabled=False, train__sft__max_steps=2,
                       train__match_budgets=False)
-    shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
-    semrl(["train", "--task", "mt", "--method", "sft", "--params", str(path)], trained_repo)
-    out = tmp_path / "models" / "mt" / "sft" / "seed0"
-    assert not (out / "adapter").exists() and json.loads((out / "summary.json").read_text())["steps"] == 2
-    before = load_file(tmp_path / "models" / "mt" / "coldstart" / "seed0" / "model" / "model.safetensors")
-    after = load_file(out / "model" / "model.safetensors")
+    before, after = train_from_the_cold_start(trained_repo, tmp_path, path, "sft")
     assert set(before) == set(after)
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert "model.norm.weight" in changed and len(changed) > len(before) // 2  # not only LoRA targets
@@ -120,12 +126,7 @@ def test_grpo_alone_can_train_every_weight(trained_repo, tmp_path):
                            train__match_budgets=False)
     assert {m.name: m.lora for m in methods(Config.model_validate(params)).values() if not m.group} == {
         "coldstart": True, "sft": True, "grpo": False, "grpo_bleu_language": False}
-    shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
-    semrl(["train", "--task", "mt", "--method", "grpo", "--params", str(path)], trained_repo)
-    out = tmp_path / "models" / "mt" / "grpo" / "seed0"
-    assert not (out / "adapter").exists() and json.loads((out / "summary.json").read_text())["steps"] == 2
-    before = load_file(tmp_path / "models" / "mt" / "coldstart" / "seed0" / "model" / "model.safetensors")
-    after = load_file(out / "model" / "model.safetensors")
+    before, after = train_from_the_cold_start(trained_repo, tmp_path, path, "grpo")
     assert "model.norm.weight" in [k for k in before if not (before[k] == after[k]).all()]
 
 

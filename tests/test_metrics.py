@@ -104,12 +104,18 @@ def test_answer_batches_hold_each_item_own_prompt_and_answer(tiny):
         assert tok.decode(ids[row, :n][mask[row, :n].bool()]) == item["answers"][0]
 
 
-def test_drift_against_a_direct_computation(tiny):
-    base, tok, items = tiny
+def perturbed(base):
+    """A copy of the model with every weight nudged: a drifted model to score against the original."""
     model = copy.deepcopy(base)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def test_drift_against_a_direct_computation(tiny):
+    base, tok, items = tiny
+    model = perturbed(base)
     prompt = EvalConfig().cmrc_prompt
     nll_m, nll_b, kls = answer_nll_and_kl(model, base, tok, items, prompt, max_context_tokens=48, batch_size=2)
     # Direct: one question at a time, no padding, positions picked by hand.
@@ -139,10 +145,7 @@ def test_drift_scores_only_the_answer_positions_in_chunks(tiny):
     from semrl.evaluation.metrics import mean_nll, nll_and_kl
 
     base, tok, items = tiny
-    model = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    model = perturbed(base)
     prompt = EvalConfig().cmrc_prompt
     batches = list(answer_batches(tok, items, prompt, 48, batch_size=len(items)))
     answer_tokens = sum(int(m[:, 1:].sum()) for _, _, m in batches)
@@ -182,10 +185,7 @@ def test_lm_probe_scores_plain_text_per_item(tiny):
     [(ids, attn, mask)] = list(text_batches(tok, texts, 64, batch_size=2))
     first = tok.decode(ids[0, : int(attn[0].sum())])
     assert first == texts[0] and "<|im_start|>" not in first  # plain text, no chat markup
-    model = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    model = perturbed(base)
     probe = lm_probe(model, {"base": base, "coldstart": model}, tok, texts, 64, batch_size=2)
     assert set(probe) == {"lm_nll", "lm_nll_increase_vs_base", "lm_kl_vs_base", "lm_nll_increase_vs_coldstart",
                           "lm_kl_vs_coldstart"}

@@ -207,13 +207,20 @@ def scored_logprobs(model, ids, attn, pos, chunk_tokens: int = 1024):
     decoder = getattr(model, "get_decoder", lambda: None)()
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if decoder is None or head is None or decoder is model:  # no decoder/head split: full logits, then slice
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1][pos]
-        for i in range(0, logits.shape[0], chunk_tokens):
-            yield torch.arange(i, min(i + chunk_tokens, logits.shape[0])), logits[i:i + chunk_tokens].float().log_softmax(-1)
-        return
-    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1][pos]
-    for i in range(0, hidden.shape[0], chunk_tokens):
-        yield torch.arange(i, min(i + chunk_tokens, hidden.shape[0])), head(hidden[i:i + chunk_tokens]).float().log_softmax(-1)
+        states, head = model(input_ids=ids, attention_mask=attn).logits[:, :-1][pos], (lambda x: x)
+    else:
+        states = decoder(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1][pos]
+    for i in range(0, states.shape[0], chunk_tokens):
+        rows = torch.arange(i, min(i + chunk_tokens, states.shape[0]))
+        yield rows, head(states[rows]).float().log_softmax(-1)
+
+
+def _per_item_mean(values, pos) -> list[float]:
+    """Per item (row of pos), the mean of the values of its scored positions (values in pos.nonzero() order)."""
+    import torch
+
+    n = pos.sum(1).clamp(min=1).float()
+    return (torch.zeros(len(n), device=values.device).index_add_(0, pos.nonzero()[:, 0], values) / n).tolist()
 
 
 def nll_and_kl(model, ref, batches, chunk_tokens: int = 1024) -> tuple[list[float], list[float], list[float]]:
@@ -229,7 +236,6 @@ def nll_and_kl(model, ref, batches, chunk_tokens: int = 1024) -> tuple[list[floa
         for ids, attn, mask in batches:
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
             pos = mask[:, 1:].bool()  # the logits at t predict token t + 1
-            item = pos.nonzero()[:, 0]  # the item of each scored position
             target = ids[:, 1:][pos]
             tok_m, tok_r, kl = (torch.zeros(len(target), device=model.device) for _ in range(3))
             for (rows, lp_m), (_, lp_r) in zip(
@@ -240,11 +246,9 @@ def nll_and_kl(model, ref, batches, chunk_tokens: int = 1024) -> tuple[list[floa
                 tok_m[rows] = -lp_m.gather(-1, t).squeeze(-1)
                 tok_r[rows] = -lp_r.gather(-1, t).squeeze(-1)
                 kl[rows] = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
-            n = pos.sum(1).clamp(min=1).float()
-            per_item = lambda v: (torch.zeros(len(n), device=v.device).index_add_(0, item, v) / n).tolist()
-            nll_model += per_item(tok_m)
-            nll_ref += per_item(tok_r)
-            kls += per_item(kl)
+            nll_model += _per_item_mean(tok_m, pos)
+            nll_ref += _per_item_mean(tok_r, pos)
+            kls += _per_item_mean(kl, pos)
     return nll_model, nll_ref, kls
 
 
@@ -258,12 +262,11 @@ def mean_nll(model, batches, chunk_tokens: int = 1024) -> list[float]:
         for ids, attn, mask in batches:
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
             pos = mask[:, 1:].bool()
-            item, target = pos.nonzero()[:, 0], ids[:, 1:][pos]
+            target = ids[:, 1:][pos]
             tok = torch.zeros(len(target), device=model.device)
             for rows, lp in scored_logprobs(model, ids, attn, pos, chunk_tokens):
                 tok[rows] = -lp.gather(-1, target[rows].unsqueeze(-1)).squeeze(-1)
-            n = pos.sum(1).clamp(min=1).float()
-            out += (torch.zeros(len(n), device=tok.device).index_add_(0, item, tok) / n).tolist()
+            out += _per_item_mean(tok, pos)
     return out
 
 

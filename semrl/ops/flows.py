@@ -111,9 +111,8 @@ def _cli(args: list[str], parent_run_id: str, label: str) -> dict[str, Any]:
         else:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
             print(f"{label}: on GPU {env['CUDA_VISIBLE_DEVICES']}")
-            if len(slot) == 1 or args[0] != "train":  # evaluation and transfer use one device
-                env["CUDA_VISIBLE_DEVICES"] = slot[0]
-                returncode = steps.run_cli(args, env)
+            if len(slot) == 1 or args[0] != "train":  # evaluation and transfer use the slot's first device
+                returncode = steps.run_cli(args, {**env, "CUDA_VISIBLE_DEVICES": slot[0]})
             else:  # a training step on several GPUs: data parallel under accelerate (rank 0 tracks and saves)
                 cfg = load_config(args[args.index("--params") + 1])
                 launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
