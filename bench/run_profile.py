@@ -1,16 +1,22 @@
 """Benchmark: wall time and peak resident memory of a whole command, all its child processes summed
-(DVC stages, Prefect's server, concurrent training branches), sampled every 0.2 s.
+(DVC stages, Prefect's server, concurrent training branches), sampled every 0.2 s; for `dvc repro`, the
+same per stage (a stage runs from DVC's "Running stage" line to the next one).
 
     python bench/run_profile.py -- dvc repro
+    python bench/run_profile.py --json profile.json -- dvc repro
 """
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import threading
 import time
 
 import psutil
+
+STAGE = re.compile(r"Running stage '([^']+)'")
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -24,24 +30,49 @@ def tree_rss(proc: psutil.Process) -> int:
 
 
 def main() -> None:
-    cmd = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
+    args = sys.argv[1:]
+    out = None
+    if args[:1] == ["--json"]:
+        out, args = args[1], args[2:]
+    cmd = args[args.index("--") + 1:] if "--" in args else args
     if not cmd:
         sys.exit(__doc__)
     start = time.perf_counter()
-    child = subprocess.Popen(cmd)
-    root, peak, done = psutil.Process(child.pid), [0], threading.Event()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    root, done = psutil.Process(child.pid), threading.Event()
+    stages: list[dict] = [{"stage": "(start-up)", "start": 0.0, "peak": 0}]
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], tree_rss(root))
+            rss = tree_rss(root)
+            stages[-1]["peak"] = max(stages[-1]["peak"], rss)
             time.sleep(0.2)
 
     threading.Thread(target=sample, daemon=True).start()
+    for line in child.stdout:  # echoed as it comes, so long work still shows progress
+        sys.stdout.write(line)
+        match = STAGE.search(line)
+        if match:
+            stages.append({"stage": match.group(1), "start": time.perf_counter() - start, "peak": 0})
     code = child.wait()
     done.set()
     wall = time.perf_counter() - start
-    print(f"\n{' '.join(cmd)}: exit {code}, wall {wall:.1f} s, peak RSS (process tree) {peak[0] / 2**30:.2f} GiB",
+    rows = []
+    for i, s in enumerate(stages):
+        end = stages[i + 1]["start"] if i + 1 < len(stages) else wall
+        rows.append({"stage": s["stage"], "seconds": round(end - s["start"], 1), "peak_rss_gib": round(s["peak"] / 2**30, 2)})
+    peak = max(r["peak_rss_gib"] for r in rows)
+    if len(rows) > 1:
+        print("\n| stage | wall (s) | share | peak RSS (GiB) |\n|---|---|---|---|", file=sys.stderr)
+        for r in rows:
+            print(f"| {r['stage']} | {r['seconds']:.1f} | {100 * r['seconds'] / wall:.0f} % | {r['peak_rss_gib']:.2f} |",
+                  file=sys.stderr)
+    print(f"\n{' '.join(cmd)}: exit {code}, wall {wall:.1f} s, peak RSS (process tree) {peak:.2f} GiB",
           file=sys.stderr)
+    if out:
+        with open(out, "w") as f:
+            json.dump({"command": cmd, "exit": code, "wall_seconds": round(wall, 1), "peak_rss_gib": peak,
+                       "stages": rows}, f, indent=1)
     sys.exit(code)
 
 

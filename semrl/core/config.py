@@ -338,6 +338,10 @@ class GRPOStage(StageConfig):
     # default, tested on CPU). colocate: vLLM shares the trainer's GPU (vllm_gpu_memory_utilization of it);
     # server: a `trl vllm-serve` process on other GPUs at vllm_server_host:vllm_server_port.
     use_vllm: bool = False
+    # Each distinct prompt through the model once per pass (generation, reference, policy) instead of once per
+    # completion, and only completion tokens through the LM head: the same log-probs (tested), about half the
+    # step (README "Performance"). false: TRL's own passes, e.g. to compare.
+    shared_prefix: bool = True
     vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     vllm_tensor_parallel_size: int = Field(1, ge=1)

@@ -206,6 +206,8 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
     from trl import GRPOConfig, GRPOTrainer
 
+    from semrl.training.shared_prefix import SharedPrefixGRPOTrainer
+
     from semrl.training.rewards import build_rewards
 
     r = cfg.rewards
@@ -220,6 +222,7 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs, **vllm_args(hp),
         chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
-    return GRPOTrainer(model=str(init), reward_funcs=funcs, args=args,
+    trainer_class = SharedPrefixGRPOTrainer if hp.shared_prefix else GRPOTrainer
+    return trainer_class(model=str(init), reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(items, r.reference_column),
                        processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
