@@ -38,6 +38,34 @@ def model_dir(base: Path, hidden: int, scratch: Path) -> tuple[Path, int]:
     return out, sum(p.numel() for p in model.parameters())
 
 
+def run_one(args, device: str, which: str, path: Path, params: int, length: int, dataset, scratch: Path) -> dict:
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from semrl.training.shared_prefix import SharedPrefixGRPOTrainer
+
+    g = args.generations
+    forced = {"generation_kwargs": {"min_new_tokens": length}} if which == "trl" else {}
+    conf = GRPOConfig(
+        output_dir=str(scratch / "out"), max_steps=args.steps, learning_rate=1e-5, report_to=[],
+        per_device_train_batch_size=g * args.prompts_per_step, num_generations=g, max_completion_length=length,
+        beta=0.04, logging_steps=1, save_strategy="no", use_cpu=device == "cpu", seed=0, temperature=0.8,
+        bf16=device == "cuda" and args.bf16, **forced)  # TRL defaults to bf16: emulated, 3x slower on this CPU
+    trainer_class = SharedPrefixGRPOTrainer if which == "ours" else GRPOTrainer
+    trainer = trainer_class(model=str(path), reward_funcs=constant_reward, args=conf, train_dataset=dataset,
+                            processing_class=AutoTokenizer.from_pretrained(path))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "step_time" in h]
+    step = statistics.median([h["step_time"] for h in logs[1:] or logs])
+    mean_length = statistics.mean(h["completions/mean_length"] for h in logs)
+    tokens = round(g * args.prompts_per_step * mean_length)
+    print(f"  {device:4} {which:4} hidden {path.name} ({params / 1e6:.1f} M) length {length:3} (mean {mean_length:.1f}): "
+          f"step {step:.3f} s, {tokens / step:,.0f} generated tokens/s", flush=True)
+    return {"device": device, "trainer": which, "hidden": int(path.name.split("-h")[1]), "params": params,
+            "length": length, "mean_length": round(mean_length, 1), "step_s": round(step, 3),
+            "generated_tokens": tokens, "tokens_per_s": round(tokens / step, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda")
@@ -49,13 +77,13 @@ def main() -> None:
     ap.add_argument("--task", default="mt")
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (a branch's share)")
     ap.add_argument("--bf16", action="store_true", help="bf16 on CUDA (the paper profile's precision)")
+    ap.add_argument("--trainers", default="ours", help="comma-separated: ours (shared prefixes), trl")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
 
     from semrl.core.config import load_config
     from semrl.core.tasks import get_task
@@ -76,36 +104,20 @@ def main() -> None:
             for hidden in map(int, args.hidden.split(",")):
                 path, params = model_dir(base, hidden, scratch)
                 for length in map(int, args.lengths.split(",")):
-                    g = args.generations
-                    conf = GRPOConfig(
-                        output_dir=str(scratch / "out"), max_steps=args.steps, learning_rate=1e-5, report_to=[],
-                        per_device_train_batch_size=g * args.prompts_per_step, num_generations=g,
-                        max_completion_length=length, generation_kwargs={"min_new_tokens": length}, beta=0.04,
-                        logging_steps=1, save_strategy="no", use_cpu=device == "cpu", seed=0, temperature=0.8,
-                        bf16=device == "cuda" and args.bf16)  # TRL defaults to bf16: emulated, 3x slower on this CPU
-                    trainer = GRPOTrainer(model=str(path), reward_funcs=constant_reward, args=conf,
-                                          train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(path))
-                    trainer.train()
-                    times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
-                    step = statistics.median(times[1:] or times)
-                    tokens = g * args.prompts_per_step * length
-                    results.append({"device": device, "hidden": hidden, "params": params, "length": length,
-                                    "step_s": round(step, 3), "generated_tokens": tokens,
-                                    "tokens_per_s": round(tokens / step, 1)})
-                    print(f"  {device:4} hidden {hidden:4} ({params / 1e6:.1f} M) length {length:3}: "
-                          f"step {step:.3f} s, {tokens / step:,.0f} generated tokens/s", flush=True)
-    print("\n| device | hidden | params (M) | completion tokens | step (s) | generated tokens/step | tokens/s |")
-    print("|---|---|---|---|---|---|---|")
+                    for which in args.trainers.split(","):
+                        results.append(run_one(args, device, which, path, params, length, dataset, scratch))
+    print("\n| device | trainer | hidden | params (M) | completion tokens | step (s) | generated tokens/step | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['device']} | {r['hidden']} | {r['params'] / 1e6:.1f} | {r['length']} | {r['step_s']} | "
-              f"{r['generated_tokens']} | {r['tokens_per_s']:,.0f} |")
+        print(f"| {r['device']} | {r['trainer']} | {r['hidden']} | {r['params'] / 1e6:.1f} | {r['length']} | "
+              f"{r['step_s']} | {r['generated_tokens']} | {r['tokens_per_s']:,.0f} |")
     devices = {r["device"] for r in results}
     if {"cpu", "cuda"} <= devices:
-        by = {(r["device"], r["hidden"], r["length"]): r["step_s"] for r in results}
+        by = {(r["device"], r["trainer"], r["hidden"], r["length"]): r["step_s"] for r in results}
         print("\nCPU / CUDA step time:")
-        for (d, h, l), s in by.items():
+        for (d, t, h, l), s in by.items():
             if d == "cpu":
-                print(f"  hidden {h} length {l}: x{s / by[('cuda', h, l)]:.1f}")
+                print(f"  {t} hidden {h} length {l}: x{s / by[('cuda', t, h, l)]:.1f}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
