@@ -49,7 +49,8 @@ def run_one(args, device: str, which: str, path: Path, params: int, length: int,
     conf = GRPOConfig(
         output_dir=str(scratch / "out"), max_steps=args.steps, learning_rate=1e-5, report_to=[],
         per_device_train_batch_size=g * args.prompts_per_step, num_generations=g, max_completion_length=length,
-        beta=0.04, logging_steps=1, save_strategy="no", use_cpu=device == "cpu", seed=0, temperature=0.8,
+        beta=0.04, logging_steps=1, save_strategy="no", use_cpu=device == "cpu", seed=0, temperature=0.8, top_p=0.9,
+        gradient_checkpointing=False,  # TRL 1.16 defaults to True; the tiny profile trains without (params.yaml)
         bf16=device == "cuda" and args.bf16, **forced)  # TRL defaults to bf16: emulated, 3x slower on this CPU
     trainer_class = SharedPrefixGRPOTrainer if which == "ours" else GRPOTrainer
     trainer = trainer_class(model=str(path), reward_funcs=constant_reward, args=conf, train_dataset=dataset,
