@@ -9,7 +9,7 @@ import yaml
 
 from semrl import SemrlError
 from semrl.core.config import load_config
-from semrl.ops.flows import DeviceSlots, visible_gpus
+from semrl.ops.flows import DeviceSlots, cpu_step_limit, visible_gpus
 from semrl.training.trainers import reward_device
 
 from conftest import REPO
@@ -46,6 +46,35 @@ def test_one_gpu_runs_steps_one_after_another():
     shared = DeviceSlots(["0"], steps_per_gpu=2)
     with shared.take(), shared.take():
         assert shared.free.empty()  # two steps share the device, a third would wait
+
+
+def test_cpu_slots_cap_concurrent_steps():
+    slots, running, peak, lock = DeviceSlots([], cpu_steps=2), [0], [0], threading.Lock()
+
+    def step():
+        with slots.take() as slot:
+            assert slot is None  # no device to hand out
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.15)
+            with lock:
+                running[0] -= 1
+
+    threads = [threading.Thread(target=step) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2
+    assert DeviceSlots(["0"], cpu_steps=1).cpu_steps is None  # GPU slots decide where there are GPUs
+    cfg = load_config(REPO / "params.yaml")
+    cfg.flow.cpu_steps = 0
+    assert cpu_step_limit(cfg) is None  # 0: no limit
+    cfg.flow.cpu_steps, cfg.train.torch_threads = None, 1
+    import os
+
+    assert cpu_step_limit(cfg) == len(os.sched_getaffinity(0))  # one step per core at one thread each
 
 
 def test_visible_gpus_and_the_reward_device(monkeypatch):

@@ -408,6 +408,9 @@ class TransferConfig(SFTStage):
     target_task: str = "headline"
     sources: list[str] = Field(["sft", "grpo"], alias="from")
     samples: int = Field(160, ge=1)
+    # The transfer runs train one after another in one process, so each may use every core (0: torch's
+    # default), unlike the flow's concurrent branches (train.torch_threads each).
+    torch_threads: int = Field(0, ge=0)
 
 
 # ---------------------------------------------------------------- evaluation and operations
@@ -478,6 +481,9 @@ class FlowConfig(Section):
     gpus_per_step: int = Field(1, ge=1)
     steps_per_gpu: int = Field(1, ge=1)
     accelerate_config: Path = Path("configs/accelerate/ddp.yaml")
+    # Without a GPU: at most this many step processes at once (null: cores / train.torch_threads; 0: no
+    # limit). More processes than cores add memory (each holds the ML stack), not speed.
+    cpu_steps: int | None = Field(None, ge=0)
 
 
 class DeploymentConfig(Section):

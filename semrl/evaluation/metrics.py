@@ -227,29 +227,42 @@ def nll_and_kl(model, ref, batches, chunk_tokens: int = 1024) -> tuple[list[floa
     """Per item: mean NLL of the masked tokens under model and ref, and the mean over those positions of
     KL(ref || model) between their next-token distributions (both share one tokenizer). Only the masked
     positions are ever turned into vocabulary-sized log-probs (scored_logprobs)."""
+    nll_model, per_ref = nll_and_kl_refs(model, {"ref": ref}, batches, chunk_tokens)
+    return nll_model, *per_ref["ref"]
+
+
+def nll_and_kl_refs(model, refs: dict[str, Any], batches, chunk_tokens: int = 1024):
+    """nll_and_kl against several references in one pass over the batches: the model is run once per batch,
+    not once per reference. Returns (model NLL per item, {name: (ref NLL per item, KL per item)})."""
     import torch
 
-    nll_model, nll_ref, kls = [], [], []
+    nll_model: list[float] = []
+    per_ref: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in refs}
     model.eval()
-    ref.eval()
+    for ref in refs.values():
+        ref.eval()
     with torch.no_grad():
         for ids, attn, mask in batches:
             ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
             pos = mask[:, 1:].bool()  # the logits at t predict token t + 1
             target = ids[:, 1:][pos]
-            tok_m, tok_r, kl = (torch.zeros(len(target), device=model.device) for _ in range(3))
-            for (rows, lp_m), (_, lp_r) in zip(
-                    scored_logprobs(model, ids, attn, pos, chunk_tokens),
-                    scored_logprobs(ref, ids.to(ref.device), attn.to(ref.device), pos.to(ref.device), chunk_tokens)):
-                lp_r = lp_r.to(model.device)
+            tok_m = torch.zeros(len(target), device=model.device)
+            tok_r = {name: torch.zeros(len(target), device=model.device) for name in refs}
+            kl = {name: torch.zeros(len(target), device=model.device) for name in refs}
+            streams = [scored_logprobs(ref, ids.to(ref.device), attn.to(ref.device), pos.to(ref.device), chunk_tokens)
+                       for ref in refs.values()]
+            for (rows, lp_m), *ref_chunks in zip(scored_logprobs(model, ids, attn, pos, chunk_tokens), *streams):
                 t = target[rows].unsqueeze(-1)
                 tok_m[rows] = -lp_m.gather(-1, t).squeeze(-1)
-                tok_r[rows] = -lp_r.gather(-1, t).squeeze(-1)
-                kl[rows] = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
+                for name, (_, lp_r) in zip(refs, ref_chunks):
+                    lp_r = lp_r.to(model.device)
+                    tok_r[name][rows] = -lp_r.gather(-1, t).squeeze(-1)
+                    kl[name][rows] = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
             nll_model += _per_item_mean(tok_m, pos)
-            nll_ref += _per_item_mean(tok_r, pos)
-            kls += _per_item_mean(kl, pos)
-    return nll_model, nll_ref, kls
+            for name in refs:
+                per_ref[name][0].extend(_per_item_mean(tok_r[name], pos))
+                per_ref[name][1].extend(_per_item_mean(kl[name], pos))
+    return nll_model, per_ref
 
 
 def mean_nll(model, batches, chunk_tokens: int = 1024) -> list[float]:
@@ -350,10 +363,9 @@ def lm_probe(model, refs: dict[str, Any], tokenizer, texts: list[str], max_token
              batch_size: int) -> dict[str, list[float]]:
     """Per text: the model's mean token NLL, and against each reference model (name -> model) the NLL
     increase over it and KL(ref || model). Plain text, no chat markup: what the base was trained on."""
-    out: dict[str, list[float]] = {}
-    for name, ref in refs.items():
-        nll_m, nll_r, kls = nll_and_kl(model, ref, text_batches(tokenizer, texts, max_tokens, batch_size))
-        out["lm_nll"] = nll_m
+    nll_m, per_ref = nll_and_kl_refs(model, refs, text_batches(tokenizer, texts, max_tokens, batch_size))
+    out: dict[str, list[float]] = {"lm_nll": nll_m}
+    for name, (nll_r, kls) in per_ref.items():
         out[f"lm_nll_increase_vs_{name}"] = (np.asarray(nll_m) - np.asarray(nll_r)).tolist()
         out[f"lm_kl_vs_{name}"] = kls
     return out

@@ -62,12 +62,14 @@ def visible_gpus(cfg: Config) -> list[str]:
 
 
 class DeviceSlots:
-    """Placement of a flow run's steps on GPUs. A slot is a group of flow.gpus_per_step devices, offered
+    """Placement of a flow run's steps. On GPUs a slot is a group of flow.gpus_per_step devices, offered
     flow.steps_per_gpu times; a step holds one slot for its whole run and waits while none is free. So on
     one GPU, branches that do not fit together run one after another (the flow still submits them as
-    siblings), and with N GPUs each step gets its own. No GPU: no slots, only flow.max_workers limits."""
+    siblings), and with N GPUs each step gets its own. Without a GPU, `cpu_steps` slots (None: no limit)
+    cap how many step processes run at once: on a CPU more processes than cores add no speed, only memory
+    (each step process holds the ML stack and its models)."""
 
-    def __init__(self, gpus: list[str], gpus_per_step: int = 1, steps_per_gpu: int = 1):
+    def __init__(self, gpus: list[str], gpus_per_step: int = 1, steps_per_gpu: int = 1, cpu_steps: int | None = None):
         if gpus and len(gpus) < gpus_per_step:
             raise SemrlError(f"flow.gpus_per_step {gpus_per_step}, but only {len(gpus)} GPU(s) visible: {gpus}")
         self.groups = [tuple(gpus[i:i + gpus_per_step]) for i in range(0, len(gpus) - gpus_per_step + 1, gpus_per_step)]
@@ -75,10 +77,13 @@ class DeviceSlots:
         for _ in range(steps_per_gpu):
             for group in self.groups:
                 self.free.put(group)
+        self.cpu_steps = None if self.groups else cpu_steps
+        for _ in range(self.cpu_steps or 0):
+            self.free.put(None)  # a CPU slot: no device to hand out
 
     @contextlib.contextmanager
     def take(self):
-        if not self.groups:
+        if not self.groups and not self.cpu_steps:
             yield None
             return
         slot = self.free.get()
@@ -86,6 +91,15 @@ class DeviceSlots:
             yield slot
         finally:
             self.free.put(slot)
+
+
+def cpu_step_limit(cfg: Config) -> int | None:
+    """flow.cpu_steps: None -> the cores this process may use divided by train.torch_threads (at least 1);
+    0 -> no limit."""
+    if cfg.flow.cpu_steps is not None:
+        return cfg.flow.cpu_steps or None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, cfg.train.torch_threads or cores))
 
 
 def _free_port() -> int:
@@ -185,7 +199,8 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
                       log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART, *names], "profile": profile,
                                   "params_path": params_path}) as parent:
         parent_id = parent.info.run_id
-        _SLOTS[parent_id] = DeviceSlots(visible_gpus(cfg), cfg.flow.gpus_per_step, cfg.flow.steps_per_gpu)
+        _SLOTS[parent_id] = DeviceSlots(visible_gpus(cfg), cfg.flow.gpus_per_step, cfg.flow.steps_per_gpu,
+                                        cpu_step_limit(cfg))
         futures, by_task = [], {}
         for task_name in tasks:
             for seed in seeds:

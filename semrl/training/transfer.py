@@ -12,6 +12,8 @@ def train_transfer(cfg: Config) -> list[tuple[Method, int]]:
     done = []
     if not cfg.transfer.enabled:
         return done
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.torch_threads = cfg.transfer.torch_threads  # one run at a time: all the cores it may use
     for seed in cfg.train.seeds:
         for method in transfer_methods(cfg):
             train_one(cfg, cfg.transfer.target_task, method.name, seed)
