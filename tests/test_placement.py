@@ -45,7 +45,7 @@ def test_one_gpu_runs_steps_one_after_another():
     assert all(prev[2] <= nxt[1] for prev, nxt in zip(spans, spans[1:]))  # never two at once
     shared = DeviceSlots(["0"], steps_per_gpu=2)
     with shared.take(), shared.take():
-        assert shared.free.empty()  # two steps share the device, a third would wait
+        assert not shared.free  # two steps share the device, a third would wait
 
 
 def test_cpu_slots_cap_concurrent_steps():
@@ -67,6 +67,22 @@ def test_cpu_slots_cap_concurrent_steps():
     for t in threads:
         t.join()
     assert peak[0] == 2
+    # A freed slot goes to the waiting step with the lowest priority, not the first to ask.
+    one, order = DeviceSlots([], cpu_steps=1), []
+
+    def ask(priority, name):
+        with one.take(priority):
+            order.append(name)
+
+    with one.take():  # hold the only slot while three steps queue up
+        waiters = [threading.Thread(target=ask, args=p) for p in (((1, 1, 1), "sft-s1"), ((1, 0, 0), "grpo-s0"),
+                                                                   ((0,), "coldstart-s2"))]
+        for t in waiters:
+            t.start()
+            time.sleep(0.05)
+    for t in waiters:
+        t.join()
+    assert order == ["coldstart-s2", "grpo-s0", "sft-s1"]
     assert DeviceSlots(["0"], cpu_steps=1).cpu_steps is None  # GPU slots decide where there are GPUs
     cfg = load_config(REPO / "params.yaml")
     cfg.flow.cpu_steps = 0

@@ -11,11 +11,13 @@ retried. One MLflow parent run per flow run holds the steps as nested runs.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import json
 import os
-import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from semrl import SemrlError
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
-from semrl.core.methods import COLDSTART, branches, output_dir, run_name
+from semrl.core.methods import COLDSTART, branches, get_method, output_dir, run_name
 from semrl.core.tasks import data_problems
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
@@ -67,30 +69,42 @@ class DeviceSlots:
     one GPU, branches that do not fit together run one after another (the flow still submits them as
     siblings), and with N GPUs each step gets its own. Without a GPU, `cpu_steps` slots (None: no limit)
     cap how many step processes run at once: on a CPU more processes than cores add no speed, only memory
-    (each step process holds the ML stack and its models)."""
+    (each step process holds the ML stack and its models).
+
+    A freed slot goes to the waiting step with the lowest `priority` (then the earliest): the flow asks
+    cold starts first, then each seed's branches in seed order, the longest (GRPO) before SFT, so that a
+    seed's SFT starts while its GRPO still runs and two slots keep both branches of a seed overlapping."""
 
     def __init__(self, gpus: list[str], gpus_per_step: int = 1, steps_per_gpu: int = 1, cpu_steps: int | None = None):
         if gpus and len(gpus) < gpus_per_step:
             raise SemrlError(f"flow.gpus_per_step {gpus_per_step}, but only {len(gpus)} GPU(s) visible: {gpus}")
         self.groups = [tuple(gpus[i:i + gpus_per_step]) for i in range(0, len(gpus) - gpus_per_step + 1, gpus_per_step)]
-        self.free: queue.Queue = queue.Queue()
-        for _ in range(steps_per_gpu):
-            for group in self.groups:
-                self.free.put(group)
+        self.free: list = [group for _ in range(steps_per_gpu) for group in self.groups]
         self.cpu_steps = None if self.groups else cpu_steps
-        for _ in range(self.cpu_steps or 0):
-            self.free.put(None)  # a CPU slot: no device to hand out
+        self.free += [None] * (self.cpu_steps or 0)  # a CPU slot: no device to hand out
+        self._cond = threading.Condition()
+        self._waiting: list[tuple] = []  # heap of (priority, arrival)
+        self._arrivals = itertools.count()
 
     @contextlib.contextmanager
-    def take(self):
+    def take(self, priority: tuple = ()):
         if not self.groups and not self.cpu_steps:
             yield None
             return
-        slot = self.free.get()
+        with self._cond:
+            me = (tuple(priority), next(self._arrivals))
+            heapq.heappush(self._waiting, me)
+            while not (self.free and self._waiting[0] == me):
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            slot = self.free.pop(0)
+            self._cond.notify_all()  # the next in line may find a free slot too
         try:
             yield slot
         finally:
-            self.free.put(slot)
+            with self._cond:
+                self.free.append(slot)
+                self._cond.notify_all()
 
 
 def cpu_step_limit(cfg: Config) -> int | None:
@@ -114,10 +128,11 @@ def _free_port() -> int:
 _SLOTS: dict[str, DeviceSlots] = {}  # per flow run (its MLflow parent run id): the steps are its threads
 
 
-def _cli(args: list[str], parent_run_id: str, label: str) -> dict[str, Any]:
-    """Run one step, on a device slot where the flow has GPUs; when it ran (after any wait for a slot) and where."""
+def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = ()) -> dict[str, Any]:
+    """Run one step, on a device or CPU slot where the flow has them (DeviceSlots); when it ran (after any
+    wait for a slot) and where."""
     slots = _SLOTS.get(parent_run_id) or DeviceSlots([])
-    with slots.take() as slot:
+    with slots.take(priority) as slot:
         start = time.time()
         env = {**os.environ, PARENT_RUN_ENV: parent_run_id}
         if slot is None:
@@ -141,22 +156,25 @@ def _cli(args: list[str], parent_run_id: str, label: str) -> dict[str, Any]:
 @task(name="train-step", task_run_name="{task_name}-{method}-s{seed}", cache_policy=None,
       retry_condition_fn=transient)
 def train_step(task_name: str, method: str, seed: int, params_path: str, parent_run_id: str) -> dict[str, Any]:
+    trainer = get_method(load_config(params_path), method).trainer
+    # Cold starts first, then each seed's branches in seed order, the longest (GRPO) first (DeviceSlots).
+    priority = (0,) if method == COLDSTART else (1, seed, 0 if trainer == "grpo" else 1)
     ran = _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
-               parent_run_id, run_name(task_name, method, seed))
+               parent_run_id, run_name(task_name, method, seed), priority)
     summary_file = output_dir(load_config(params_path), task_name, method, seed) / "summary.json"
     return {**json.loads(summary_file.read_text()), **ran}
 
 
 @task(name="evaluate-step", task_run_name="evaluate-{task_name}", cache_policy=None, retry_condition_fn=transient)
 def evaluate_step(task_name: str, params_path: str, parent_run_id: str) -> str:
-    _cli(["evaluate", "--task", task_name, "--params", params_path], parent_run_id, f"evaluate-{task_name}")
+    _cli(["evaluate", "--task", task_name, "--params", params_path], parent_run_id, f"evaluate-{task_name}", (2,))
     return task_name
 
 
 @task(name="report-step", cache_policy=None, retry_condition_fn=transient)
 def report_step(params_path: str, parent_run_id: str) -> str:
-    _cli(["transfer", "--params", params_path], parent_run_id, "transfer")
-    _cli(["report", "--params", params_path], parent_run_id, "report")
+    _cli(["transfer", "--params", params_path], parent_run_id, "transfer", (3,))
+    _cli(["report", "--params", params_path], parent_run_id, "report", (3,))
     return str(load_config(params_path).report.out_dir / "alignment_tax.md")
 
 
