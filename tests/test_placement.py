@@ -67,22 +67,32 @@ def test_cpu_slots_cap_concurrent_steps():
     for t in threads:
         t.join()
     assert peak[0] == 2
-    # A freed slot goes to the waiting step with the lowest priority, not the first to ask.
-    one, order = DeviceSlots([], cpu_steps=1), []
+    # A freed slot goes first to a step whose sibling runs, then to the lowest priority, not the first to ask.
+    two, order, hold = DeviceSlots([], cpu_steps=2), [], threading.Event()
 
-    def ask(priority, name):
-        with one.take(priority):
+    def ask(priority, group, name):
+        with two.take(priority, group):
             order.append(name)
 
-    with one.take():  # hold the only slot while three steps queue up
-        waiters = [threading.Thread(target=ask, args=p) for p in (((1, 1, 1), "sft-s1"), ((1, 0, 0), "grpo-s0"),
-                                                                   ((0,), "coldstart-s2"))]
+    def sibling_running():  # grpo-s1 holds a slot for the whole test
+        with two.take((1, 1, 0), "s1"):
+            hold.wait()
+
+    runner = threading.Thread(target=sibling_running)
+    runner.start()
+    time.sleep(0.05)
+    with two.take():  # the other slot, held while three steps queue up
+        waiters = [threading.Thread(target=ask, args=a) for a in (((1, 0, 0), "s0", "grpo-s0"),
+                                                                 ((0,), "s2", "coldstart-s2"),
+                                                                 ((1, 1, 1), "s1", "sft-s1"))]
         for t in waiters:
             t.start()
             time.sleep(0.05)
     for t in waiters:
         t.join()
-    assert order == ["coldstart-s2", "grpo-s0", "sft-s1"]
+    hold.set()
+    runner.join()
+    assert order == ["sft-s1", "coldstart-s2", "grpo-s0"]
     assert DeviceSlots(["0"], cpu_steps=1).cpu_steps is None  # GPU slots decide where there are GPUs
     cfg = load_config(REPO / "params.yaml")
     cfg.flow.cpu_steps = 0

@@ -10,8 +10,8 @@ retried. One MLflow parent run per flow run holds the steps as nested runs.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
-import heapq
 import itertools
 import json
 import os
@@ -71,9 +71,10 @@ class DeviceSlots:
     cap how many step processes run at once: on a CPU more processes than cores add no speed, only memory
     (each step process holds the ML stack and its models).
 
-    A freed slot goes to the waiting step with the lowest `priority` (then the earliest): the flow asks
-    cold starts first, then each seed's branches in seed order, the longest (GRPO) before SFT, so that a
-    seed's SFT starts while its GRPO still runs and two slots keep both branches of a seed overlapping."""
+    A freed slot goes to the waiting step whose `group` (a task and seed) already has a step running, then to
+    the lowest `priority`, then to the earliest. The flow asks cold starts first, then each seed's branches
+    in seed order, the longest (GRPO) before SFT: once one branch of a seed runs, its sibling is next in
+    line, so two CPU slots still run a seed's SFT and GRPO side by side."""
 
     def __init__(self, gpus: list[str], gpus_per_step: int = 1, steps_per_gpu: int = 1, cpu_steps: int | None = None):
         if gpus and len(gpus) < gpus_per_step:
@@ -83,27 +84,33 @@ class DeviceSlots:
         self.cpu_steps = None if self.groups else cpu_steps
         self.free += [None] * (self.cpu_steps or 0)  # a CPU slot: no device to hand out
         self._cond = threading.Condition()
-        self._waiting: list[tuple] = []  # heap of (priority, arrival)
+        self._waiting: list[list] = []  # [priority, arrival, group]
+        self._running: collections.Counter = collections.Counter()  # steps holding a slot, per group
         self._arrivals = itertools.count()
 
+    def _next(self) -> list:
+        return min(self._waiting, key=lambda w: (0 if w[2] is not None and self._running[w[2]] else 1, w[0], w[1]))
+
     @contextlib.contextmanager
-    def take(self, priority: tuple = ()):
+    def take(self, priority: tuple = (), group: Any = None):
         if not self.groups and not self.cpu_steps:
             yield None
             return
         with self._cond:
-            me = (tuple(priority), next(self._arrivals))
-            heapq.heappush(self._waiting, me)
-            while not (self.free and self._waiting[0] == me):
+            me = [tuple(priority), next(self._arrivals), group]
+            self._waiting.append(me)
+            while not (self.free and self._next() is me):
                 self._cond.wait()
-            heapq.heappop(self._waiting)
+            self._waiting.remove(me)
             slot = self.free.pop(0)
+            self._running[group] += 1
             self._cond.notify_all()  # the next in line may find a free slot too
         try:
             yield slot
         finally:
             with self._cond:
                 self.free.append(slot)
+                self._running[group] -= 1
                 self._cond.notify_all()
 
 
@@ -128,11 +135,11 @@ def _free_port() -> int:
 _SLOTS: dict[str, DeviceSlots] = {}  # per flow run (its MLflow parent run id): the steps are its threads
 
 
-def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = ()) -> dict[str, Any]:
+def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = (), group: Any = None) -> dict[str, Any]:
     """Run one step, on a device or CPU slot where the flow has them (DeviceSlots); when it ran (after any
     wait for a slot) and where."""
     slots = _SLOTS.get(parent_run_id) or DeviceSlots([])
-    with slots.take(priority) as slot:
+    with slots.take(priority, group) as slot:
         start = time.time()
         env = {**os.environ, PARENT_RUN_ENV: parent_run_id}
         if slot is None:
@@ -160,7 +167,7 @@ def train_step(task_name: str, method: str, seed: int, params_path: str, parent_
     # Cold starts first, then each seed's branches in seed order, the longest (GRPO) first (DeviceSlots).
     priority = (0,) if method == COLDSTART else (1, seed, 0 if trainer == "grpo" else 1)
     ran = _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
-               parent_run_id, run_name(task_name, method, seed), priority)
+               parent_run_id, run_name(task_name, method, seed), priority, (task_name, seed))
     summary_file = output_dir(load_config(params_path), task_name, method, seed) / "summary.json"
     return {**json.loads(summary_file.read_text()), **ran}
 
