@@ -142,7 +142,7 @@ def test_ctrl_c_ends_the_run_killed_and_a_crash_ends_it_failed(trained_repo, tmp
     _wait_for_checkpoint(tmp_path / "ckpt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert mlflow_runs(trained_repo)["mt-sft-s0"].info.status == "KILLED"
     # A reward that raises: the GRPO run ends FAILED, the process exits non-zero.
     params = yaml.safe_load(params_path.read_text())
