@@ -91,6 +91,27 @@ def smoke_repo(tmp_path_factory, repo_copy, mirror) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def smoke_mt(smoke_repo):
+    """(config, the mt task, the cold start's starting model — the base —, a tokenizer of it) of the smoke
+    project, with the working directory in it for the module (the config's paths are relative to it)."""
+    from transformers import AutoTokenizer
+
+    from semrl.core.config import load_config
+    from semrl.core.methods import get_method
+    from semrl.core.tasks import get_task
+    from semrl.training.trainers import init_model_dir
+
+    here = os.getcwd()
+    os.chdir(smoke_repo)
+    try:
+        cfg = load_config("params.yaml")
+        init = init_model_dir(cfg, "mt", get_method(cfg, "coldstart"), 0)
+        yield cfg, get_task(cfg, "mt"), init, AutoTokenizer.from_pretrained(init)
+    finally:
+        os.chdir(here)
+
+
 @pytest.fixture(scope="session")
 def trained_repo(smoke_repo, mirror) -> Path:
     """smoke_repo after `dvc repro train@mt`: the Prefect flow ran cold start -> {sft || grpo}."""

@@ -1,38 +1,29 @@
 """Qwen3's chat template on CPU: the smoke model's tokenizer with the real Qwen3 template (TRL ships it;
 `<think>` is plain text, not a special token) through SFT data, GRPO prompts and rewards, generation and
 the CMRC/skill probes — thinking off everywhere, and no thinking block reaches a reward or a metric."""
-import os
 from pathlib import Path
 
 import pytest
 import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from semrl.core.config import load_config
 from semrl.core.methods import get_method
-from semrl.core.tasks import get_task
 from semrl.evaluation.metrics import answer_batches, item_scores, skill_probe
 from semrl.models.chat import THINK_CLOSE, THINK_OPEN, render_prompts, strip_thinking, template_kwargs
 from semrl.models.generation import generate
 from semrl.training.rewards import LanguageReward, SemanticReward, completion_text
-from semrl.training.trainers import init_model_dir, make_trainer, method_items
+from semrl.training.trainers import make_trainer, method_items
 
 QWEN3_TEMPLATE = (Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
 EMPTY_THINK = THINK_OPEN + "\n\n" + THINK_CLOSE + "\n\n"
 
 
 @pytest.fixture(scope="module")
-def qwen3(smoke_repo):
-    here = os.getcwd()
-    os.chdir(smoke_repo)  # the config's paths are relative to the project
-    try:
-        cfg = load_config("params.yaml")
-        init = init_model_dir(cfg, "mt", get_method(cfg, "coldstart"), 0)
-        tokenizer = AutoTokenizer.from_pretrained(init)
-        tokenizer.chat_template = QWEN3_TEMPLATE
-        yield cfg, get_task(cfg, "mt"), init, tokenizer
-    finally:
-        os.chdir(here)
+def qwen3(smoke_mt):
+    cfg, task, init, _ = smoke_mt
+    tokenizer = AutoTokenizer.from_pretrained(init)  # its own copy: the template below is Qwen3's
+    tokenizer.chat_template = QWEN3_TEMPLATE
+    return cfg, task, init, tokenizer
 
 
 def test_the_template_has_the_switch_and_think_tags_are_plain_text(qwen3):

@@ -2,22 +2,19 @@
 decoding against `generate`, and the shared-prefix log-probs, entropies and gradients against TRL's own
 pass on the smoke model (full fine-tuning and LoRA, policy and reference), with TRL's path kept wherever
 the shortcut would differ (gradient checkpointing)."""
-import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
 from trl import GRPOTrainer
 
-from semrl.core.config import load_config
 from semrl.core.methods import get_method
-from semrl.core.tasks import get_task
 from semrl.models.chat import render_prompts
 from semrl.models.generation import Sampler, sample_completions, shared_rows
 from semrl.training.shared_prefix import SharedPrefixGRPOTrainer
-from semrl.training.trainers import init_model_dir, make_trainer, method_items
+from semrl.training.trainers import make_trainer, method_items
 
 SETTINGS = [(0.8, 0, 0.9, None), (1.0, 20, 0.9, None), (0.7, 0, 1.0, 0.05), (0.8, 50, 0.95, 0.1), (0.6, 0, 0.3, None),
             (1.0, 0, 1.0, None)]
@@ -68,20 +65,8 @@ def test_shared_rows_groups_identical_rows():
     assert torch.equal(ids[first][inverse], ids) and torch.equal(mask[first][inverse], mask)
 
 
-@pytest.fixture(scope="module")
-def smoke(smoke_repo):
-    here = os.getcwd()
-    os.chdir(smoke_repo)  # the config's paths are relative to the project
-    try:
-        cfg = load_config("params.yaml")
-        init = init_model_dir(cfg, "mt", get_method(cfg, "coldstart"), 0)  # the base
-        yield cfg, get_task(cfg, "mt"), init, AutoTokenizer.from_pretrained(init)
-    finally:
-        os.chdir(here)
-
-
-def test_greedy_decoding_matches_generate(smoke):
-    cfg, task, init, tokenizer = smoke
+def test_greedy_decoding_matches_generate(smoke_mt):
+    cfg, task, init, tokenizer = smoke_mt
     model = AutoModelForCausalLM.from_pretrained(init).eval()
     prompts = [x["prompt"] for x in task.examples("dev", tokenizer, cfg.train.max_input_tokens)[:6]]
     ids = tokenizer(render_prompts(tokenizer, prompts), add_special_tokens=False)["input_ids"]
@@ -125,8 +110,8 @@ def logps_and_grads(cls, trainer, ids, mask, n_completion, completion_mask):
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_shared_prefix_logps_and_gradients_equal_trl(smoke, tmp_path, lora):
-    trainer, batch, ids, mask = grpo_batch(*smoke, tmp_path, lora)
+def test_shared_prefix_logps_and_gradients_equal_trl(smoke_mt, tmp_path, lora):
+    trainer, batch, ids, mask = grpo_batch(*smoke_mt, tmp_path, lora)
     n, cmask = batch["completion_ids"].size(1), batch["completion_mask"]
     assert all(len(set(map(tuple, batch["prompt_ids"][i:i + 2].tolist()))) == 1 for i in range(0, 8, 2))
     ours = logps_and_grads(SharedPrefixGRPOTrainer, trainer, ids, mask, n, cmask)
@@ -149,8 +134,8 @@ def test_shared_prefix_logps_and_gradients_equal_trl(smoke, tmp_path, lora):
     assert torch.allclose(batch["ref_per_token_logps"][keep], ref[keep], atol=1e-4)
 
 
-def test_gradient_checkpointing_falls_back_to_trl(smoke, tmp_path):
-    trainer, batch, ids, mask = grpo_batch(*smoke, tmp_path, lora=False)
+def test_gradient_checkpointing_falls_back_to_trl(smoke_mt, tmp_path):
+    trainer, batch, ids, mask = grpo_batch(*smoke_mt, tmp_path, lora=False)
     trainer.model.gradient_checkpointing_enable()
     trainer.model.train()
     n = batch["completion_ids"].size(1)
@@ -163,8 +148,8 @@ def test_gradient_checkpointing_falls_back_to_trl(smoke, tmp_path):
     assert torch.allclose(logps.detach()[keep], shared[keep], atol=1e-4)
 
 
-def test_grpo_completions_end_at_eos_and_fit_the_budget(smoke, tmp_path):
-    trainer, batch, _, _ = grpo_batch(*smoke, tmp_path, lora=False)
+def test_grpo_completions_end_at_eos_and_fit_the_budget(smoke_mt, tmp_path):
+    trainer, batch, _, _ = grpo_batch(*smoke_mt, tmp_path, lora=False)
     eos = set(trainer.eos_token_ids)
     for row, m in zip(batch["completion_ids"].tolist(), batch["completion_mask"].tolist()):
         tokens = row[:sum(m)]
