@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch goes in first and stays pinned: without it pip resolves peft's torch requirement to a multi-GB
-# CUDA build. Pass e.g. TORCH_PIP_ARGS="--index-url <a CPU wheel index>" to pick another wheel source.
+# torch goes in first and stays pinned: without it pip resolves peft's torch requirement on its own. On Linux
+# PyPI's torch wheel is the CUDA build (several GB with its nvidia-* wheels) even on a machine without a GPU,
+# so without an NVIDIA GPU (no nvidia-smi) `make` takes the CPU build from TORCH_CPU_INDEX when that answers,
+# and says which wheel it installs and why. TORCH_PIP_ARGS="..." overrides the choice.
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.semrl-installed
 # dvc itself runs before any semrl code; every semrl process (and the test suite) sets the rest of the quiet
 # environment from semrl/core/env.py.
@@ -27,7 +30,18 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("semrl needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
+	@args="$(TORCH_PIP_ARGS)"; \
+	if [ -n "$$args" ]; then echo "torch $(TORCH_VERSION): from TORCH_PIP_ARGS=$$args"; \
+	elif [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  if $(BIN)/python -c 'import urllib.request as u; u.urlopen("$(TORCH_CPU_INDEX)/torch/", timeout=5)' 2>/dev/null; then \
+	    args="--index-url $(TORCH_CPU_INDEX)"; \
+	    echo "torch $(TORCH_VERSION): no NVIDIA GPU here (no nvidia-smi), so the CPU build from $(TORCH_CPU_INDEX) (PyPI's Linux wheel is the CUDA build, several GB)"; \
+	  else \
+	    echo "torch $(TORCH_VERSION): no NVIDIA GPU here, but $(TORCH_CPU_INDEX) does not answer: pip's default source (PyPI: the CUDA build, several GB; set TORCH_PIP_ARGS to choose)"; \
+	  fi; \
+	else echo "torch $(TORCH_VERSION): pip's default wheel (an NVIDIA GPU is present, or not Linux)"; fi; \
+	$(BIN)/python -m pip install --quiet $$args torch==$(TORCH_VERSION)
+	@$(BIN)/python -c 'import torch; print("torch", torch.__version__, "| CUDA build:", torch.version.cuda or "no (CPU only)")'
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip check
 	touch $@

@@ -28,9 +28,13 @@ def _use_running_servers() -> None:
     apply_quiet_env()
     if Path("params.yaml").is_file():
         try:
-            os.environ.update(discover(load_config("params.yaml").servers))
+            found = discover(load_config("params.yaml").servers)
         except SemrlError:
-            pass  # the command itself reports a broken params file
+            return  # the command itself reports a broken params file
+        os.environ.update(found)
+        for var, url in found.items():  # never silent: where the runs and flow runs go
+            print(f"semrl: {var}={url} (the running `semrl up` server; `semrl down` or set {var} to change)",
+                  file=sys.stderr)
 
 
 def fail(message: str) -> None:
@@ -170,7 +174,7 @@ def up(params: Path = PARAMS_OPTION) -> None:
     """Start the local Prefect and MLflow servers (127.0.0.1, state inside the project); idempotent."""
     from semrl.core import servers as srv
 
-    for s in srv.servers(config(params).servers):
+    for s in srv.servers(config(params).servers, config(params).tracking):
         took = run_step(lambda: srv.start(s, Path.cwd()))
         print(f"{s.name:8} {s.url}  " + (f"started in {took:.1f} s" if took else "already running") +
               f"  (log {s.log_file})")
@@ -181,7 +185,7 @@ def down(params: Path = PARAMS_OPTION) -> None:
     """Stop the local servers started by `semrl up`."""
     from semrl.core import servers as srv
 
-    for s in srv.servers(config(params).servers):
+    for s in srv.servers(config(params).servers, config(params).tracking):
         print(f"{s.name:8} " + ("stopped" if srv.stop(s) else "was not running"))
 
 
@@ -190,7 +194,7 @@ def status(params: Path = PARAMS_OPTION) -> None:
     """Report the local servers: running and healthy, and their UI URLs."""
     from semrl.core import servers as srv
 
-    for s in srv.servers(config(params).servers):
+    for s in srv.servers(config(params).servers, config(params).tracking):
         pid, ok = srv.pid_of(s), srv.healthy(s)
         state = "healthy" if pid and ok else ("running, not answering" if pid else "stopped")
         print(f"{s.name:8} {state:24} {s.url if pid else ''}")

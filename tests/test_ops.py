@@ -85,6 +85,31 @@ async def _flow_run_state(flow_run_id):
         return fr, [t for t in trs if t.flow_run_id == flow_run_id]
 
 
+async def _logs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async with get_client() as client:
+        return await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+
+def _step_lines(flow_run_id, task_name, timeout=30):
+    """The lines of one step (task run) in the flow run's Prefect logs, as the UI shows them."""
+    async def lines():
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            ids = {t.id for t in await client.read_task_runs() if t.flow_run_id == flow_run_id and t.name == task_name}
+        return [log.message for log in await _logs(flow_run_id) if log.task_run_id in ids]
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:  # logs reach the API in batches
+        if found := asyncio.run(lines()):
+            return found
+        time.sleep(1)
+    return []
+
+
 def _wait_runs(ids, timeout=420):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -125,6 +150,10 @@ def test_triggered_and_concurrent_runs_complete_with_separate_outputs(served):
             for seed in (1, 2)]  # a second, concurrent run with other parameters, as from the UI
     states = _wait_runs([r.id for r in runs])
     assert all(s.is_completed() for s in states), states
+    # Each step's output is in its task run's logs in the UI, and in a log file per step.
+    lines = _step_lines(runs[0].id, "mt-sft-s1")
+    assert any(line.startswith("train: task mt, method sft, seed 1") for line in lines), lines[-5:]
+    assert (repo / ".semrl" / "logs" / "steps" / str(runs[0].id) / "mt-sft-s1.log").is_file()
     for seed in (1, 2):
         for method in ("coldstart", "sft", "grpo"):
             summary = json.loads((repo / "models" / "mt" / method / f"seed{seed}" / "summary.json").read_text())
@@ -170,6 +199,13 @@ def test_a_failing_branch_fails_alone_and_is_not_retried(live, tmp_path):
         for key in env:
             os.environ.pop(key, None)
     assert grpo.state.is_failed() and grpo.run_count == 1  # deterministic: no retry
+    os.environ.update(env)
+    try:  # the failing step's error is in its task run's logs in the UI, not only on a terminal
+        lines = _step_lines(grpo.flow_run_id, "mt-grpo-s5")
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert any("raise ValueError(\"reward service unavailable" in line for line in lines), lines[-5:]
 
 
 def test_second_run_of_the_same_outputs_is_refused(trained_repo):

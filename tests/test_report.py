@@ -69,8 +69,19 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     assert {(r["method"], r["seed"], r["step"]) for r in curve} == {
         (m, str(s), str(step)) for m, s in trained if m != "coldstart" for step in (0, 2, 3)}
     assert all(float(r["task_gain"]) == 0 == float(r["tax_lm_nll"]) for r in curve if r["step"] == "0")
-    lock_version = json.loads((reports / "metrics.json").read_text())["meta"]["data_version"]
+    lock_version = json.loads((reports / "run_meta.json").read_text())["data_version"]
     assert f"data version `{lock_version}`" in md
+
+    def numbers_only(node):  # metrics.json: what `dvc exp show` lists, so no strings
+        return all(numbers_only(v) for v in node.values()) if isinstance(node, dict) else \
+            isinstance(node, (int, float)) and not isinstance(node, bool)
+    assert numbers_only(json.loads((reports / "metrics.json").read_text()))
+    # The training curves as data too (one CSV per run), for `dvc plots show/diff`.
+    loss = (reports / "curves" / "loss" / "mt-sft-s0.csv").read_text().splitlines()
+    assert loss[0] == "step,loss" and len(loss) >= 3
+    assert (reports / "curves" / "reward" / "mt-grpo-s1.csv").read_text().startswith("step,reward\n")
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], trained_repo).stdout)
+    assert any("reports/curves/loss/mt-sft-s0.csv" in key for key in json.dumps(shown).split('"'))
     rows = list(csv.DictReader((reports / "alignment_tax.csv").open()))
     assert {"task", "method", "n_seeds", "bleu", "bleu_ci", "cmrc_avg", "tax_cmrc_avg", "task_gain"} <= set(rows[0])
     assert [r["method"] for r in rows] == ["base", "coldstart", "sft", "grpo", "grpo_bleu_language", "copy_input",
@@ -85,12 +96,74 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     assert report.info.status == "FINISHED" and report.data.tags["semrl.kind"] == "report"
     linked = set(report.data.tags["semrl.report.runs"].split(","))
     runs = mlflow_runs(trained_repo)
-    assert {runs[f"mt-{m}-s{s}"].info.run_id for m, s in trained} <= linked
-    history = mlflow.MlflowClient().get_metric_history(runs["mt-grpo-s1"].info.run_id, "trajectory/chrf")
-    assert [h.step for h in history] == [0, 2, 3]  # the trajectory is in MLflow too
+    evaluated = {f"{r['method']}/{r['seed']}": r for r in ev["results"] if r.get("run_ids")}
+    history = [h.step for run_id in evaluated["grpo/1"]["run_ids"]
+               for h in mlflow.MlflowClient().get_metric_history(run_id, "trajectory/chrf")]
+    assert sorted(set(history)) == [0, 2, 3]  # the trajectory is in MLflow too
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)}
     assert {"alignment_tax.json", "alignment_tax.md", "plots"} <= files
+    # Nested under the pipeline's run, beside the evaluation's run; curves from exactly the evaluated runs.
+    client = mlflow.MlflowClient()
+    pipeline = client.get_run(report.data.tags["mlflow.parentRunId"])
+    assert pipeline.data.tags["semrl.kind"] == "pipeline"
+    assert runs["evaluate-mt"].data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert set(evaluated) == {f"{m}/{s}" for m, s in trained}
+    assert {r["run_ids"][-1] for r in evaluated.values()} <= linked
+    # Every training run carries its own evaluation under shared keys (MLflow's Compare shows the result).
+    for key, row in evaluated.items():
+        logged = client.get_run(row["run_ids"][-1]).data.metrics
+        assert logged["eval/chrf"] == row["chrf"] and logged["eval/cldr_dates/chrf"] == row["by_source"]["cldr_dates"]["chrf"]
+        assert logged["tax/lm_nll_increase_vs_base"] == row["lm_nll_increase_vs_base_mean"] and "skill/accuracy" in logged
+    # `champion`: the GRPO seed best by chrF.
+    best = max((evaluated[f"grpo/{s}"] for s in (0, 1)), key=lambda r: r["chrf"])
+    champion = client.get_model_version_by_alias("semrl-mt-grpo", "champion")
+    assert champion.run_id == best["run_ids"][-1]
     assert "up to date" in run(["dvc", "status", "report"], trained_repo).stdout
+
+
+def test_runs_compare_and_the_champion_loads_through_a_real_server(trained_repo):
+    """`semrl up` serves the store `tracking:` names; through it, two training runs compared show their
+    evaluation, and `models:/semrl-mt-grpo@champion` loads with MLflow's transformers flavour and generates."""
+    import socket
+
+    import yaml
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    params = yaml.safe_load((trained_repo / "params.yaml").read_text())
+    params["servers"] = {"host": "127.0.0.1", "prefect_port": free_port(), "mlflow_port": free_port()}
+    (trained_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    cli = [sys.executable, "-m", "semrl.cli"]
+    run([*cli, "up"], trained_repo)
+    try:
+        url = f"http://127.0.0.1:{params['servers']['mlflow_port']}"
+        client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
+        rows = {f"{r['method']}/{r['seed']}": r for r in json.loads(
+            (trained_repo / "reports" / "eval" / "mt.json").read_text())["results"] if r.get("run_ids")}
+        compared = [client.get_run(rows[k]["run_ids"][-1]).data.metrics for k in ("sft/0", "grpo/0")]
+        for metrics, key in zip(compared, ("sft/0", "grpo/0")):
+            assert metrics["eval/chrf"] == rows[key]["chrf"] and "tax/lm_kl_vs_coldstart" in metrics
+        status = run([*cli, "status"], trained_repo)
+        assert "MLFLOW_TRACKING_URI=" + url in status.stderr  # switching to the server is printed, not silent
+        mlflow.set_tracking_uri(url)
+        pipe = mlflow.transformers.load_model("models:/semrl-mt-grpo@champion")
+        out = pipe("把下面的中文翻译成藏文：你好", max_new_tokens=4, do_sample=False)
+        assert isinstance(out[0]["generated_text"], str) and out[0]["generated_text"]
+    finally:
+        run([*cli, "down"], trained_repo)
+
+
+def test_the_prefect_artifact_keeps_the_answer_and_main_tables(trained_repo):
+    from semrl.ops.flows import report_summary
+
+    md = (trained_repo / "reports" / "alignment_tax.md").read_text()
+    summary = report_summary(md)
+    assert summary.startswith("# Alignment-tax report") and "## The answer at this scale" in summary
+    assert "strong SFT − GRPO" in summary and "## mt" in summary and "\n| method |" in summary
+    assert "![" not in summary and len(summary) < len(md)
 
 
 def test_report_without_cmrc_generation(trained_repo, tmp_path):

@@ -1,6 +1,10 @@
 """Flow steps start warm: each runs in a process of its own, forked from a server that imported the ML stack
 once, and reports its exit status as a fresh `python -m semrl.cli` would (Prefect's retry rule reads it)."""
 import json
+import signal
+import subprocess
+import sys
+import time
 
 from conftest import REPO, run
 
@@ -42,3 +46,35 @@ def test_steps_fork_warm_and_report_exit_codes(tmp_path):
     assert codes["bad_method"] == 1         # a user error: `error:` line, exit 1 (not retried)
     assert codes["bad_command"] == 2        # the CLI's usage error
     assert "unknown method" in proc.stderr.lower() or "no_such_method" in proc.stderr
+
+
+def test_supervise_forwards_lines_and_stops_a_step_at_its_timeout(tmp_path, capfdbinary):
+    """A step's output reaches the terminal unchanged and the run logs line by line (a progress bar redrawn
+    with carriage returns once, as its last state); past its timeout the step is stopped, not left running."""
+    from semrl.ops.steps import TIMED_OUT, supervise
+
+    log = tmp_path / "step.log"
+    script = ("import sys, time\nprint('first line')\nsys.stderr.write('10%\\r50%\\r100%\\n')\n"
+              "sys.stdout.flush(); sys.stderr.flush(); time.sleep(120)")
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)
+    lines = []
+    t0 = time.monotonic()
+    code = supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid, log, lines.append, 3.0)
+    assert code == TIMED_OUT and proc.wait(timeout=5) == -signal.SIGTERM and time.monotonic() - t0 < 30
+    assert lines[:2] == ["first line", "100%"] and "timed out after 3 s" in lines[2]
+    assert b"10%\r50%\r100%" in capfdbinary.readouterr().out
+
+
+def test_supervise_returns_the_exit_code_and_only_this_attempts_output(tmp_path):
+    from semrl.ops.steps import supervise
+
+    log = tmp_path / "step.log"
+    log.write_text("an earlier attempt\n")
+    offset = log.stat().st_size
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", "print('again', end='')\nraise SystemExit(3)"], stdout=out)
+    lines = []
+    assert supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid, log, lines.append, None,
+                     offset) == 3
+    assert lines == ["again"]  # the last line had no newline; the earlier attempt's is not repeated

@@ -58,6 +58,10 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
     parent = mlflow.get_run(parent_id)
     runs = {r.info.run_name: r for r in nested}
     assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("expansion-")
+    pipeline = mlflow.get_run(parent.data.tags["mlflow.parentRunId"])  # the flow nests under the pipeline's run
+    assert pipeline.data.tags["semrl.kind"] == "pipeline" and pipeline.info.run_name.startswith("pipeline-")
+    experiment = mlflow.get_experiment_by_name("semrl")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow's GenAI view
     lock = yaml.safe_load((trained_repo / "dvc.lock").read_text())
     assert "prepare" in lock["stages"]
     client = mlflow.MlflowClient()
@@ -70,9 +74,16 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
         assert r.data.tags["semrl.profile"] == "tiny" and len(r.data.tags["semrl.data_version"]) == 12
         assert r.data.tags["semrl.git_commit"] and r.data.params["config.lr"]
         assert len(client.get_metric_history(r.info.run_id, "loss")) >= 2
-        assert any(a.path == "model" for a in client.list_artifacts(r.info.run_id))
-        versions = client.search_model_versions(f"name = 'semrl-mt-{method}'")
-        assert any(v.run_id == r.info.run_id for v in versions)
+        assert {a.path for a in client.list_artifacts(r.info.run_id, "outputs")} >= {"outputs/summary.json"}
+        [version] = [v for v in client.search_model_versions(f"name = 'semrl-mt-{method}'")
+                     if v.run_id == r.info.run_id]
+        assert version.description.startswith(f"mt · {method} (") and "seed 0" in version.description
+        [dataset] = client.get_run(r.info.run_id).inputs.dataset_inputs  # the run's Dataset column
+        assert dataset.dataset.name == f"mt-train-{method}" and len(dataset.dataset.digest) == 12
+        assert dataset.dataset.source_type == "local" and "train.jsonl" in dataset.dataset.source
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+        summary = json.loads((trained_repo / "models" / "mt" / method / "seed0" / "summary.json").read_text())
+        assert summary["run_ids"][-1] == summary["run_id"] == r.info.run_id
     grpo = runs["mt-grpo-s0"]
     for key in ("reward", "reward_std", "rewards/semantic/mean", "rewards/language/mean", "kl", "entropy",
                 "completions/mean_length", "language_mixing_rate", "adapter/lora_B_norm", "adapter/weight_norm"):

@@ -484,6 +484,9 @@ class FlowConfig(Section):
     # Without a GPU: at most this many step processes at once (null: cores / train.torch_threads; 0: no
     # limit). More processes than cores add memory (each holds the ML stack), not speed.
     cpu_steps: int | None = Field(None, ge=0)
+    # A step still running after this many seconds is stopped (SIGTERM, SIGKILL 30 s later) and fails
+    # without a retry; null: no limit.
+    step_timeout_s: float | None = Field(None, gt=0)
 
 
 class DeploymentConfig(Section):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from semrl import SemrlError
-from semrl.core.config import ServersConfig
+from semrl.core.config import ServersConfig, TrackingConfig
 from semrl.core.env import QUIET_ENV
 from semrl.core.io import pid_alive
 
@@ -29,6 +29,8 @@ class Server:
     name: str
     port: int
     host: str = "127.0.0.1"
+    backend: str | None = None  # MLflow: the store `tracking.uri` names (sqlite), and its artifact root
+    artifacts: str | None = None
 
     @property
     def url(self) -> str:
@@ -50,8 +52,8 @@ class Server:
         if self.name == "prefect":
             return [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)]
         return [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                "--default-artifact-root", (root / "mlartifacts").as_uri(), "--workers", "1"]
+                "--backend-store-uri", self.backend or f"sqlite:///{root / 'mlflow.db'}",
+                "--default-artifact-root", self.artifacts or (root / "mlartifacts").as_uri(), "--workers", "1"]
 
     def env(self, root: Path) -> dict[str, str]:
         env = {**os.environ, **QUIET_ENV}
@@ -60,8 +62,19 @@ class Server:
         return env
 
 
-def servers(cfg: ServersConfig) -> list[Server]:
-    return [Server("prefect", cfg.prefect_port, cfg.host), Server("mlflow", cfg.mlflow_port, cfg.host)]
+def servers(cfg: ServersConfig, tracking: TrackingConfig | None = None) -> list[Server]:
+    """The two servers; MLflow's serves exactly the store `tracking:` names (its sqlite file and artifact
+    root), so runs land in the same place whether or not `semrl up` is running."""
+    backend = artifacts = None
+    if tracking is not None:
+        if not tracking.uri.startswith("sqlite:///"):
+            raise SemrlError(f"tracking.uri {tracking.uri}: `semrl up` serves a local sqlite store; for another "
+                             "tracking server set MLFLOW_TRACKING_URI instead")
+        path = tracking.uri.removeprefix("sqlite:///")
+        backend = "sqlite:///" + str(Path(path if path.startswith("/") else path).resolve())
+        artifacts = tracking.artifact_root.resolve().as_uri()
+    return [Server("prefect", cfg.prefect_port, cfg.host),
+            Server("mlflow", cfg.mlflow_port, cfg.host, backend, artifacts)]
 
 
 def healthy(server: Server, timeout: float = 1.0) -> bool:

@@ -15,6 +15,10 @@ from semrl.core.config import Config, TrackingConfig
 from semrl.core.io import pid_alive
 
 PARENT_RUN_ENV = "SEMRL_PARENT_RUN_ID"  # a flow's MLflow run: the runs of its steps nest under it
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces); ours holds training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# What a model logged by MLflow needs to load (the transformers flavour cannot infer it offline).
+MODEL_REQUIREMENTS = ["torch", "transformers", "safetensors", "peft"]
 
 
 def tracking_config(cfg: TrackingConfig) -> dict[str, str]:
@@ -37,8 +41,35 @@ def setup(config: Config) -> str:
     exp = mlflow.get_experiment_by_name(cfg["experiment"])
     exp_id = exp.experiment_id if exp else \
         mlflow.create_experiment(cfg["experiment"], artifact_location=cfg["artifact_root"])
+    if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        mlflow.MlflowClient().set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def pipeline_parent(config: Config) -> str:
+    """The MLflow run the runs of one pipeline nest under: the flow's run inside a Prefect flow
+    (SEMRL_PARENT_RUN_ID), else a `pipeline-...` run keyed by the git commit, the resolved config and the
+    data version, so the DVC stages of one `dvc repro` (separate processes) share one parent, and a rerun
+    of the same configuration joins it. It holds no metrics of its own and is created FINISHED."""
+    import mlflow
+
+    if os.environ.get(PARENT_RUN_ENV):
+        return os.environ[PARENT_RUN_ENV]
+    exp_id = setup(config)
+    commit, version = git_commit(), data_version()
+    key = hashlib.sha256("\n".join([commit, version, config.model_dump_json()]).encode()).hexdigest()[:12]
+    client = mlflow.MlflowClient()
+    found = client.search_runs([exp_id], filter_string=f"tags.`semrl.pipeline_key` = '{key}'", max_results=1,
+                               order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    created = client.create_run(exp_id, run_name=f"pipeline-{commit[:7]}-{key[:6]}", tags={
+        "semrl.kind": "pipeline", "semrl.pipeline_key": key, "semrl.profile": config.profile,
+        "semrl.git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+        "semrl.data_version": version})
+    client.set_terminated(created.info.run_id, "FINISHED")
+    return created.info.run_id
 
 
 def git_commit() -> str:
@@ -100,16 +131,30 @@ def run(config: Config, name: str, tags: dict[str, str] | None = None,
             mlflow.log_params(flatten(log_params))
         yield active
     except (KeyboardInterrupt, _Terminated):
-        mlflow.end_run("KILLED")
+        _end(active.info.run_id, "KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        _end(active.info.run_id, "FAILED")
         raise
     else:
-        mlflow.end_run("FINISHED")
+        _end(active.info.run_id, "FINISHED")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _end(run_id: str, status: str) -> None:
+    """End the active run; if that raises (a second Ctrl-C inside MLflow's own store call), close the run
+    through the client, so it never stays RUNNING."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except BaseException:
+        mlflow.MlflowClient().set_terminated(run_id, status)
+        if mlflow.active_run() is not None:  # still on the fluent stack: drop it (the store has the status)
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status)
 
 
 def _main_thread() -> bool:
@@ -154,8 +199,17 @@ def close_stale_runs(config: Config, run_key: str) -> list[str]:
     return closed
 
 
-def register(name: str, run_id: str, artifact_path: str) -> str:
-    """Register the run's artifact folder as a new version of model `name`; returns the version."""
+def log_model(model, tokenizer, name: str = "model"):
+    """Log a causal LM in MLflow's transformers flavour (loads with `mlflow.transformers.load_model`); a PEFT
+    model is logged as its adapter with a reference to its base model's folder, not as a merged copy."""
+    import mlflow
+
+    return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name=name,
+                                         task="text-generation", pip_requirements=MODEL_REQUIREMENTS)
+
+
+def register(name: str, run_id: str, model_uri: str, description: str, tags: dict[str, str] | None = None) -> str:
+    """Register a logged model as a new version of model `name`, with a description; returns the version."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -163,8 +217,21 @@ def register(name: str, run_id: str, artifact_path: str) -> str:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         try:
-            client.create_registered_model(name)
+            client.create_registered_model(name, description="semrl: one version per training run (task, method, "
+                                           "seed); alias `champion` = the best seed by the task's primary metric")
         except mlflow.exceptions.MlflowException:  # the seeds' runs finish together: another one created it
             client.get_registered_model(name)
-    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-    return client.create_model_version(name, source=source, run_id=run_id).version
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    client.update_model_version(name, version, description=description)
+    return version
+
+
+def model_version_of(name: str, run_id: str) -> str | None:
+    """The newest registered version of model `name` that run `run_id` produced, if any."""
+    import mlflow
+
+    try:
+        found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return max((v.version for v in found), key=int, default=None)

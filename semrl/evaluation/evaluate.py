@@ -210,9 +210,84 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
               "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
                         "synthetic_sources": sorted({x["source"] for x in test if x["synthetic"]}),
                         "variants": {k: items[k] for k in order}}}
+    for r in report["results"]:  # the MLflow runs that trained each variant (the report's curves read them)
+        if r["seed"] is not None and not r.get("baseline"):
+            r["run_ids"] = training_runs(cfg, task_name, r["method"], r["seed"])
     atomic_write_text(e.out_dir / f"{task_name}.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     write_jsonl(e.out_dir / f"{task_name}_outputs.jsonl", samples)
+    track(cfg, task, report, [e.out_dir / f"{task_name}.json", e.out_dir / f"{task_name}_outputs.jsonl"])
     return report
+
+
+def training_runs(cfg: Config, task: str, method: str, seed: int) -> list[str]:
+    """The MLflow run ids that trained a variant (its summary.json), oldest first; [] if it has none."""
+    path = output_dir(cfg, task, method, seed) / "summary.json"
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    return summary.get("run_ids") or ([summary["run_id"]] if summary.get("run_id") else [])
+
+
+def run_metrics(task: Task, row: dict[str, Any]) -> dict[str, float]:
+    """A variant's evaluation under the keys every training run shares, so that MLflow's Compare of any two
+    runs shows the result: eval/<metric> (and eval/<source>/<metric>), tax/<LM probe>, skill/accuracy,
+    cmrc/<measure>."""
+    out = {}
+    for k in (*task.metrics, "sim_reward", "sim_eval", "language_consistency", "mean_length_chars", "empty_rate"):
+        if k in row:
+            out[f"eval/{k}"] = row[k]
+    for source, m in row.get("by_source", {}).items():
+        out.update({f"eval/{source}/{k}": m[k] for k in task.metrics if k in m})
+    out.update({f"tax/{k.removesuffix('_mean')}": v for k, v in row.items() if k.startswith("lm_")})
+    if "skill_acc" in row:
+        out["skill/accuracy"] = row["skill_acc"]
+    for k in ("cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90", "answer_nll_mean"):
+        if k in row:
+            out[f"cmrc/{k.removeprefix('cmrc_')}"] = row[k]
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and v == v}
+
+
+def track(cfg: Config, task: Task, report: dict[str, Any], files: list[Path]) -> None:
+    """MLflow: each trained variant's evaluation logged onto the run that trained it (run_metrics), an
+    `evaluate-<task>` run under the pipeline's parent run with the files and every variant's numbers, and
+    the alias `champion` on each method's registered model: the seed best by the task's primary metric."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from semrl.core import tracking
+
+    parent = tracking.pipeline_parent(cfg)
+    client = mlflow.MlflowClient()
+    best: dict[str, tuple[float, str]] = {}
+    now = int(time.time() * 1000)
+    for r in report["results"]:
+        if not r.get("run_ids"):
+            continue
+        metrics = run_metrics(task, r)
+        run_id = r["run_ids"][-1]
+        try:
+            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        except mlflow.exceptions.MlflowException as err:  # a store that does not hold the run (another server)
+            print(f"evaluate-{task.name}: could not log the evaluation onto run {run_id} of "
+                  f"{r['method']} seed {r['seed']}: {err}")
+            continue
+        score = metrics.get(f"eval/{task.primary_metric}", float("-inf"))
+        if score > best.get(r["method"], (float("-inf"), ""))[0]:
+            best[r["method"]] = (score, run_id)
+    for method, (score, run_id) in best.items():
+        name = f"semrl-{task.name}-{method}"
+        if (version := tracking.model_version_of(name, run_id)) is not None:
+            client.set_registered_model_alias(name, "champion", version)
+            client.set_model_version_tag(name, version, f"eval_{task.primary_metric}", f"{score:.4f}")
+    with tracking.run(cfg, f"evaluate-{task.name}", tags={"semrl.kind": "evaluate", "semrl.task": task.name,
+                                                          "mlflow.parentRunId": parent}):
+        for path in files:
+            mlflow.log_artifact(str(path))
+        for r in report["results"]:
+            label = f"{r['method']}" + (f".s{r['seed']}" if r["seed"] is not None else "")
+            mlflow.log_metrics({f"{label}/{k}": v for k, v in run_metrics(task, r).items()})
 
 
 def evaluate_transfer(cfg: Config) -> dict[str, Any]:

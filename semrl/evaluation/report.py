@@ -191,8 +191,14 @@ def paired_comparisons(task: Task, ev: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in (paired(ev, *w) for w in wanted) if p is not None]
 
 
-def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, list[str]]:
-    """Per-branch training curves (loss; GRPO reward per component, KL, completion length) from MLflow."""
+# Curves also written as CSV (reports/curves/<column>/<run>.csv): MLflow key -> column and folder name.
+CURVE_DATA = {"loss": "loss", "reward": "reward"}
+
+
+def training_curves(cfg: Config, task: str, ev: dict[str, Any], out: Path) -> tuple[Path | None, list[str]]:
+    """Per-branch training curves (loss; GRPO reward per component, KL, completion length) from MLflow: from
+    exactly the runs that trained the evaluated models (their summary.json, as the evaluation recorded it;
+    a resumed run continues the curve of the run before it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,22 +206,22 @@ def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, lis
     import mlflow
 
     from semrl.core import tracking
+    from semrl.core.methods import run_name
 
-    exp_id = tracking.setup(cfg)
+    tracking.setup(cfg)
     client = mlflow.MlflowClient()
-    runs = client.search_runs([exp_id], order_by=["attributes.start_time DESC"],
-                              filter_string=f"tags.`semrl.task` = '{task}' and attributes.status = 'FINISHED'")
-    by_name: dict[str, list[Any]] = {}
-    for r in runs:  # newest first; a rerun that resumed a finished checkpoint logged no curve of its own
-        by_name.setdefault(r.info.run_name, []).append(r)
+    by_name = {run_name(task, r["method"], r["seed"]): r["run_ids"] for r in ev["results"] if r.get("run_ids")}
     if not by_name:
         return None, []
 
     def history(name: str, key: str):
-        for r in by_name[name]:
-            if hist := client.get_metric_history(r.info.run_id, key):
-                return hist
-        return []
+        points = {}
+        for run_id in by_name[name]:  # oldest first: a later run's steps replace an earlier one's
+            try:
+                points.update({h.step: h.value for h in client.get_metric_history(run_id, key)})
+            except mlflow.exceptions.MlflowException:  # not in this store (e.g. logged to another server)
+                continue
+        return sorted(points.items())
 
     panels = [("loss", "loss"), ("reward", "total reward"), ("rewards/semantic/mean", "R_sim"),
               ("rewards/language/mean", "R_lang"), ("kl", "KL to cold start"), ("completions/mean_length", "length")]
@@ -223,7 +229,10 @@ def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, lis
     for ax, (key, label) in zip(axes.flat, panels):
         for name in sorted(by_name):
             if hist := history(name, key):
-                ax.plot([h.step for h in hist], [h.value for h in hist], label=name, lw=1.2)
+                ax.plot([step for step, _ in hist], [value for _, value in hist], label=name, lw=1.2)
+                if key in CURVE_DATA:  # the same points as data, for `dvc plots show/diff` (dvc.yaml `plots:`)
+                    rows = "".join(f"{step},{value!r}\n" for step, value in hist)
+                    atomic_write_text(out / CURVE_DATA[key] / f"{name}.csv", f"step,{CURVE_DATA[key]}\n{rows}")
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -233,7 +242,7 @@ def training_curves(cfg: Config, task: str, out: Path) -> tuple[Path | None, lis
     path = out / f"training_{task}.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return path, [runs[0].info.run_id for runs in by_name.values()]
+    return path, [ids[-1] for ids in by_name.values()]
 
 
 # Measures of the tax the trade-off plot and tradeoff.csv show, when the evaluation produced them (CMRC EM/F1
@@ -527,17 +536,18 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
                "increase and KL on held-out general-Chinese text, plain language modelling. The base is one "
                "model for every seed: its items pair with each seed's.", "",
                *paired_lines(pairs)]
-    curve, run_ids = training_curves(cfg, task.name, curves)
+    curve, run_ids = training_curves(cfg, task.name, ev, curves)
     if curve:
         md += ["", f"![training curves]({curve.relative_to(out).as_posix()})"]
     return md + [""], run_ids
 
 
-def metrics_summary(df, evals: list[dict[str, Any]], meta: dict[str, Any],
+def metrics_summary(df, evals: list[dict[str, Any]],
                     pairs: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """reports/metrics.json (a DVC metric): every aggregated number per task and method, the preference,
-    and each paired comparison's estimate and t-interval (`<a>-<b>.<key>[.<source>]`)."""
-    metrics = {"meta": meta, "tasks": {}}
+    """reports/metrics.json (a DVC metric, numbers only so `dvc exp show` stays readable): every aggregated
+    number per task and method, the preference, and each paired comparison's estimate and t-interval
+    (`<a>-<b>.<key>[.<source>]`). What the numbers came from is in reports/run_meta.json."""
+    metrics = {"tasks": {}}
     for _, row in df.iterrows():
         metrics["tasks"].setdefault(row["task"], {})[row["method"]] = {
             k: round(float(v), 6) for k, v in row.items() if k in COLUMNS + ["tax_cmrc_avg", "task_gain"] and v == v}
@@ -557,7 +567,8 @@ def log_report(cfg: Config, df, metrics: dict[str, Any], out: Path, linked: list
 
     from semrl.core import tracking
 
-    with tracking.run(cfg, "report", tags={"semrl.kind": "report", "semrl.report.runs": ",".join(linked)}):
+    tags = {"semrl.kind": "report", "semrl.report.runs": ",".join(linked), "mlflow.parentRunId": tracking.pipeline_parent(cfg)}
+    with tracking.run(cfg, "report", tags=tags):
         mlflow.log_table(df, artifact_file="alignment_tax.json")
         mlflow.log_artifact(str(out / "alignment_tax.md"))
         mlflow.log_artifact(str(out / "alignment_tax.csv"))
@@ -624,7 +635,8 @@ def run(cfg: Config) -> dict[str, Any]:
     df[["task", "method", *[x for x, _ in tax_measures(df)], "task_gain"]].dropna(subset=["task_gain"]).to_csv(
         plots / "tradeoff.csv", index=False)
     atomic_write_text(out / "alignment_tax.md", "\n".join(md))
-    metrics = metrics_summary(df, evals, meta, pairs)
+    metrics = metrics_summary(df, evals, pairs)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "run_meta.json", json.dumps(meta, indent=2) + "\n")
     log_report(cfg, df, metrics, out, linked)
     return metrics

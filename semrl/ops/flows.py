@@ -14,6 +14,7 @@ import collections
 import contextlib
 import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -135,28 +136,60 @@ def _free_port() -> int:
 _SLOTS: dict[str, DeviceSlots] = {}  # per flow run (its MLflow parent run id): the steps are its threads
 
 
+STEP_LOGS = Path(".semrl") / "logs" / "steps"  # <flow run id>/<step>.log: each step's whole output
+
+
+def step_logger() -> logging.Logger:
+    """Sends a step's output lines to the Prefect run's logs (the UI), not to the console: the raw output
+    already reaches the terminal (semrl.ops.steps.Tail). Called in the task's thread, so Prefect's API
+    handler finds the task run it belongs to."""
+    from prefect.logging.handlers import APILogHandler
+
+    log = logging.getLogger("semrl.step")
+    if not log.handlers:
+        log.addHandler(APILogHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
 def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = (), group: Any = None) -> dict[str, Any]:
-    """Run one step, on a device or CPU slot where the flow has them (DeviceSlots); when it ran (after any
-    wait for a slot) and where."""
+    """Run one step, on a device or CPU slot where the flow has them (DeviceSlots); its output goes to the
+    terminal, to .semrl/logs/steps/<flow run>/<label>.log and to the Prefect run's logs; past
+    flow.step_timeout_s it is stopped. When it ran (after any wait for a slot) and where."""
+    from prefect.runtime import flow_run
+
+    cfg = load_config(args[args.index("--params") + 1])
+    log_path = STEP_LOGS / str(flow_run.get_id() or "local") / f"{label}.log"
+    log = step_logger()
+    io = {"log_path": log_path, "on_line": log.info, "timeout_s": cfg.flow.step_timeout_s}
     slots = _SLOTS.get(parent_run_id) or DeviceSlots([])
     with slots.take(priority, group) as slot:
         start = time.time()
         env = {**os.environ, PARENT_RUN_ENV: parent_run_id}
         if slot is None:
-            returncode = steps.run_cli(args, env)
+            returncode = steps.run_cli(args, env, **io)
         else:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
             print(f"{label}: on GPU {env['CUDA_VISIBLE_DEVICES']}")
             if len(slot) == 1 or args[0] != "train":  # evaluation and transfer use the slot's first device
-                returncode = steps.run_cli(args, {**env, "CUDA_VISIBLE_DEVICES": slot[0]})
+                returncode = steps.run_cli(args, {**env, "CUDA_VISIBLE_DEVICES": slot[0]}, **io)
             else:  # a training step on several GPUs: data parallel under accelerate (rank 0 tracks and saves)
-                cfg = load_config(args[args.index("--params") + 1])
                 launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                           str(cfg.flow.accelerate_config), "--num_processes", str(len(slot)),
                           "--main_process_port", str(_free_port()), "-m", "semrl.cli", *args]
-                returncode = subprocess.run(launch, env=env).returncode
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                offset = log_path.stat().st_size if log_path.is_file() else 0
+                with log_path.open("ab") as out:
+                    proc = subprocess.Popen(launch, env=env, stdout=out, stderr=subprocess.STDOUT)
+                returncode = steps.supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid,
+                                             offset=offset, **io)
+                proc.wait()
+    if returncode == steps.TIMED_OUT:
+        raise StepFailed(f"{label} timed out after {cfg.flow.step_timeout_s:g} s (flow.step_timeout_s); its log: "
+                         f"{log_path}", returncode)
     if returncode != 0:
-        raise StepFailed(f"{label} exited with {returncode}", returncode)
+        raise StepFailed(f"{label} exited with {returncode}; its log: {log_path}", returncode)
     return {"start": start, "end": time.time(), "devices": list(slot) if slot else None}
 
 
@@ -180,9 +213,29 @@ def evaluate_step(task_name: str, params_path: str, parent_run_id: str) -> str:
 
 @task(name="report-step", cache_policy=None, retry_condition_fn=transient)
 def report_step(params_path: str, parent_run_id: str) -> str:
+    from prefect.artifacts import create_markdown_artifact
+
     _cli(["transfer", "--params", params_path], parent_run_id, "transfer", (3,))
     _cli(["report", "--params", params_path], parent_run_id, "report", (3,))
-    return str(load_config(params_path).report.out_dir / "alignment_tax.md")
+    path = load_config(params_path).report.out_dir / "alignment_tax.md"
+    create_markdown_artifact(markdown=report_summary(path.read_text(encoding="utf-8")), key="alignment-tax",
+                             description=f"The alignment-tax report's answer and main tables ({path})")
+    return str(path)
+
+
+def report_summary(markdown: str) -> str:
+    """The report as a Prefect artifact: everything up to its per-task detail (the answer, the paired
+    verdicts), then each task's first table; images are dropped (their paths are relative to the report)."""
+    lines = [line for line in markdown.splitlines() if not line.startswith("![")]
+    sections = "\n".join(lines).split("\n## ")
+    head, rest = sections[0], sections[1:]
+    kept = [head] + [s for s in rest if s.startswith("The answer")]
+    for s in rest:
+        if not s.startswith("The answer") and "\n|" in s:
+            title, body = s.split("\n", 1)
+            table = [b for b in body.split("\n\n") if b.lstrip().startswith("|")][:1]
+            kept.append(title + "\n\n" + "\n\n".join(table))
+    return "\n## ".join(kept)
 
 
 def run_params(params_path: str, profile: str | None, run_id: str) -> str:
@@ -220,7 +273,8 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
     step = train_step.with_options(**retry)
     name = f"expansion-{flow_run.get_name() or 'local'}"
     names = [m.name for m in branches(cfg)]
-    with tracking.run(cfg, name, tags={"semrl.flow_run_id": run_id, "semrl.kind": "flow"},
+    with tracking.run(cfg, name, tags={"semrl.flow_run_id": run_id, "semrl.kind": "flow",
+                                       "mlflow.parentRunId": tracking.pipeline_parent(cfg)},
                       log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART, *names], "profile": profile,
                                   "params_path": params_path}) as parent:
         parent_id = parent.info.run_id

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 import threading
+import time
+from pathlib import Path
+from typing import Callable
 
 # What `semrl train` imports, heaviest first; a module that is missing is skipped by the server. Not
 # semrl.cli: a flow started as `python -m semrl.cli` has it as the main module, which each child re-runs.
@@ -38,18 +43,107 @@ def context():
         return _context
 
 
-def _main(args: list[str], env: dict[str, str]) -> None:
+TIMED_OUT = 124  # the exit code of a step stopped at its timeout (as coreutils `timeout`): not retried
+KILL_GRACE_S = 30  # after SIGTERM (the step ends its MLflow run KILLED), SIGKILL
+
+
+def _main(args: list[str], env: dict[str, str], log_path: str | None = None) -> None:
     # The server's environment is the flow's at its start; each step gets the flow's current one plus its own.
     os.environ.clear()
     os.environ.update(env)
+    if log_path:  # stdout and stderr (tracebacks, progress bars) into the step's log file, which the flow tails
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
     from semrl.cli import app
 
     app(args, prog_name="semrl")  # exits: SystemExit carries the command's status
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> int:
-    """Run `semrl <args>` in a fresh process with this environment; its exit code (-N: killed by signal N)."""
-    proc = context().Process(target=_main, args=(list(args), dict(env)), name="semrl " + " ".join(args[:5]))
+class Tail:
+    """Follows a step's log file: every new byte goes to this process's stdout unchanged (the terminal of
+    whoever runs the flow, or DVC's), and every finished line to `on_line` (the Prefect run's logs). A line
+    redrawn with carriage returns (a progress bar) counts once, as its last state."""
+
+    def __init__(self, path: Path, on_line: Callable[[str], None] | None, offset: int = 0):
+        self.file = path.open("rb")
+        self.file.seek(offset)  # a retried step appends to the same file: only this attempt's output
+        self.on_line = on_line
+        self.partial = b""
+
+    def pump(self) -> None:
+        data = self.file.read()
+        if not data:
+            return
+        out = getattr(sys.stdout, "buffer", None)
+        if out is not None:
+            out.write(data)
+            out.flush()
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for raw in lines:
+            self._emit(raw)
+
+    def _emit(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1].rstrip()
+        if line and self.on_line is not None:
+            self.on_line(line)
+
+    def close(self) -> None:
+        self.pump()
+        if self.partial:  # a last line without a newline
+            self._emit(self.partial)
+            self.partial = b""
+        self.file.close()
+
+
+def supervise(is_alive: Callable[[], bool], exitcode: Callable[[], int | None], pid: int, log_path: Path | None,
+              on_line: Callable[[str], None] | None, timeout_s: float | None, offset: int = 0) -> int:
+    """Wait for a step process while forwarding its log; past `timeout_s` stop it (SIGTERM to its process
+    group, then SIGKILL after KILL_GRACE_S) and return TIMED_OUT. A wait here, not Prefect's task timeout:
+    that cannot interrupt a blocking wait and would leave the step's process running."""
+    tail = Tail(log_path, on_line, offset) if log_path else None
+    start, stopping = time.monotonic(), None
+    try:
+        while is_alive():
+            time.sleep(0.2)
+            if tail:
+                tail.pump()
+            elapsed = time.monotonic() - start
+            if timeout_s and elapsed > timeout_s and stopping is None:
+                if on_line:
+                    on_line(f"step timed out after {timeout_s:g} s (flow.step_timeout_s): stopping it")
+                _signal(pid, signal.SIGTERM)
+                stopping = time.monotonic()
+            elif stopping is not None and time.monotonic() - stopping > KILL_GRACE_S:
+                _signal(pid, signal.SIGKILL)
+    finally:
+        if tail:
+            tail.close()
+    return TIMED_OUT if stopping is not None else exitcode()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def run_cli(args: list[str], env: dict[str, str], log_path: Path | None = None,
+            on_line: Callable[[str], None] | None = None, timeout_s: float | None = None) -> int:
+    """Run `semrl <args>` in a fresh process with this environment; its exit code (-N: killed by signal N,
+    TIMED_OUT: stopped at `timeout_s`). With `log_path`, its output goes there and is forwarded (Tail)."""
+    offset = 0
+    if log_path:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch()
+        offset = log_path.stat().st_size
+    proc = context().Process(target=_main, args=(list(args), dict(env), str(log_path) if log_path else None),
+                             name="semrl " + " ".join(args[:5]))
     proc.start()
+    code = supervise(proc.is_alive, lambda: proc.exitcode, proc.pid, log_path, on_line, timeout_s, offset)
     proc.join()
-    return proc.exitcode
+    return code

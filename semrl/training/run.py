@@ -150,9 +150,9 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
     name = run_name(task.name, method.name, seed)
     tags = {"semrl.task": task.name, "semrl.method": method.name, "semrl.seed": str(seed), "semrl.run_key": name,
             "semrl.pid": str(os.getpid()), "semrl.host": socket.gethostname()}
-    if os.environ.get(tracking.PARENT_RUN_ENV):
-        tags["mlflow.parentRunId"] = os.environ[tracking.PARENT_RUN_ENV]
     main = rank() == 0
+    if main:
+        tags["mlflow.parentRunId"] = tracking.pipeline_parent(cfg)
     logged = {"task": task.name, "method": method.name, "seed": seed, "train_examples": len(items),
               "trainer": method.trainer, "config": method.hparams.model_dump(mode="json"),
               "lora": {**cfg.train.lora.model_dump(mode="json"), "enabled": method.lora}, "init": str(init), "world_size": world_size()}
@@ -162,6 +162,11 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         tracking.close_stale_runs(cfg, name)
     tracked = tracking.run(cfg, name, tags=tags, log_params=logged) if main else contextlib.nullcontext()
     with tracked as active:
+        if main:
+            log_dataset(cfg, task, method, items)
+            ckpt.mkdir(parents=True, exist_ok=True)
+            with (ckpt / RUNS_FILE).open("a", encoding="utf-8") as f:  # the runs that trained this checkpoint
+                f.write(active.info.run_id + "\n")
         trainer = make_trainer(cfg, task, method, seed, items, init, ckpt, tokenizer, tau)
         result = trainer.train(resume_from_checkpoint=last)
         fingerprint = trainable_fingerprint(trainer.model)
@@ -174,6 +179,8 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
                    "final_loss": _last_logged(trainer.state.log_history, "loss"),
                    "tokens": _last_logged(trainer.state.log_history, "num_tokens"),
                    "train_seconds": round(result.metrics["train_runtime"], 2), "run_id": active.info.run_id,
+                   # every run that trained these weights, oldest first (a resumed run continues an earlier one)
+                   "run_ids": (ckpt / RUNS_FILE).read_text(encoding="utf-8").split(),
                    "trainable_sha256": fingerprint}
         if tau is not None:
             summary["tau"] = tau
@@ -186,6 +193,47 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
             mlflow.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({"resumed_from_step": resumed, "train_seconds": summary["train_seconds"]})
-        mlflow.log_artifacts(str(out), artifact_path="model")
-        tracking.register(f"semrl-{task.name}-{method.name}", active.info.run_id, "model")
+        for extra in (TAU_FILE, TRAJECTORY_FILE, "summary.json"):
+            if (out / extra).is_file():
+                mlflow.log_artifact(str(out / extra), artifact_path="outputs")
+        logged_model = tracking.log_model(*loadable_model(cfg, method, merged, init, out), name="model")
+        description = (f"{task.name} · {method.name} ({method.trainer}{', LoRA adapter on ' + str(init) if method.lora else ''})"
+                       f" · seed {seed} · {summary['steps']} steps from {init} · profile {cfg.profile} · "
+                       f"data {tracking.data_version()} · MLflow run {active.info.run_id}")
+        tracking.register(f"semrl-{task.name}-{method.name}", active.info.run_id, logged_model.model_uri, description,
+                          tags={"task": task.name, "method": method.name, "seed": str(seed)})
     return summary
+
+
+RUNS_FILE = "mlflow_runs.txt"
+
+
+def log_dataset(cfg: Config, task: Task, method: Method, items: list[dict[str, Any]]) -> None:
+    """The examples this run trains on, as an MLflow dataset input (the run's Dataset column): source = the
+    prepared split, digest = a hash of exactly these rows (the subset a method takes differs per method)."""
+    import mlflow
+    import pandas as pd
+
+    from semrl.core.tracking import data_version
+
+    cols = ["id", "source", "input", "reference"]
+    df = pd.DataFrame([{c: str(x.get(c, "")) for c in cols} for x in items], columns=cols)
+    digest = hashlib.sha256(df.to_json(orient="records", force_ascii=False).encode()).hexdigest()[:12]
+    dataset = mlflow.data.from_pandas(df, source=str(task.split_file("train")), digest=digest,
+                                      name=f"{task.name}-train-{method.name}")
+    mlflow.log_input(dataset, context="training", tags={"data_version": data_version(),
+                                                        "rows": str(len(df))})
+
+
+def loadable_model(cfg: Config, method: Method, merged, init: Path, out: Path):
+    """(model, tokenizer) as MLflow logs it: the trained model, or for LoRA the adapter on its starting
+    model (PEFT; MLflow stores the adapter and the base's folder, not a merged copy per run)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    if not method.lora:
+        return merged, tokenizer
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(str(init), **model_init_kwargs(cfg, method))
+    return PeftModel.from_pretrained(base, out / "adapter"), tokenizer
