@@ -208,20 +208,14 @@ def log_model(model, tokenizer, name: str = "model"):
                                          task="text-generation", pip_requirements=MODEL_REQUIREMENTS)
 
 
-def register(name: str, run_id: str, model_uri: str, description: str, tags: dict[str, str] | None = None) -> str:
+def register(name: str, model_uri: str, description: str, tags: dict[str, str] | None = None) -> str:
     """Register a logged model as a new version of model `name`, with a description; returns the version."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        try:
-            client.create_registered_model(name, description="semrl: one version per training run (task, method, "
-                                           "seed); alias `champion` = the best seed by the task's primary metric")
-        except mlflow.exceptions.MlflowException:  # the seeds' runs finish together: another one created it
-            client.get_registered_model(name)
-    version = mlflow.register_model(model_uri, name, tags=tags).version
+    version = mlflow.register_model(model_uri, name, tags=tags).version  # creates the model if it is new
+    client.update_registered_model(name, description="semrl: one version per training run (task, method, seed); "
+                                   "alias `champion` = the best seed by the task's primary metric")
     client.update_model_version(name, version, description=description)
     return version
 

@@ -101,8 +101,8 @@ class Tail:
 
 def supervise(is_alive: Callable[[], bool], exitcode: Callable[[], int | None], pid: int, log_path: Path | None,
               on_line: Callable[[str], None] | None, timeout_s: float | None, offset: int = 0) -> int:
-    """Wait for a step process while forwarding its log; past `timeout_s` stop it (SIGTERM to its process
-    group, then SIGKILL after KILL_GRACE_S) and return TIMED_OUT. A wait here, not Prefect's task timeout:
+    """Wait for a step process while forwarding its log; past `timeout_s` stop it (SIGTERM, then SIGKILL
+    after KILL_GRACE_S) and return TIMED_OUT. A wait here, not Prefect's task timeout:
     that cannot interrupt a blocking wait and would leave the step's process running."""
     tail = Tail(log_path, on_line, offset) if log_path else None
     start, stopping = time.monotonic(), None

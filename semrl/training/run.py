@@ -150,9 +150,9 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
     name = run_name(task.name, method.name, seed)
     tags = {"semrl.task": task.name, "semrl.method": method.name, "semrl.seed": str(seed), "semrl.run_key": name,
             "semrl.pid": str(os.getpid()), "semrl.host": socket.gethostname()}
+    if os.environ.get(tracking.PARENT_RUN_ENV):  # a flow's step; a `semrl train` of its own stays a top-level run
+        tags["mlflow.parentRunId"] = os.environ[tracking.PARENT_RUN_ENV]
     main = rank() == 0
-    if main:
-        tags["mlflow.parentRunId"] = tracking.pipeline_parent(cfg)
     logged = {"task": task.name, "method": method.name, "seed": seed, "train_examples": len(items),
               "trainer": method.trainer, "config": method.hparams.model_dump(mode="json"),
               "lora": {**cfg.train.lora.model_dump(mode="json"), "enabled": method.lora}, "init": str(init), "world_size": world_size()}
@@ -200,7 +200,7 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         description = (f"{task.name} · {method.name} ({method.trainer}{', LoRA adapter on ' + str(init) if method.lora else ''})"
                        f" · seed {seed} · {summary['steps']} steps from {init} · profile {cfg.profile} · "
                        f"data {tracking.data_version()} · MLflow run {active.info.run_id}")
-        tracking.register(f"semrl-{task.name}-{method.name}", active.info.run_id, logged_model.model_uri, description,
+        tracking.register(f"semrl-{task.name}-{method.name}", logged_model.model_uri, description,
                           tags={"task": task.name, "method": method.name, "seed": str(seed)})
     return summary
 
