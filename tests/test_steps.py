@@ -78,3 +78,33 @@ def test_supervise_returns_the_exit_code_and_only_this_attempts_output(tmp_path)
     assert supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid, log, lines.append, None,
                      offset) == 3
     assert lines == ["again"]  # the last line had no newline; the earlier attempt's is not repeated
+
+
+
+def test_steps_started_and_polled_from_many_threads_keep_their_exit_codes():
+    """Flow branches start and finish steps at once, each polling its own: a start in one thread must not
+    eat another step's exit code (multiprocessing then reports 255: 17–22 of these 1,200 without the lock)."""
+    proc = run([sys.executable, "-c", THREADS], REPO)
+    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert codes == {"0": 1200}
+
+
+THREADS = '''
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from semrl.ops import steps
+
+def one(_):
+    proc = steps.context().Process(target=sys.exit, args=(0,))
+    steps.start(proc)
+    while steps.alive(proc):
+        time.sleep(0.0005)
+    proc.join()
+    return proc.exitcode
+
+if __name__ == "__main__":
+    steps.context().set_forkserver_preload([])
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(1200)))
+    print(json.dumps({str(c): codes.count(c) for c in set(codes)}))
+'''

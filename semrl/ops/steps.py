@@ -143,7 +143,24 @@ def run_cli(args: list[str], env: dict[str, str], log_path: Path | None = None,
         offset = log_path.stat().st_size
     proc = context().Process(target=_main, args=(list(args), dict(env), str(log_path) if log_path else None),
                              name="semrl " + " ".join(args[:5]))
-    proc.start()
-    code = supervise(proc.is_alive, lambda: proc.exitcode, proc.pid, log_path, on_line, timeout_s, offset)
+    start(proc)
+    code = supervise(lambda: alive(proc), lambda: proc.exitcode, proc.pid, log_path, on_line, timeout_s, offset)
     proc.join()
     return code
+
+
+# Process.start() polls every child this process started (multiprocessing's _cleanup), from the starting
+# thread. A fork-server child's exit code is read once from a pipe: a step's thread and another thread's
+# start() polling the same finished child at once lets one read the code and the other see EOF, which
+# multiprocessing reports as exit code 255. Starts and polls take this lock, so one of them reads it.
+_children_lock = threading.Lock()
+
+
+def start(proc) -> None:
+    with _children_lock:
+        proc.start()
+
+
+def alive(proc) -> bool:
+    with _children_lock:
+        return proc.is_alive()
