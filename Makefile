@@ -20,7 +20,6 @@ ifneq ($(SEMRL_DATA_MIRROR),)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 endif
-export PREFECT_HOME ?= $(CURDIR)/.prefect
 
 .PHONY: run test install clean-venv
 
@@ -46,12 +45,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip check
 	touch $@
 
-# PROFILE=paper merges configs/paper.yaml into params.yaml first (undo: git checkout params.yaml).
+# PROFILE=paper runs the pipeline as a DVC experiment with configs/paper.yaml as `-S` overrides (params.yaml
+# keeps its comments; `dvc exp show` lists the run); without PROFILE, `dvc repro` of params.yaml as it is.
 PROFILE ?=
 
 run: $(STAMP)
-	$(if $(PROFILE),PATH="$(CURDIR)/$(BIN):$$PATH" semrl check $(PROFILE) && PATH="$(CURDIR)/$(BIN):$$PATH" semrl profile $(PROFILE))
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	$(if $(PROFILE),PATH="$(CURDIR)/$(BIN):$$PATH" semrl check $(PROFILE) && PATH="$(CURDIR)/$(BIN):$$PATH" semrl profile $(PROFILE) --run,PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" semrl where
 
 test: $(STAMP)

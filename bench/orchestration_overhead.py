@@ -68,7 +68,7 @@ def scratch_params(repo: Path, scratch: Path, task: str, seed: int, steps: int) 
     # The GRPO branch starts from the repo's cold start (and reads the tau it calibrated).
     cold = repo / "models" / task / "coldstart" / f"seed{seed}"
     if not (cold / "model" / "config.json").is_file():
-        sys.exit(f"{cold}: no cold start; run `dvc repro train@{task}` first")
+        sys.exit(f"{cold}: no cold start; run `dvc repro coldstart@{task}` first")
     link = scratch / "models" / task / "coldstart" / f"seed{seed}"
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(cold.resolve())
@@ -83,7 +83,7 @@ def bare_spec(params_path: Path, scratch: Path, task: str, seed: int, run: int) 
     from semrl.core.methods import get_method
     from semrl.core.tasks import get_task
     from semrl.training.tau import grpo_tau
-    from semrl.training.trainers import common_args, init_model_dir, method_items
+    from semrl.training.trainers import common_args, init_model_dir, method_items, model_init_kwargs
 
     cfg = load_config(params_path)
     method, task_rec = get_method(cfg, "grpo"), get_task(cfg, task)
@@ -102,7 +102,8 @@ def bare_spec(params_path: Path, scratch: Path, task: str, seed: int, run: int) 
             "torch_threads": cfg.train.torch_threads,
             "result": str(scratch / f"bare-{run}.json"), "args": args,
             "components": [c.model_dump() for c in method.rewards],
-            "reward_context": {"embedder": str(cfg.embedder.reward.out_dir), "tau": grpo_tau(cfg, task, seed),
+            "reward_context": {"embedder": str(cfg.embedder.reward.out_dir),
+                               "tau": grpo_tau(cfg, task_rec, seed, init, tokenizer, model_init_kwargs(cfg, method))["tau"],
                                "script": task_rec.script, "reference_column": cfg.rewards.reference_column}}
     path = scratch / f"bare-{run}.spec.json"
     path.write_text(json.dumps(spec, indent=1, default=str))

@@ -144,7 +144,7 @@ def main() -> None:
         result["train"][method]["wall_s"] = round(time.time() - t0, 1)
         models[method] = Path(cfg.train.out_dir) / task.name / method / f"seed{args.seed}" / "model"
         tau_file = models[method].parent / "tau.json"
-        if tau_file.is_file():  # the cold start's reward-signal check on dev
+        if tau_file.is_file() and "dev_samples" in json.loads(tau_file.read_text()):  # GRPO's reward-signal check on dev
             result["reward_signal"] = json.loads(tau_file.read_text())
     for name, path in models.items():
         model = base if path is None else AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)

@@ -15,26 +15,32 @@ app = typer.Typer(help="semrl: low-resource language expansion with semantic-rew
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (run from the project root)")
 
 
+PREFECT_COMMANDS = {"flow", "serve", "deploy", "worker", "status"}  # the commands that run or read flows
+
+
 @app.callback()
-def _use_running_servers() -> None:
+def _use_running_servers(ctx: typer.Context) -> None:
     """Every command (and so every DVC stage) runs in the quiet environment (semrl.core.env) and logs to
-    `semrl up`'s servers when they run."""
+    `semrl up`'s MLflow server when it runs; a command that runs flows says where its flow runs go."""
     import os
 
     from semrl.core.config import load_config
     from semrl.core.env import apply_quiet_env
-    from semrl.core.servers import discover
+    from semrl.core.servers import discover, use_prefect
 
     apply_quiet_env()
     if Path("params.yaml").is_file():
         try:
-            found = discover(load_config("params.yaml").servers)
+            cfg = load_config("params.yaml")
         except SemrlError:
             return  # the command itself reports a broken params file
+        found = discover(cfg.servers, ("mlflow",))
         os.environ.update(found)
         for var, url in found.items():  # never silent: where the runs and flow runs go
             print(f"semrl: {var}={url} (the running `semrl up` server; `semrl down` or set {var} to change)",
                   file=sys.stderr)
+        if ctx.invoked_subcommand in PREFECT_COMMANDS:
+            print(f"semrl: {use_prefect(cfg.servers)}", file=sys.stderr)
 
 
 def fail(message: str) -> None:
@@ -117,16 +123,21 @@ def train(
 def flow(
     task: list[str] = typer.Option(None, help="tasks (default: train.tasks)"),
     seed: list[int] = typer.Option(None, help="seeds (default: train.seeds)"),
+    stage: str = typer.Option(None, help="one training stage alone: coldstart, sft or grpo (GRPO and its "
+                                         "ablations), as DVC's <stage>@<task> runs it (default: all of them)"),
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Run the Prefect flow: cold start, then strong SFT and GRPO concurrently, for each task and seed."""
+    from semrl.core.methods import stage_methods
     from semrl.ops.flows import configured
 
     cfg = config(params)
+    if stage is not None:
+        run_step(lambda: stage_methods(cfg, stage))  # an unknown stage fails here, before Prefect starts
 
     def go():
         try:
-            return configured(cfg)(tasks=task or None, seeds=seed or None, params_path=str(params))
+            return configured(cfg)(tasks=task or None, seeds=seed or None, params_path=str(params), stage=stage)
         except RuntimeError as e:  # a failed branch: its own log already has the traceback
             raise SemrlError(str(e)) from None
 
@@ -191,13 +202,19 @@ def down(params: Path = PARAMS_OPTION) -> None:
 
 @app.command()
 def status(params: Path = PARAMS_OPTION) -> None:
-    """Report the local servers: running and healthy, and their UI URLs."""
+    """Report the local servers (running and healthy, their UI URLs) and the deployment: its schedule, its
+    work pool's workers, and why scheduled runs are Late when no worker or `semrl serve` runs them."""
     from semrl.core import servers as srv
 
-    for s in srv.servers(config(params).servers, config(params).tracking):
+    cfg = config(params)
+    for s in srv.servers(cfg.servers, cfg.tracking):
         pid, ok = srv.pid_of(s), srv.healthy(s)
         state = "healthy" if pid and ok else ("running, not answering" if pid else "stopped")
         print(f"{s.name:8} {state:24} {s.url if pid else ''}")
+    from semrl.ops.deploy import deployment_status
+
+    for line in run_step(lambda: deployment_status(cfg)):
+        print(line)
 
 
 @app.command()
@@ -206,19 +223,56 @@ def serve(
     cron: str = typer.Option(None, help="cron schedule (default: deployment.cron)"),
     name: str = typer.Option(None, help="deployment name (default: deployment.name)"),
 ) -> None:
-    """Register the `expansion/<name>` deployment with its cron schedule and serve its runs (Ctrl-C stops)."""
-    import os
-
-    from semrl.ops.flows import configured
+    """Register the deployment `experiment/<name>` with its cron schedule and run its flow runs in this
+    process (Ctrl-C stops; `semrl deploy` + `semrl worker` is the same through a work pool)."""
+    from semrl.ops.deploy import require_server
+    from semrl.ops.flows import experiment
 
     cfg = config(params)
     d = cfg.deployment
-    if not os.environ.get("PREFECT_API_URL"):
-        fail("no Prefect server: start one with `semrl up` (or set PREFECT_API_URL)")
-    configured(cfg).serve(name=name or d.name, cron=cron or d.cron, tags=["semrl"],
-                          description="cold start -> {strong SFT || GRPO}, evaluation and report",
-                          parameters={"tasks": d.tasks, "seeds": d.seeds, "profile": d.profile,
-                                      "params_path": str(params), "evaluate": d.evaluate})
+    run_step(require_server)
+    experiment.serve(name=name or d.name, cron=cron or d.cron, tags=["semrl"],
+                     description="the pipeline as a DVC experiment (dvc exp run --temp): cold start -> "
+                                 "{strong SFT, GRPO}, evaluation and the report",
+                     parameters={"tasks": d.tasks, "seeds": d.seeds, "profile": d.profile,
+                                 "params_path": str(params), "evaluate": d.evaluate})
+
+
+@app.command()
+def deploy(
+    params: Path = PARAMS_OPTION,
+    cron: str = typer.Option(None, help="cron schedule (default: deployment.cron)"),
+    name: str = typer.Option(None, help="deployment name (default: deployment.name)"),
+) -> None:
+    """Register the deployment `experiment/<name>` with its cron schedule to the process work pool
+    deployment.work_pool (created if missing); `semrl worker` — here or on another machine with this
+    project — runs its flow runs."""
+    from semrl.ops.deploy import deploy as deploy_flow
+
+    cfg = config(params)
+    dep_id = run_step(lambda: deploy_flow(cfg, params, name, cron))
+    print(f"deployment experiment/{name or cfg.deployment.name} ({dep_id}) in work pool "
+          f"{cfg.deployment.work_pool}; schedule {cron or cfg.deployment.cron}; start a worker: semrl worker")
+
+
+@app.command()
+def worker(
+    params: Path = PARAMS_OPTION,
+    run_once: bool = typer.Option(False, "--run-once", help="run the flow runs due now, then exit"),
+) -> None:
+    """Start a Prefect process worker on deployment.work_pool: it runs the deployment's flow runs in this
+    project folder (Ctrl-C stops)."""
+    import os
+    import subprocess
+
+    from semrl.ops.deploy import require_server
+
+    cfg = config(params)
+    run_step(require_server)
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", cfg.deployment.work_pool,
+               "--type", "process", *(["--run-once"] if run_once else [])]
+    print("semrl: " + " ".join(command[1:]), file=sys.stderr)
+    raise SystemExit(subprocess.call(command, env=dict(os.environ)))
 
 
 @app.command()
@@ -248,14 +302,32 @@ def check(
 
 
 @app.command()
-def profile(name: str = typer.Argument(..., help="configs/<name>.yaml"), params: Path = PARAMS_OPTION) -> None:
-    """Merge configs/<name>.yaml into params.yaml (the single source of truth for `dvc repro`); undo with
-    `git checkout params.yaml`."""
-    from semrl.core.config import apply_overlay, profile_overlay
+def profile(
+    name: str = typer.Argument(..., help="configs/<name>.yaml"),
+    run: bool = typer.Option(False, "--run", help="run the pipeline with it as a DVC experiment (`dvc exp run -S ...`)"),
+    temp: bool = typer.Option(False, "--temp", help="with --run: in a temporary workspace (yours stays as it is)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Put configs/<name>.yaml into params.yaml through DVC's `-S` editor (values change in place, comments
+    stay; undo with `git checkout params.yaml`), or with --run hand it to `dvc exp run` as `-S` overrides:
+    the run is an experiment of its own in `dvc exp show`."""
+    import subprocess
+    import time
+
+    from semrl.core.config import apply_overlay, overlay_overrides, profile_overlay
 
     overlay = run_step(lambda: profile_overlay(name))
-    merged = run_step(lambda: apply_overlay(params, overlay))
-    print(f"{params}: profile {merged.profile} applied from {overlay}")
+    if not run:
+        merged = run_step(lambda: apply_overlay(params, overlay))
+        print(f"{params}: profile {merged.profile} applied from {overlay}")
+        return
+    config(params)  # a broken params file fails here, not inside DVC
+    overrides = [a for o in run_step(lambda: overlay_overrides(params, overlay)) for a in ("-S", o)]
+    command = [sys.executable, "-m", "dvc", "exp", "run", "-n", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+               *(["--temp"] if temp else []), *overrides]
+    print("semrl: " + " ".join(command[1:3] + command[3:7]) + f" ... ({len(overrides) // 2} overrides from {overlay})",
+          file=sys.stderr)
+    raise SystemExit(subprocess.call(command))
 
 
 @app.command()
@@ -293,7 +365,7 @@ def where() -> None:
         ("models/embedder/", "reward embedder (sentence-transformers)"),
         ("models/eval_embedder/", "independent evaluation embedder (sentence-transformers)"),
         ("metrics/", "base.json (perplexity, size), embedder.json (retrieval top-1)"),
-        ("models/mt/", "trained models: <method>/seed<k>/{model,adapter}/, flow_run.json"),
+        ("models/mt/", "trained models: coldstart/, sft/, grpo/ (one DVC stage each): seed<k>/{model,adapter}/"),
         ("reports/alignment_tax.md", "the alignment-tax report (+ .csv, metrics.json, plots/, curves/)"),
         ("mlflow.db", "MLflow runs: `semrl up`, then http://127.0.0.1:5000 (Prefect UI on :4200)"),
     ]:

@@ -1,4 +1,5 @@
-"""DVC stage `train@<task>`: runs the Prefect flow for one task, all seeds -> models/<task>/."""
+"""DVC stages `coldstart@<task>`, `sft@<task>`, `grpo@<task>`: one training stage of the Prefect flow for
+one task, every seed -> models/<task>/<stage>/ (`--task mt --stage grpo`)."""
 import sys
 
 from semrl.cli import app

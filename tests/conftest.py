@@ -114,8 +114,9 @@ def smoke_mt(smoke_repo):
 
 @pytest.fixture(scope="session")
 def trained_repo(smoke_repo, mirror) -> Path:
-    """smoke_repo after `dvc repro train@mt`: the Prefect flow ran cold start -> {sft || grpo}."""
-    run(["dvc", "repro", "train@mt"], smoke_repo, {"SEMRL_DATA_MIRROR": str(mirror)})
+    """smoke_repo after `dvc repro sft@mt grpo@mt`: the stages coldstart@mt, sft@mt and grpo@mt, each a
+    Prefect flow run of its method's seeds."""
+    run(["dvc", "repro", "sft@mt", "grpo@mt"], smoke_repo, {"SEMRL_DATA_MIRROR": str(mirror)})
     return smoke_repo
 
 

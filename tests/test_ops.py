@@ -1,8 +1,9 @@
 """Operations against real servers started on free loopback ports: `semrl up/status/down`, the
-`expansion/nightly` deployment with its schedule, a triggered run, concurrent runs, a failing branch."""
+`experiment/nightly` deployment with its schedule, triggered runs as DVC experiments, a work pool and its
+worker, Late runs explained, a failing branch."""
 import asyncio
-import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -121,14 +122,26 @@ def _wait_runs(ids, timeout=420):
 
 
 @pytest.fixture(scope="module")
-def served(live):
-    """`semrl serve` running: the deployment expansion/nightly, served from the project folder."""
+def project(live, tmp_path_factory):
+    """A copy of the live repo as a git commit: the deployment runs the pipeline as a DVC experiment from
+    the project's last commit (the trained repo itself stays uncommitted for the other tests)."""
     repo, urls, env = live
+    dest = tmp_path_factory.mktemp("deployed") / "repo"
+    shutil.copytree(repo, dest, symlinks=True, ignore=shutil.ignore_patterns(".semrl"))
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=semrl", "-c", "user.email=semrl@localhost", "commit", "-qm", "baseline"], dest)
+    return dest, urls, env
+
+
+@pytest.fixture(scope="module")
+def served(project):
+    """`semrl serve` running: the deployment experiment/nightly, served from the project folder."""
+    repo, urls, env = project
     os.environ.update(env)
     proc = subprocess.Popen([sys.executable, "-m", "semrl.cli", "serve", "--cron", "30 3 * * *"], cwd=repo,
                             env=child_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    dep, schedules = asyncio.run(_deployment(env["PREFECT_API_URL"], "expansion/nightly"))
+    dep, schedules = asyncio.run(_deployment(env["PREFECT_API_URL"], "experiment/nightly"))
     yield repo, urls, env, dep, schedules
     proc.terminate()
     proc.wait(timeout=60)
@@ -142,31 +155,67 @@ def test_deployment_has_an_active_cron_schedule_and_parameters(served):
     assert len(schedules) == 1 and schedules[0].active and schedules[0].schedule.cron == "30 3 * * *"
 
 
-def test_triggered_and_concurrent_runs_complete_with_separate_outputs(served):
+def _task_runs(flow_run_id):
+    return asyncio.run(_flow_run_state(flow_run_id))[1]
+
+
+def test_triggered_runs_become_dvc_experiments_one_at_a_time(served):
+    """Two runs triggered at once (as from the UI, other seeds): each is `dvc exp run --temp`, so the workspace
+    stays as DVC left it; flow.tag_limits {dvc: 1} runs them one after the other."""
     from prefect.deployments import run_deployment
 
     repo, urls, env, _, _ = served
-    runs = [run_deployment("expansion/nightly", parameters={"seeds": [seed], "evaluate": False}, timeout=0)
-            for seed in (1, 2)]  # a second, concurrent run with other parameters, as from the UI
-    states = _wait_runs([r.id for r in runs])
+    lock_before = (repo / "dvc.lock").read_text()
+    runs = [run_deployment("experiment/nightly", parameters={"seeds": [seed], "evaluate": False}, timeout=0)
+            for seed in (2, 3)]
+    states = _wait_runs([r.id for r in runs], timeout=900)
     assert all(s.is_completed() for s in states), states
-    # Each step's output is in its task run's logs in the UI, and in a log file per step.
-    lines = _step_lines(runs[0].id, "mt-sft-s1")
-    assert any(line.startswith("train: task mt, method sft, seed 1") for line in lines), lines[-5:]
-    assert (repo / ".semrl" / "logs" / "steps" / str(runs[0].id) / "mt-sft-s1.log").is_file()
-    for seed in (1, 2):
-        for method in ("coldstart", "sft", "grpo"):
-            summary = json.loads((repo / "models" / "mt" / method / f"seed{seed}" / "summary.json").read_text())
-            assert summary["seed"] == seed
+    spans = sorted((t.start_time, t.end_time) for r in runs for t in _task_runs(r.id) if t.name.startswith("dvc-exp-run"))
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans  # one experiment at a time
+    names = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
+    for r in runs:
+        assert f"nightly-{r.name}" in names
+    # The workspace is untouched: no seed-2 or -3 model, the lock file as it was, DVC up to date.
+    assert not any((repo / "models" / "mt" / "sft" / f"seed{s}").exists() for s in (2, 3))
+    assert (repo / "dvc.lock").read_text() == lock_before
+    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], repo).stdout
+    # The experiment's output is in its task run's logs in the UI (the stages' own flows nest in it).
+    lines = _step_lines(runs[0].id, f"dvc-exp-run-nightly-{runs[0].name}")
+    assert any(line.startswith("train: task mt, method sft, seed 2") for line in lines), lines[-5:]
     mlflow.set_tracking_uri(urls["mlflow"])
     found = mlflow.search_runs(experiment_names=["semrl"], output_format="list",
                                filter_string="tags.`semrl.method` = 'grpo'")
-    by_seed = {r.data.tags["semrl.seed"]: r for r in found}
-    assert {"1", "2"} <= set(by_seed)
-    parents = {by_seed[s].data.tags["mlflow.parentRunId"] for s in ("1", "2")}
-    assert len(parents) == 2  # each flow run has its own parent run
-    for pid in parents:
-        assert mlflow.get_run(pid).data.tags["semrl.kind"] == "flow"
+    assert {"2", "3"} <= {r.data.tags["semrl.seed"] for r in found}  # tracked in the project's store
+
+
+def test_a_worker_runs_the_deployment_and_status_explains_late_runs(project):
+    """`semrl deploy` registers the deployment to a process work pool; with no worker a due run goes Late
+    and `semrl status` says why; `semrl worker --run-once` picks it up and finishes it."""
+    from prefect.deployments import run_deployment
+
+    repo, urls, env = project
+    out = semrl(["deploy", "--name", "pooled"], repo, env).stdout
+    assert "deployment experiment/pooled" in out and "work pool semrl" in out
+    os.environ.update(env)
+    try:
+        due = run_deployment("experiment/pooled", parameters={"seeds": [4], "evaluate": False}, timeout=0)
+        deadline = time.time() + 120
+        while time.time() < deadline and asyncio.run(_flow_run_state(due.id))[0].state.name != "Late":
+            time.sleep(2)  # the server marks a run Late some seconds after it was due
+        status = semrl(["status"], repo, env).stdout
+        pooled = status.split("deployment  experiment/pooled")[1].split("deployment  ")[0]
+        assert "work pool semrl" in pooled and "0 online in work pool semrl" in pooled, status
+        assert "1 scheduled run(s) Late" in pooled, status
+        assert "no worker polls work pool semrl: start one with `semrl worker`" in pooled, status
+        worker = semrl(["worker", "--run-once"], repo, env, check=False)
+        state = _wait_runs([due.id], timeout=600)[0]
+        assert state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    assert f"pooled-{due.name}" in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
+    pooled = semrl(["status"], repo, env).stdout.split("deployment  experiment/pooled")[1].split("deployment  ")[0]
+    assert "Late" not in pooled
 
 
 def test_a_failing_branch_fails_alone_and_is_not_retried(live, tmp_path):
@@ -208,10 +257,11 @@ def test_a_failing_branch_fails_alone_and_is_not_retried(live, tmp_path):
     assert any("raise ValueError(\"reward service unavailable" in line for line in lines), lines[-5:]
 
 
-def test_second_run_of_the_same_outputs_is_refused(trained_repo):
+def test_second_run_of_the_same_outputs_is_refused(trained_repo, monkeypatch):
     from semrl.core.config import load_config
     from semrl.training.run import exclusive
 
+    monkeypatch.chdir(trained_repo)  # the lock is per output folder, models/... relative to the project
     cfg = load_config(trained_repo / "params.yaml")
     cfg.train.checkpoint_dir = trained_repo / "checkpoints"
     with exclusive(cfg, "mt", "sft", 9):

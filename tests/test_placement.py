@@ -129,9 +129,46 @@ def test_the_flow_queues_branches_on_one_device(trained_repo, tmp_path):
                       train__coldstart__max_steps=2, train__sft__max_steps=2, train__grpo__max_steps=2,
                       train__match_budgets=False, train__trajectory__every=0)
     proc = semrl(["flow", "--task", "mt", "--seed", "0", "--params", str(path)], trained_repo)
-    steps = {r["method"]: r for r in json.loads((tmp_path / "models" / "mt" / "flow_run.json").read_text())}
+    steps = {r["method"]: r for stage in ("coldstart", "sft", "grpo")
+             for r in json.loads((tmp_path / "models" / "mt" / stage / "flow_run.json").read_text())}
     assert set(steps) == {"coldstart", "sft", "grpo", "grpo_bleu_language"}
     assert all(r["devices"] == ["0"] for r in steps.values())
     spans = sorted((r["start"], r["end"]) for r in steps.values())
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one step on the device at a time
     assert "on GPU 0" in proc.stdout + proc.stderr
+
+
+def test_one_prefect_database_and_tag_limits_across_the_flow(trained_repo, tmp_path):
+    """Without a server or Prefect settings of the user's, a flow run is recorded in the project's
+    .prefect/prefect.db (what `semrl up`'s UI serves), not a per-user ~/.prefect; flow.tag_limits caps the
+    steps with a tag there: {train: 1} runs the siblings one at a time."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from conftest import child_env
+    from test_methods import variant
+
+    path, _ = variant(trained_repo, tmp_path, flow__tag_limits={"train": 1}, train__seeds=[0],
+                      train__coldstart__max_steps=2, train__trajectory__every=0,
+                      rewards__ablations__bleu_language__enabled=False)
+    env = {k: v for k, v in child_env().items() if not k.startswith("PREFECT_")}
+    env["HOME"] = str(tmp_path / "home")  # no profile of the user's
+    db = trained_repo / ".prefect" / "prefect.db"
+    before = sqlite3.connect(db).execute("select count(*) from flow_run").fetchone()[0] if db.is_file() else 0
+    try:
+        proc = subprocess.run([sys.executable, "-m", "semrl.cli", "flow", "--task", "mt", "--params", str(path)],
+                              cwd=trained_repo, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"flow runs recorded in {db.resolve()}" in proc.stderr
+        assert "tag concurrency limits: train 1" in proc.stdout + proc.stderr
+        with sqlite3.connect(db) as con:
+            assert con.execute("select count(*) from flow_run").fetchone()[0] == before + 1
+            assert con.execute("select \"limit\" from concurrency_limit_v2 where name = 'tag:train'").fetchone() == (1,)
+        steps = [r for stage in ("coldstart", "sft", "grpo")
+                 for r in json.loads((tmp_path / "models" / "mt" / stage / "flow_run.json").read_text())]
+        spans = sorted((r["start"], r["end"]) for r in steps)
+        assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    finally:
+        with sqlite3.connect(db) as con:  # the project's database outlives the test: leave no limit behind
+            con.execute("delete from concurrency_limit_v2 where name = 'tag:train'")

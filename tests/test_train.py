@@ -19,15 +19,18 @@ from conftest import child_env, mlflow_runs, read_jsonl, run
 METHODS = ("coldstart", "sft", "grpo")
 
 
-def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
-    flow_run = json.loads((trained_repo / "models" / "mt" / "flow_run.json").read_text())
-    assert {(r["method"], r["seed"]) for r in flow_run} == {(m, s) for m in (*METHODS, "grpo_bleu_language")
-                                                           for s in (0, 1)}
-    steps = {r["method"]: r for r in flow_run if r["seed"] == 0}
-    sft, grpo, cold = steps["sft"], steps["grpo"], steps["coldstart"]
-    assert cold["end"] <= min(sft["start"], grpo["start"])  # branches start from the finished cold start
-    assert sft["start"] < grpo["end"] and grpo["start"] < sft["end"], "sft and grpo did not overlap in time"
+def test_each_stage_trains_its_methods_and_outputs_load(trained_repo):
     base = trained_repo / "models" / "mt"
+    ran = {stage: json.loads((base / stage / "flow_run.json").read_text()) for stage in METHODS}
+    assert {stage: {(r["method"], r["seed"]) for r in rows} for stage, rows in ran.items()} == {
+        "coldstart": {("coldstart", 0), ("coldstart", 1)}, "sft": {("sft", 0), ("sft", 1)},
+        "grpo": {(m, s) for m in ("grpo", "grpo_bleu_language") for s in (0, 1)}}  # an ablation: the GRPO stage's
+    assert (base / "grpo" / "grpo_bleu_language" / "seed0" / "model" / "config.json").is_file()
+    cold_end = max(r["end"] for r in ran["coldstart"])
+    assert all(r["start"] >= cold_end for stage in ("sft", "grpo") for r in ran[stage])
+    # the seeds of one stage run side by side (the smoke overlay lets every step run at once)
+    seeds = {r["seed"]: r for r in ran["sft"]}
+    assert seeds[0]["start"] < seeds[1]["end"] and seeds[1]["start"] < seeds[0]["end"]
     tok = AutoTokenizer.from_pretrained(base / "coldstart" / "seed0" / "model")
     for method in METHODS:
         merged = AutoModelForCausalLM.from_pretrained(base / method / "seed0" / "model", use_safetensors=True)
@@ -39,8 +42,10 @@ def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
     merged = AutoModelForCausalLM.from_pretrained(base / "grpo" / "seed0" / "model")
     ids = tok("把下面的中文翻译成藏文：你好", return_tensors="pt")
     assert (grpo_model(**ids).logits - merged(**ids).logits).abs().max() < 1e-4
-    tau = json.loads((base / "coldstart" / "seed0" / "tau.json").read_text())
+    tau = json.loads((base / "grpo" / "seed0" / "tau.json").read_text())  # calibrated on the cold-start model
     assert tau["tau_setting"] == "auto" and 0 <= tau["tau"] < 1 and tau["dev_samples"] == 8
+    assert json.loads((base / "grpo" / "grpo_bleu_language" / "seed0" / "tau.json").read_text()) == tau  # once
+    assert json.loads((base / "grpo" / "seed0" / "summary.json").read_text())["tau"] == tau["tau"]
     # The reward-signal check on the same samples: spread, and rank agreement of both embedders with the
     # task metric (a number in [-1, 1], or None when one side is constant; its value is the experiment's).
     assert tau["similarity_against"] == "reference" and tau["dev_similarity_std"] >= 0
@@ -48,17 +53,35 @@ def test_flow_branches_run_concurrently_and_outputs_load(trained_repo):
         assert tau[key] is None or -1 <= tau[key] <= 1, key
 
 
+def test_the_flow_runs_sft_and_grpo_as_concurrent_siblings(trained_repo, tmp_path):
+    """`semrl flow` without --stage: one flow run, the cold start, then its branches side by side."""
+    from test_methods import semrl, variant
+
+    path, _ = variant(trained_repo, tmp_path, train__seeds=[0], train__coldstart__max_steps=2,
+                      train__trajectory__every=0)
+    semrl(["flow", "--task", "mt", "--params", str(path)], trained_repo)
+    steps = {r["method"]: r for stage in METHODS
+             for r in json.loads((tmp_path / "models" / "mt" / stage / "flow_run.json").read_text())}
+    assert set(steps) == {*METHODS, "grpo_bleu_language"}
+    sft, grpo, cold = steps["sft"], steps["grpo"], steps["coldstart"]
+    assert cold["end"] <= min(sft["start"], grpo["start"])  # branches start from the finished cold start
+    assert sft["start"] < grpo["end"] and grpo["start"] < sft["end"], "sft and grpo did not overlap in time"
+
+
 def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
-    # The flow's own runs: seed 0, nested under a parent (other tests add standalone runs of the same names).
+    # The stages' runs: seed 0, each nested under its stage's flow run (other tests add standalone runs of the
+    # same names), and the three flow runs under one pipeline run.
     mlflow_runs(trained_repo)  # points MLflow at the repo's store
     nested = [r for r in mlflow.search_runs(experiment_names=["semrl"], output_format="list",
                                             filter_string="tags.`semrl.seed` = '0' and tags.`semrl.task` = 'mt'")
               if "mlflow.parentRunId" in r.data.tags]
-    [parent_id] = {r.data.tags["mlflow.parentRunId"] for r in nested}
-    parent = mlflow.get_run(parent_id)
     runs = {r.info.run_name: r for r in nested}
-    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("expansion-")
-    pipeline = mlflow.get_run(parent.data.tags["mlflow.parentRunId"])  # the flow nests under the pipeline's run
+    parents = {m: mlflow.get_run(runs[f"mt-{m}-s0"].data.tags["mlflow.parentRunId"]) for m in METHODS}
+    for method, parent in parents.items():
+        assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("expansion-")
+        assert parent.info.run_name.endswith(f"-{method}") and parent.data.params["stage"] == method
+    [pipeline_id] = {p.data.tags["mlflow.parentRunId"] for p in parents.values()}
+    pipeline = mlflow.get_run(pipeline_id)  # the flows nest under the pipeline's run
     assert pipeline.data.tags["semrl.kind"] == "pipeline" and pipeline.info.run_name.startswith("pipeline-")
     experiment = mlflow.get_experiment_by_name("semrl")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow's GenAI view
@@ -68,7 +91,7 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
     for method in METHODS:
         r = runs[f"mt-{method}-s0"]
         assert r.info.status == "FINISHED"
-        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert r.data.tags["mlflow.parentRunId"] == parents[method].info.run_id
         tags = r.data.tags
         assert (tags["semrl.task"], tags["semrl.method"], tags["semrl.seed"]) == ("mt", method, "0")
         assert r.data.tags["semrl.profile"] == "tiny" and len(r.data.tags["semrl.data_version"]) == 12
@@ -85,6 +108,10 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
         summary = json.loads((trained_repo / "models" / "mt" / method / "seed0" / "summary.json").read_text())
         assert summary["run_ids"][-1] == summary["run_id"] == r.info.run_id
     grpo = runs["mt-grpo-s0"]
+    # the dev completions along training, as an MLflow table: one row per point and item
+    table = mlflow.load_table("trajectory_completions.json", run_ids=[grpo.info.run_id])
+    assert {"step", "source", "input", "output", "reference", "chrf"} <= set(table.columns)
+    assert table.step.nunique() >= 2 and len(table) == table.step.nunique() * table.groupby("step").size().iloc[0]
     for key in ("reward", "reward_std", "rewards/semantic/mean", "rewards/language/mean", "kl", "entropy",
                 "completions/mean_length", "language_mixing_rate", "adapter/lora_B_norm", "adapter/weight_norm"):
         assert key in grpo.data.metrics, key
@@ -94,7 +121,7 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
 
 
 def test_dvc_repro_does_not_retrain_unchanged(trained_repo):
-    assert "up to date" in run(["dvc", "status", "train@mt"], trained_repo).stdout
+    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], trained_repo).stdout
 
 
 def _resume_setup(trained_repo, tmp_path, method, steps):

@@ -1,8 +1,17 @@
-"""Resumable training: the last complete checkpoint a killed run left behind."""
+"""Resumable training: the last complete checkpoint a killed run left behind, and the identity of a model
+folder that keys checkpoints (never resume onto another starting model)."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+
+def folder_fingerprint(path: Path) -> str:
+    """Cheap identity of a model folder (names, sizes, mtimes)."""
+    if not path.is_dir():
+        return str(path)
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
 
 
 def last_complete_checkpoint(folder: str | Path) -> str | None:

@@ -8,6 +8,7 @@ at once. Stages receive a `Config` and read typed attributes; nothing casts or d
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -487,6 +488,20 @@ class FlowConfig(Section):
     # A step still running after this many seconds is stopped (SIGTERM, SIGKILL 30 s later) and fails
     # without a retry; null: no limit.
     step_timeout_s: float | None = Field(None, gt=0)
+    # Prefect tag concurrency limits, set on the flow's Prefect server (or database) as a flow run starts:
+    # tag -> how many steps with that tag run at once across every flow run there (a scheduled and a manual
+    # run on one GPU: {gpu: 1}). Training steps carry `train`, evaluation and report steps `evaluate`, all of
+    # them `gpu` where a GPU is visible; a DVC experiment run by the deployment carries `dvc` (one at a time:
+    # a second triggered run waits in the UI rather than racing the first for the machine).
+    tag_limits: dict[str, int] = Field(default_factory=lambda: {"dvc": 1})
+
+    @field_validator("tag_limits")
+    @classmethod
+    def _positive_limits(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [f"{tag}: {n}" for tag, n in v.items() if n < 1]
+        if bad:  # Prefect aborts every run of a tag limited to 0 instead of queueing it
+            raise ValueError("each limit must be >= 1 (" + ", ".join(bad) + ")")
+        return v
 
 
 class DeploymentConfig(Section):
@@ -496,6 +511,7 @@ class DeploymentConfig(Section):
     seeds: list[int] = [0]
     profile: str | None = None
     evaluate: bool = True
+    work_pool: str = "semrl"  # `semrl deploy` registers the deployment here, `semrl worker` polls it (type process)
 
 
 class MemoryModel(Section):
@@ -559,12 +575,21 @@ class Config(Section):
 # ---------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus YAML 1.2's floats without a dot (`2e-05`): DVC writes a value set
+    with `dvc exp run -S` that way, and it must stay a number here as it is to DVC."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SemrlError(f"{path}: params file not found (run from the project root)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -672,12 +697,34 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
         data = deep_merge(data, {**read_yaml(overlay), "profile": profile})
         sources.append(overlay)
     try:
-        return Config.model_validate(data)
+        return at_state_root(Config.model_validate(data))
     except ValidationError as e:
         # A key set by the overlay is reported against the overlay's line, else against the params file.
         lines = {**_key_lines(path), **(_key_lines(sources[-1]) if len(sources) > 1 else {})}
         problems = problems_of(e, lines, " + ".join(map(str, sources)) if len(sources) > 1 else str(path))
         raise SemrlError("\n".join(problems) + f"\n{len(problems)} problem(s) in {path}") from None
+
+
+def at_state_root(cfg: Config) -> Config:
+    """The config with its relative state paths (tracking store and artifacts, checkpoint folders) under
+    semrl.core.env.state_root(): unchanged in a normal run, the project root in a `dvc exp run --temp` or
+    queued experiment, whose temporary workspace is deleted after the run."""
+    from semrl.core.env import state_root
+
+    root = state_root()
+    if root == Path("."):
+        return cfg
+    at = lambda p: p if Path(p).is_absolute() else root / p
+    uri = cfg.tracking.uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        uri = f"sqlite:///{root / uri.removeprefix('sqlite:///')}"
+    elif "://" not in uri:  # a local folder store
+        uri = str(at(uri))
+    return cfg.model_copy(update={
+        "tracking": cfg.tracking.model_copy(update={"uri": uri, "artifact_root": at(cfg.tracking.artifact_root)}),
+        "base": cfg.base.model_copy(update={"checkpoint_dir": at(cfg.base.checkpoint_dir)}),
+        "train": cfg.train.model_copy(update={"checkpoint_dir": at(cfg.train.checkpoint_dir)}),
+    })
 
 
 def write_config(path: str | Path, data: dict[str, Any]) -> None:
@@ -686,13 +733,52 @@ def write_config(path: str | Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
+def overlay_overrides(params_path: str | Path, overlay_path: str | Path) -> list[str]:
+    """An overlay as `dvc exp run -S` arguments (Hydra's override grammar): one `key=value` per leaf,
+    `+key=value` for a key the params file lacks. So a profile runs as a DVC experiment of its own, and
+    params.yaml keeps its comments (DVC edits values in place)."""
+    have = read_yaml(params_path)
+
+    def literal(v: Any) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return repr(v)
+        if isinstance(v, float):  # 2e-05 is a string to YAML and Hydra alike: 2.0e-05
+            mantissa, _, exponent = repr(v).partition("e")
+            return mantissa + ("" if "." in mantissa or not exponent else ".0") + (f"e{exponent}" if exponent else "")
+        if isinstance(v, list):
+            return "[" + ",".join(literal(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ",".join(f"{k}:{literal(x)}" for k, x in v.items()) + "}"
+        return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    def leaves(node: dict, where: dict | None, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            dotted, present = f"{prefix}{key}", isinstance(where, dict) and key in where
+            if isinstance(value, dict) and value and present and isinstance(where[key], dict):
+                out += leaves(value, where[key], dotted + ".")
+            else:
+                out.append(f"{'' if present else '+'}{dotted}={literal(value)}")
+        return out
+
+    return leaves(read_yaml(overlay_path), have, "")
+
+
 def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> Config:
-    """Rewrite a params file with an overlay (a profile such as configs/smoke.yaml) merged in, validated
-    before anything is written."""
+    """Put an overlay (a profile such as configs/paper.yaml) into a params file, validated before anything
+    is written, through DVC's own `-S` editor: values change in place and every comment stays."""
+    from dvc.utils.hydra import apply_overrides
+
     merged = deep_merge(read_yaml(params_path), read_yaml(overlay_path))
     try:
         config = Config.model_validate(merged)
     except ValidationError as e:
         raise SemrlError("\n".join(problems_of(e, _key_lines(Path(overlay_path)), str(overlay_path)))) from None
-    write_config(params_path, merged)
+    apply_overrides(str(params_path), overlay_overrides(params_path, overlay_path))
+    if read_yaml(params_path) != merged:  # Hydra's grammar and YAML disagree on a value: say so, never drift
+        raise SemrlError(f"{params_path}: applying {overlay_path} through `-S` gave other values than the overlay's")
     return config

@@ -1,9 +1,11 @@
 """The quiet, offline-safe environment every semrl process and the servers it starts run with: no
 telemetry or analytics, no tokenizer fork warnings, Prefect's ephemeral server given time to start on a
-busy 2-core machine. One place; the CLI, the servers and the test suite apply it."""
+busy 2-core machine; and where run state lives (state_root). One place; the CLI, the servers and the test
+suite apply it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -23,3 +25,15 @@ def apply_quiet_env(force: bool = False) -> None:
             os.environ[key] = value
         else:
             os.environ.setdefault(key, value)
+
+
+def state_root() -> Path:
+    """Where run state lives — the tracking store, checkpoints, step logs, server PID files, Prefect's home:
+    the project root. `dvc exp run --temp` and queued experiments run the stages in a temporary copy of the
+    workspace that DVC deletes afterwards; DVC then sets DVC_ROOT to the project the experiment came from,
+    so state goes there and outlives the copy (outputs such as models/ and reports/ stay in the working
+    directory: DVC collects them from it). Elsewhere: the working directory, as a relative path."""
+    root = os.environ.get("DVC_ROOT")
+    if root and Path(root).resolve() != Path.cwd().resolve():
+        return Path(root).resolve()
+    return Path(".")

@@ -35,6 +35,14 @@ class Method:
         """A sibling branch after the cold start (runs concurrently in the flow)."""
         return self.init == COLDSTART and self.init_task is None
 
+    @property
+    def stage(self) -> str:
+        """The DVC stage that trains it (`<stage>@<task>`, output models/<task>/<stage>/): coldstart, sft,
+        grpo (GRPO and its reward ablations: they share train.grpo and the rewards), or transfer."""
+        if self.group:
+            return self.group
+        return "grpo" if self.trainer == "grpo" else self.name
+
 
 def methods(cfg: Config) -> dict[str, Method]:
     """Every method this config defines, in run order: the cold start, its branches (strong SFT, GRPO,
@@ -72,11 +80,31 @@ def transfer_methods(cfg: Config) -> list[Method]:
     return [m for m in methods(cfg).values() if m.group == "transfer"]
 
 
+TRAINING_STAGES = (COLDSTART, "sft", "grpo")  # the DVC stages per task, in order (dvc.yaml)
+
+
+def stage_methods(cfg: Config, stage: str) -> list[Method]:
+    """The methods one training stage runs (grpo: GRPO and every enabled reward ablation)."""
+    if stage not in TRAINING_STAGES:
+        raise SemrlError(f"unknown training stage {stage!r} (known: {', '.join(TRAINING_STAGES)})")
+    return [m for m in methods(cfg).values() if m.stage == stage]
+
+
+def stage_dir(cfg: Config, task: str, stage: str) -> Path:
+    """models/<task>/<stage>/: one DVC output per task and training stage."""
+    return cfg.train.out_dir / task / stage
+
+
 def output_dir(cfg: Config, task: str, method: str | Method, seed: int) -> Path:
-    """models/<task>/<method>/seed<k>/ (or models/<group>/<task>/... for methods with a stage of their own)."""
+    """models/<task>/<method>/seed<k>/; a reward ablation lives in its GRPO stage's folder,
+    models/<task>/grpo/<ablation>/seed<k>/; methods with a stage of their own (transfer) in
+    models/<group>/<task>/<method>/seed<k>/."""
     m = method if isinstance(method, Method) else get_method(cfg, method)
-    root = cfg.train.out_dir / m.group if m.group else cfg.train.out_dir
-    return root / task / m.name / f"seed{seed}"
+    if m.group:
+        return cfg.train.out_dir / m.group / task / m.name / f"seed{seed}"
+    if m.ablation:
+        return stage_dir(cfg, task, m.stage) / m.name / f"seed{seed}"
+    return stage_dir(cfg, task, m.name) / f"seed{seed}"
 
 
 def run_name(task: str, method: str, seed: int) -> str:

@@ -18,10 +18,13 @@ from pathlib import Path
 
 from semrl import SemrlError
 from semrl.core.config import ServersConfig, TrackingConfig
-from semrl.core.env import QUIET_ENV
+from semrl.core.env import QUIET_ENV, state_root
 from semrl.core.io import pid_alive
 
-STATE_DIR = Path(".semrl")
+
+def state_dir() -> Path:
+    """.semrl/ of the project (its root under a `dvc exp run --temp`: the servers are the project's)."""
+    return state_root() / ".semrl"
 
 
 @dataclass
@@ -42,11 +45,11 @@ class Server:
 
     @property
     def pid_file(self) -> Path:
-        return STATE_DIR / "run" / f"{self.name}.pid"
+        return state_dir() / "run" / f"{self.name}.pid"
 
     @property
     def log_file(self) -> Path:
-        return STATE_DIR / "logs" / f"{self.name}.log"
+        return state_dir() / "logs" / f"{self.name}.log"
 
     def command(self, root: Path) -> list[str]:
         if self.name == "prefect":
@@ -57,7 +60,11 @@ class Server:
 
     def env(self, root: Path) -> dict[str, str]:
         env = {**os.environ, **QUIET_ENV}
-        env.setdefault("PREFECT_HOME", str(root / ".prefect"))
+        if self.name == "prefect" and not any(k in env for k in ("PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+                                                                 "PREFECT_API_DATABASE_CONNECTION_URL")):
+            # the database flows without a server record into (prefect_target): the UI shows every run
+            env["PREFECT_HOME"] = str(root.resolve() / ".prefect")
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{project_prefect_db()}"
         env.pop("PREFECT_API_URL", None)  # the server must not try to reach another API
         return env
 
@@ -133,11 +140,47 @@ def stop(server: Server, timeout_s: float = 20.0) -> bool:
     return True
 
 
-def discover(cfg: ServersConfig) -> dict[str, str]:
+def discover(cfg: ServersConfig, names: tuple[str, ...] = ("prefect", "mlflow")) -> dict[str, str]:
     """Environment for running pipelines: the running servers' URLs, unless the user set their own."""
     env = {}
     for s in servers(cfg):
         var = "PREFECT_API_URL" if s.name == "prefect" else "MLFLOW_TRACKING_URI"
-        if var not in os.environ and pid_of(s) and healthy(s, timeout=0.5):
+        if s.name in names and var not in os.environ and pid_of(s) and healthy(s, timeout=0.5):
             env[var] = s.url + ("/api" if s.name == "prefect" else "")
     return env
+
+
+def project_prefect_db() -> Path:
+    return (state_root() / ".prefect" / "prefect.db").resolve()
+
+
+def use_prefect(cfg: ServersConfig) -> str:
+    """Put prefect_target's environment in place in this process (Prefect re-reads its settings), and
+    return where flow runs go."""
+    from prefect.context import refresh_global_settings_context
+
+    env, where = prefect_target(cfg)
+    os.environ.update(env)
+    refresh_global_settings_context()
+    return where
+
+
+def prefect_target(cfg: ServersConfig) -> tuple[dict[str, str], str]:
+    """(environment, where flow runs go) for a process that runs or schedules flows: one place for
+    `dvc repro`, `make`, `semrl flow` and the UI of `semrl up`. Prefect's own settings win — PREFECT_API_URL,
+    PREFECT_HOME or a database URL, from the environment or a profile (`prefect config set`); else the
+    running `semrl up` server; else Prefect's ephemeral server on the project's database
+    (.prefect/prefect.db, the one `semrl up` serves), never a per-user ~/.prefect the UI does not show."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if "url" in settings.api.model_fields_set:
+        return {}, f"Prefect API {settings.api.url} (Prefect settings: PREFECT_API_URL)"
+    if found := discover(cfg, ("prefect",)):
+        return found, f"Prefect API {found['PREFECT_API_URL']} (the running `semrl up` server)"
+    if "home" in settings.model_fields_set or "connection_url" in settings.server.database.model_fields_set:
+        return {}, f"Prefect without a server, its database from Prefect settings (PREFECT_HOME {settings.home})"
+    db = project_prefect_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return ({"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}"},
+            f"Prefect without a server: flow runs recorded in {db} (`semrl up` shows them)")

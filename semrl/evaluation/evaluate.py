@@ -107,12 +107,13 @@ def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def reward_signal(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
-    """Each seed's reward-signal check (seed -> what its cold start's tau calibration measured)."""
+    """Each seed's reward-signal check (seed -> what the tau calibration on its cold-start model measured,
+    as its GRPO run kept it)."""
     from semrl.training.tau import TAU_FILE
 
     return {str(seed): json.loads((path.parent / TAU_FILE).read_text(encoding="utf-8"))
             for method, seed, path in variants(cfg, task)
-            if method == COLDSTART and (path.parent / TAU_FILE).is_file()}
+            if method == "grpo" and (path.parent / TAU_FILE).is_file()}
 
 
 def skill_set(cfg: Config) -> list[dict[str, Any]]:

@@ -388,7 +388,7 @@ def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
     """Does the semantic reward rank completions as the task metric does? Spearman over the cold start's
     sampled dev completions (goal >= 0.3), pooled and per data source, per seed; the evaluation
     embedder's agreement with the metric beside it."""
-    signal = ev.get("reward_signal", {})
+    signal = {seed: info for seed, info in ev.get("reward_signal", {}).items() if "dev_samples" in info}
     if not signal:
         return ["No reward-signal check (rewards.tau is a number, so the cold start sampled nothing).", ""]
     m = task.primary_metric

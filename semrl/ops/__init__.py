@@ -1,1 +1,1 @@
-"""Operations around the pipeline: the Prefect flow (`train@<task>` runs it) and `semrl check`."""
+"""Operations around the pipeline: the Prefect flows (the training stages run `expansion`; the deployment runs `experiment`), the deployment on a work pool, and `semrl check`."""

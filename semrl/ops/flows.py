@@ -1,5 +1,7 @@
-"""Prefect flow `expansion`: for each task and seed, the cold start, then strong SFT and GRPO (and any
-enabled reward ablations) as sibling branches that run concurrently; optionally evaluation and the report.
+"""Prefect flows. `expansion`: for each task and seed, the cold start, then strong SFT and GRPO (and any
+enabled reward ablations) as sibling branches that run concurrently; optionally evaluation and the report;
+with `stage`, one method's training alone (the DVC stages coldstart/sft/grpo@<task>). `experiment`: the
+whole pipeline as a DVC experiment (`dvc exp run --temp`), what the deployment runs.
 
 Each step runs the `semrl` CLI in its own process (semrl.ops.steps: forked from a warm server that
 imported the ML stack once per flow): branches really run in parallel (no GIL, no shared torch or
@@ -30,7 +32,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from semrl import SemrlError
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
-from semrl.core.methods import COLDSTART, branches, get_method, output_dir, run_name
+from semrl.core.methods import (COLDSTART, TRAINING_STAGES, branches, get_method, output_dir, run_name, stage_dir,
+                                stage_methods)
 from semrl.core.tasks import data_problems
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
@@ -136,7 +139,12 @@ def _free_port() -> int:
 _SLOTS: dict[str, DeviceSlots] = {}  # per flow run (its MLflow parent run id): the steps are its threads
 
 
-STEP_LOGS = Path(".semrl") / "logs" / "steps"  # <flow run id>/<step>.log: each step's whole output
+def step_logs() -> Path:
+    """.semrl/logs/steps/<flow run id>/<step>.log: each step's whole output (in the project, also for a
+    `dvc exp run --temp`, whose workspace is deleted afterwards)."""
+    from semrl.core.servers import state_dir
+
+    return state_dir() / "logs" / "steps"
 
 
 def step_logger() -> logging.Logger:
@@ -160,7 +168,7 @@ def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = (), 
     from prefect.runtime import flow_run
 
     cfg = load_config(args[args.index("--params") + 1])
-    log_path = STEP_LOGS / str(flow_run.get_id() or "local") / f"{label}.log"
+    log_path = step_logs() / str(flow_run.get_id() or "local") / f"{label}.log"
     log = step_logger()
     io = {"log_path": log_path, "on_line": log.info, "timeout_s": cfg.flow.step_timeout_s}
     slots = _SLOTS.get(parent_run_id) or DeviceSlots([])
@@ -178,13 +186,7 @@ def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = (), 
                 launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                           str(cfg.flow.accelerate_config), "--num_processes", str(len(slot)),
                           "--main_process_port", str(_free_port()), "-m", "semrl.cli", *args]
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                offset = log_path.stat().st_size if log_path.is_file() else 0
-                with log_path.open("ab") as out:
-                    proc = subprocess.Popen(launch, env=env, stdout=out, stderr=subprocess.STDOUT)
-                returncode = steps.supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid,
-                                             offset=offset, **io)
-                proc.wait()
+                returncode = steps.run_command(launch, env, **io)
     if returncode == steps.TIMED_OUT:
         raise StepFailed(f"{label} timed out after {cfg.flow.step_timeout_s:g} s (flow.step_timeout_s); its log: "
                          f"{log_path}", returncode)
@@ -238,6 +240,24 @@ def report_summary(markdown: str) -> str:
     return "\n## ".join(kept)
 
 
+def step_tags(kind: str, gpus: list[str]) -> list[str]:
+    """A step's Prefect tags (flow.tag_limits caps them): semrl, its kind (train, evaluate, dvc), gpu on a GPU."""
+    return ["semrl", kind, *(["gpu"] if gpus else [])]
+
+
+def set_tag_limits(cfg: Config) -> None:
+    """flow.tag_limits onto the Prefect server or database this flow run reports to (an upsert: the params
+    are the truth). They hold across flow runs there: a scheduled and a manual run share one GPU's limit."""
+    if not cfg.flow.tag_limits:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for tag, limit in cfg.flow.tag_limits.items():
+            client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
+    print("tag concurrency limits: " + ", ".join(f"{t} {n}" for t, n in cfg.flow.tag_limits.items()))
+
+
 def run_params(params_path: str, profile: str | None, run_id: str) -> str:
     """The params file a run uses: params_path, or it with configs/<profile>.yaml merged in (saved per run,
     so a scheduled and a manual run with different profiles never see each other's settings)."""
@@ -251,12 +271,19 @@ def run_params(params_path: str, profile: str | None, run_id: str) -> str:
     return str(path)
 
 
+def missing_coldstarts(cfg: Config, tasks: list[str], seeds: list[int]) -> list[str]:
+    return [str(output_dir(cfg, t, COLDSTART, s) / "model") for t in tasks for s in seeds
+            if not (output_dir(cfg, t, COLDSTART, s) / "model" / "config.json").is_file()]
+
+
 @flow(name="expansion", log_prints=True)
 def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, params_path: str = "params.yaml",
-              profile: str | None = None, evaluate: bool = False) -> list[dict[str, Any]]:
+              profile: str | None = None, evaluate: bool = False, stage: str | None = None) -> list[dict[str, Any]]:
     """Cold start -> {strong SFT || GRPO || ablations} for every task x seed, then (evaluate=True) each
-    task's evaluation and the report. Returns each training step's summary with start/end times, also
-    written to models/<task>/flow_run.json."""
+    task's evaluation and the report. `stage` (coldstart, sft or grpo; the DVC stages `<stage>@<task>`)
+    runs one training stage alone: the seeds of its methods side by side, a branch from the cold starts
+    already on disk. Returns each training step's summary with start/end times, also written per stage to
+    models/<task>/<stage>/flow_run.json."""
     from prefect.runtime import flow_run
 
     from semrl.core import tracking
@@ -269,27 +296,33 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
     problems, _ = data_problems(cfg, tasks)
     if problems:  # before any cold start runs: a split too small for the branches fails here, not hours later
         raise SemrlError(f"{params_path}: " + "; ".join(problems))
+    run_cold = stage in (None, COLDSTART)
+    names = [m.name for m in (branches(cfg) if stage is None else stage_methods(cfg, stage)) if m.name != COLDSTART]
+    if not run_cold and (missing := missing_coldstarts(cfg, tasks, seeds)):
+        raise SemrlError(f"stage {stage} starts from the cold starts, missing: {', '.join(missing)} (run "
+                         f"`dvc repro {COLDSTART}@<task>` or the whole flow first)")
     retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_s}
-    step = train_step.with_options(**retry)
-    name = f"expansion-{flow_run.get_name() or 'local'}"
-    names = [m.name for m in branches(cfg)]
+    gpus = visible_gpus(cfg)
+    set_tag_limits(cfg)
+    step = train_step.with_options(**retry, tags=step_tags("train", gpus))
+    name = f"expansion-{flow_run.get_name() or 'local'}" + (f"-{stage}" if stage else "")
     with tracking.run(cfg, name, tags={"semrl.flow_run_id": run_id, "semrl.kind": "flow",
                                        "mlflow.parentRunId": tracking.pipeline_parent(cfg)},
-                      log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART, *names], "profile": profile,
-                                  "params_path": params_path}) as parent:
+                      log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART] * run_cold + names,
+                                  "profile": profile, "params_path": params_path, "stage": stage}) as parent:
         parent_id = parent.info.run_id
-        _SLOTS[parent_id] = DeviceSlots(visible_gpus(cfg), cfg.flow.gpus_per_step, cfg.flow.steps_per_gpu,
-                                        cpu_step_limit(cfg))
+        _SLOTS[parent_id] = DeviceSlots(gpus, cfg.flow.gpus_per_step, cfg.flow.steps_per_gpu, cpu_step_limit(cfg))
         futures, by_task = [], {}
         for task_name in tasks:
             for seed in seeds:
-                cold = step.submit(task_name, COLDSTART, seed, params_path, parent_id)
-                branch = [step.submit(task_name, m, seed, params_path, parent_id, wait_for=[cold]) for m in names]
-                futures += [cold, *branch]
-                by_task.setdefault(task_name, []).extend([cold, *branch])
-        evals = [evaluate_step.with_options(**retry).submit(t, params_path, parent_id, wait_for=by_task[t])
+                cold = [step.submit(task_name, COLDSTART, seed, params_path, parent_id)] if run_cold else []
+                branch = [step.submit(task_name, m, seed, params_path, parent_id, wait_for=cold) for m in names]
+                futures += [*cold, *branch]
+                by_task.setdefault(task_name, []).extend([*cold, *branch])
+        later = {**retry, "tags": step_tags("evaluate", gpus)}
+        evals = [evaluate_step.with_options(**later).submit(t, params_path, parent_id, wait_for=by_task[t])
                  for t in tasks] if evaluate else []
-        report = [report_step.with_options(**retry).submit(params_path, parent_id, wait_for=evals)] if evaluate else []
+        report = [report_step.with_options(**later).submit(params_path, parent_id, wait_for=evals)] if evaluate else []
         wait(futures + evals + report)
         _SLOTS.pop(parent_id, None)
         results, failures = [], []
@@ -299,10 +332,12 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
                     results.append(f.result())
             else:
                 failures.append(f.state.message or f.state.name)
+        ran = {get_method(cfg, m).stage for m in [COLDSTART] * run_cold + names}
         for task_name in tasks:
-            mine = [r for r in results if r["task"] == task_name]
-            atomic_write_text(cfg.train.out_dir / task_name / "flow_run.json",
-                              json.dumps(mine, indent=2) + "\n")
+            for stage_name in (s for s in TRAINING_STAGES if s in ran):
+                mine = [r for r in results if r["task"] == task_name and get_method(cfg, r["method"]).stage == stage_name]
+                atomic_write_text(stage_dir(cfg, task_name, stage_name) / "flow_run.json",
+                                  json.dumps(mine, indent=2) + "\n")
         if failures:
             raise StepFailed(f"{len(failures)} of {len(futures + evals + report)} steps failed: " + "; ".join(failures),
                              1)
@@ -312,3 +347,76 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
 def configured(cfg: Config):
     """The expansion flow with the params' concurrency (`flow.max_workers` steps at a time)."""
     return expansion.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.flow.max_workers))
+
+
+# ---------------------------------------------------------------- the deployment: the pipeline as a DVC experiment
+
+
+def experiment_overrides(params_path: str, tasks: list[str] | None, seeds: list[int] | None,
+                         profile: str | None) -> list[str]:
+    """The `-S` overrides of a deployment run: the profile's overlay, then its tasks and seeds; validated
+    on a copy of the params file first (a bad parameter fails before DVC starts)."""
+    import tempfile
+
+    from dvc.utils.hydra import apply_overrides
+
+    from semrl.core.config import overlay_overrides, profile_overlay
+
+    sets = overlay_overrides(params_path, profile_overlay(profile)) if profile else []
+    if tasks:
+        sets.append("train.tasks=[" + ",".join(tasks) + "]")
+    if seeds is not None:
+        sets.append("train.seeds=[" + ",".join(str(s) for s in seeds) + "]")
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "params.yaml"
+        trial.write_bytes(Path(params_path).read_bytes())
+        apply_overrides(str(trial), sets)
+        load_config(trial)
+    return sets
+
+
+@task(name="dvc-exp-run", task_run_name="dvc-exp-run-{name}", cache_policy=None)
+def dvc_exp_step(command: list[str], name: str, timeout_s: float | None) -> None:
+    """`dvc exp run` as one step: its output in the task run's logs and .semrl/logs/steps/<flow run>/."""
+    from prefect.runtime import flow_run
+
+    log_path = step_logs() / str(flow_run.get_id() or "local") / f"dvc-exp-run-{name}.log"
+    print(" ".join(command))
+    code = steps.run_command(command, dict(os.environ), log_path, step_logger().info, timeout_s)
+    if code != 0:
+        raise StepFailed(f"dvc exp run {name} exited with {code}; its log: {log_path}", code)
+
+
+def experiment_report(name: str) -> str | None:
+    """The report the experiment committed (reports/alignment_tax.md is a git-tracked DVC output)."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], capture_output=True,
+                          text=True).stdout.split()
+    ref = next((r for r in refs if r.rsplit("/", 1)[-1] == name), None)
+    shown = subprocess.run(["git", "show", f"{ref}:reports/alignment_tax.md"], capture_output=True, text=True) if ref else None
+    return shown.stdout if shown and shown.returncode == 0 else None
+
+
+@flow(name="experiment", log_prints=True)
+def experiment(tasks: list[str] | None = None, seeds: list[int] | None = None, profile: str | None = None,
+               evaluate: bool = True, params_path: str = "params.yaml", name: str | None = None) -> str:
+    """The pipeline as a DVC experiment — what the deployment runs. `dvc exp run --temp` from the project's
+    last commit, with the profile, tasks and seeds as `-S` overrides: DVC stays the owner of every output
+    and a scheduled run never touches the workspace (its models and reports are experiment `name` in
+    `dvc exp show`; `dvc exp apply <name>` brings them in); unchanged stages come from DVC's cache; MLflow
+    runs and checkpoints land in the project (semrl.core.env.state_root). Each training stage is a flow run
+    of `expansion` of its own. evaluate=False stops after training. Returns the experiment's name."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import deployment, flow_run
+
+    cfg = load_config(params_path)
+    sets = experiment_overrides(params_path, tasks, seeds, profile)
+    name = name or f"{deployment.get_name() or 'experiment'}-{flow_run.get_name() or int(time.time())}"
+    targets = [] if evaluate else [f"{stage}@{t}" for t in (tasks or cfg.train.tasks) for stage in TRAINING_STAGES]
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
+               *[a for s in sets for a in ("-S", s)], *targets]
+    set_tag_limits(cfg)
+    dvc_exp_step.with_options(tags=step_tags("dvc", []))(command, name, cfg.flow.step_timeout_s)
+    if evaluate and (report := experiment_report(name)):
+        create_markdown_artifact(markdown=report_summary(report), key="alignment-tax",
+                                 description=f"The alignment-tax report of DVC experiment {name}")
+    return name

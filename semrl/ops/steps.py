@@ -100,10 +100,11 @@ class Tail:
 
 
 def supervise(is_alive: Callable[[], bool], exitcode: Callable[[], int | None], pid: int, log_path: Path | None,
-              on_line: Callable[[str], None] | None, timeout_s: float | None, offset: int = 0) -> int:
+              on_line: Callable[[str], None] | None, timeout_s: float | None, offset: int = 0,
+              group: bool = False) -> int:
     """Wait for a step process while forwarding its log; past `timeout_s` stop it (SIGTERM, then SIGKILL
-    after KILL_GRACE_S) and return TIMED_OUT. A wait here, not Prefect's task timeout:
-    that cannot interrupt a blocking wait and would leave the step's process running."""
+    after KILL_GRACE_S; `group`: its whole process group) and return TIMED_OUT. A wait here, not Prefect's
+    task timeout: that cannot interrupt a blocking wait and would leave the step's process running."""
     tail = Tail(log_path, on_line, offset) if log_path else None
     start, stopping = time.monotonic(), None
     try:
@@ -115,21 +116,37 @@ def supervise(is_alive: Callable[[], bool], exitcode: Callable[[], int | None], 
             if timeout_s and elapsed > timeout_s and stopping is None:
                 if on_line:
                     on_line(f"step timed out after {timeout_s:g} s (flow.step_timeout_s): stopping it")
-                _signal(pid, signal.SIGTERM)
+                _signal(pid, signal.SIGTERM, group)
                 stopping = time.monotonic()
             elif stopping is not None and time.monotonic() - stopping > KILL_GRACE_S:
-                _signal(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL, group)
     finally:
         if tail:
             tail.close()
     return TIMED_OUT if stopping is not None else exitcode()
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(pid: int, sig: int, group: bool = False) -> None:
     try:
-        os.kill(pid, sig)
+        os.killpg(pid, sig) if group else os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def run_command(command: list[str], env: dict[str, str], log_path: Path, on_line: Callable[[str], None] | None = None,
+                timeout_s: float | None = None) -> int:
+    """Run any command (accelerate launch, dvc) as a step: in a process group of its own, its output into
+    `log_path` and forwarded (Tail), stopped as a group at `timeout_s`; its exit code."""
+    import subprocess
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    offset = log_path.stat().st_size if log_path.is_file() else 0
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    code = supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid, log_path, on_line, timeout_s,
+                     offset, group=True)
+    proc.wait()
+    return code
 
 
 def run_cli(args: list[str], env: dict[str, str], log_path: Path | None = None,

@@ -18,34 +18,30 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
-from semrl.core.checkpoints import last_complete_checkpoint, step_of
+from semrl.core.checkpoints import folder_fingerprint, last_complete_checkpoint, step_of
 from semrl.core.config import Config
 from semrl.core.io import atomic_write_text
-from semrl.core.methods import COLDSTART, Method, get_method, output_dir, run_name
+from semrl.core.methods import Method, get_method, output_dir, run_name
 from semrl.core.tasks import Task, get_task
-from semrl.training.tau import TAU_FILE, calibrate_tau, grpo_tau
+from semrl.training.tau import TAU_FILE, grpo_tau
 from semrl.training.trajectory import TRAJECTORY_FILE
 from semrl.training.trainers import init_model_dir, make_trainer, method_items, model_init_kwargs, rank, world_size
 
 
-def _fingerprint(path: Path) -> str:
-    """Cheap identity of a model folder (names, sizes, mtimes), so checkpoints never resume onto another init."""
-    if not path.is_dir():
-        return str(path)
-    files = sorted(p for p in path.iterdir() if p.is_file())
-    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
-
-
 def checkpoint_dir(cfg: Config, task: Task, method: Method, seed: int, init: Path) -> Path:
     """Checkpoints live outside the DVC outputs, keyed by everything that shapes the run: the task record,
-    the method's hyper-parameters and rewards, the shared training settings, the data version and the
-    starting model. A changed config starts afresh; it never resumes a stale checkpoint."""
+    the method's hyper-parameters (and, for GRPO, the rewards), the shared training settings, the data version
+    and the starting model. A changed config starts afresh; it never resumes a stale checkpoint. Settings
+    of other methods are not in the key: a GRPO-only change keeps the SFT checkpoints (as DVC keeps its stage)."""
     from semrl.core.tracking import data_version
 
-    shared = cfg.train.model_dump(mode="json", exclude={"tasks", "seeds", "coldstart", "sft", "grpo"})
+    # Locations are not in the key: a `dvc exp run --temp` trains into a temporary copy of the workspace.
+    shared = cfg.train.model_dump(mode="json", exclude={"tasks", "seeds", "coldstart", "sft", "grpo", "out_dir",
+                                                        "checkpoint_dir"})
+    rewards = cfg.rewards.model_dump(mode="json") if method.trainer == "grpo" else None
     key_src = json.dumps([cfg.tasks[task.name].model_dump(mode="json"), method.hparams.model_dump(mode="json"),
-                          [c.model_dump() for c in method.rewards], shared, cfg.rewards.model_dump(mode="json"),
-                          data_version(), _fingerprint(init)], sort_keys=True, default=str)
+                          [c.model_dump() for c in method.rewards], shared, rewards,
+                          data_version(), folder_fingerprint(init)], sort_keys=True, default=str)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     return cfg.train.checkpoint_dir / task.name / method.name / f"seed{seed}-{key}"
 
@@ -90,16 +86,18 @@ def save_outputs(cfg: Config, method: Method, trainer, init: Path, out: Path, ma
     base = AutoModelForCausalLM.from_pretrained(str(init), **kwargs)
     merged = PeftModel.from_pretrained(base, saved).merge_and_unload()
     merged.save_pretrained(out / "model", safe_serialization=True)
-    return merged.to(trainer.args.device)  # the cold start samples with it next (tau calibration)
+    return merged.to(trainer.args.device)
 
 
 @contextlib.contextmanager
 def exclusive(cfg: Config, task: str, method: str, seed: int):
-    """One process at a time per (task, method, seed): two flow runs that would write the same output
-    folder are refused clearly instead of clobbering each other (different seeds run side by side)."""
+    """One process at a time per output folder: two flow runs that would write the same (task, method,
+    seed) are refused clearly instead of clobbering each other (different seeds run side by side, and so do
+    queued DVC experiments, each in a workspace of its own)."""
     import fcntl
 
-    path = cfg.train.checkpoint_dir / "locks" / f"{run_name(task, method, seed)}.lock"
+    out = output_dir(cfg, task, method, seed).resolve()
+    path = cfg.train.checkpoint_dir / "locks" / f"{run_name(task, method, seed)}-{hashlib.sha256(str(out).encode()).hexdigest()[:8]}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as f:
         try:
@@ -143,7 +141,9 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         raise SemrlError(f"{task.name}: no training examples for {method.name} (train split {len(train_items)}, "
                          f"cold start {cfg.train.coldstart.samples})")
     out = output_dir(cfg, task.name, method, seed)
-    tau = grpo_tau(cfg, task.name, seed) if method.trainer == "grpo" else None
+    # GRPO's tau (auto: calibrated once per task and seed on the cold-start model, shared by the ablations)
+    signal = grpo_tau(cfg, task, seed, init, tokenizer, model_init_kwargs(cfg, method)) if method.trainer == "grpo" else None
+    tau = signal["tau"] if signal else None
 
     ckpt = checkpoint_dir(cfg, task, method, seed, init)
     last = last_complete_checkpoint(ckpt)
@@ -187,10 +187,9 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         tokenizer.save_pretrained(out / "model")
         if (ckpt / TRAJECTORY_FILE).is_file():
             atomic_write_text(out / TRAJECTORY_FILE, (ckpt / TRAJECTORY_FILE).read_text(encoding="utf-8"))
-        if method.name == COLDSTART:  # every GRPO branch of this seed reads the tau it calibrates
-            info = calibrate_tau(cfg, task, merged, tokenizer, seed)
-            atomic_write_text(out / TAU_FILE, json.dumps(info, indent=2) + "\n")
-            mlflow.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float))})
+        if signal is not None:  # the tau it used and (auto) the reward-signal check of its calibration
+            atomic_write_text(out / TAU_FILE, json.dumps(signal, indent=2) + "\n")
+            mlflow.log_metrics({k: v for k, v in signal.items() if isinstance(v, (int, float))})
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({"resumed_from_step": resumed, "train_seconds": summary["train_seconds"]})
         for extra in (TAU_FILE, TRAJECTORY_FILE, "summary.json"):

@@ -1,15 +1,18 @@
 """The adequacy threshold tau of R_sim: a number from params, or (auto) calibrated once per task and seed
-on the cold-start model's own dev samples and read back by every GRPO branch of that seed."""
+on the cold-start model's own dev samples, by the first GRPO run of that seed (the GRPO stage), and read
+back by the others (its reward ablations, a resumed run)."""
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semrl import SemrlError
+from semrl.core.checkpoints import folder_fingerprint
 from semrl.core.config import Config
-from semrl.core.methods import COLDSTART, output_dir
+from semrl.core.io import atomic_write_text
 from semrl.core.tasks import Task, per_source
 
 TAU_FILE = "tau.json"
@@ -63,11 +66,41 @@ def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[
             f"spearman_eval_similarity_{task.primary_metric}": rho(eval_sims)}
 
 
-def grpo_tau(cfg: Config, task: str, seed: int) -> float:
-    """The tau a GRPO run uses: the number in rewards.tau, or (auto) the one its cold start calibrated."""
+def grpo_tau(cfg: Config, task: Task, seed: int, init: Path, tokenizer, model_kwargs: dict) -> dict[str, Any]:
+    """The tau a GRPO run of this task and seed uses, with its reward-signal check: the number in
+    rewards.tau, or (auto) the calibration on the cold-start model `init`. Calibrated once and kept under
+    train.checkpoint_dir, keyed by everything it depends on (rewards, sampling, data, the cold-start model
+    and the reward embedder); concurrent GRPO runs of one seed (ablations, data-parallel ranks) wait on a
+    lock for the first one's result, so all of them use the same tau."""
+    import fcntl
+
     if cfg.rewards.tau != "auto":
-        return float(cfg.rewards.tau)
-    tau_file = output_dir(cfg, task, COLDSTART, seed) / TAU_FILE
-    if not tau_file.is_file():
-        raise SemrlError(f"{tau_file}: missing; the cold start writes it (rewards.tau is auto)")
-    return float(json.loads(tau_file.read_text())["tau"])
+        return {"tau": float(cfg.rewards.tau), "tau_setting": cfg.rewards.tau}
+    from semrl.core.tracking import data_version
+
+    g = cfg.train.grpo
+    key_src = json.dumps([cfg.rewards.model_dump(mode="json"), cfg.tasks[task.name].model_dump(mode="json"),
+                          g.temperature, g.top_p, cfg.train.max_input_tokens, cfg.train.max_target_tokens, seed,
+                          data_version(), folder_fingerprint(init), folder_fingerprint(cfg.embedder.reward.out_dir),
+                          folder_fingerprint(cfg.embedder.eval.out_dir)], sort_keys=True, default=str)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    path = cfg.train.checkpoint_dir / task.name / "tau" / f"seed{seed}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            info = calibrate_tau(cfg, task, _load(init, model_kwargs), tokenizer, seed)
+            atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _load(init: Path, model_kwargs: dict):
+    """The cold-start model on this process's device (a data-parallel rank: its own GPU)."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(init), **model_kwargs)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval()

@@ -2,7 +2,8 @@
 on a fixed dev subset (greedy) and the LM tax probe (held-out general Chinese, plain text), so the report
 can plot task gain against tax for strong SFT and GRPO and ask who pays less *at equal gain*. The points
 also carry what the reward-hacking flags read: the mean training reward, the independent evaluation
-embedder's similarity to the references, and the output length over the reference length."""
+embedder's similarity to the references, and the output length over the reference length. The dev
+completions of every point go to the MLflow run as one table (trajectory_completions.json)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from semrl.core.config import Config
 from semrl.core.tasks import Task, per_source
 
 TRAJECTORY_FILE = "trajectory.jsonl"
+COMPLETIONS_TABLE = "trajectory_completions.json"  # MLflow table artifact: dev completions per point
 
 
 def read_points(path: Path) -> list[dict[str, Any]]:
@@ -30,7 +32,7 @@ def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):
     from transformers import TrainerCallback
 
     from semrl.core.text import metric_tokens
-    from semrl.evaluation.metrics import TASK_METRICS, mean_nll, probe_texts, text_batches
+    from semrl.evaluation.metrics import TASK_METRICS, item_scores, mean_nll, probe_texts, text_batches
     from semrl.models.embedder import Similarity, load_embedder
     from semrl.models.generation import generate
 
@@ -65,6 +67,13 @@ def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):
             if mlflow.active_run() is not None:
                 mlflow.log_metrics({f"trajectory/{k}": v for k, v in p.items() if k != "step" and v is not None},
                                    step=step)
+                # The completions themselves, one table over training (MLflow appends each point's rows):
+                # what the numbers above are made of, comparable across runs by step and item.
+                mlflow.log_table({"step": [step] * len(rows), "id": [str(x.get("id", "")) for x in rows],
+                                  "source": [x["source"] for x in rows], "input": [x["input"] for x in rows],
+                                  "output": outs, "reference": refs,
+                                  metric: [float(v) for v in item_scores(metric, outs, refs, task.script)]},
+                                 artifact_file=COMPLETIONS_TABLE)
             if was_training:
                 model.train()
 

@@ -1,0 +1,84 @@
+"""DVC experiments on the per-method training stages: a GRPO-only change (`dvc exp run -S`) reruns GRPO and
+nothing upstream of it, and experiments in a temporary workspace (`--temp`, `--queue`) keep their MLflow
+runs and checkpoints in the project, where they outlive the workspace DVC deletes."""
+import shutil
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import mlflow_runs, run
+
+# GRPO-only: a learning rate, and the reward ablation off (fewer steps to run); both are grpo@mt's params alone.
+def grpo_change(lr: str) -> list[str]:
+    return ["-S", f"train.grpo.lr={lr}", "-S", "rewards.ablations.bleu_language.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def exp_repo(trained_repo, tmp_path_factory):
+    """A copy of the trained smoke repo as a git commit (experiments start from one), its MLflow store with it."""
+    dest = tmp_path_factory.mktemp("exp") / "repo"
+    shutil.copytree(trained_repo, dest, symlinks=True)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=semrl", "-c", "user.email=semrl@localhost", "commit", "-qm", "baseline"], dest)
+    return dest
+
+
+def grpo_runs(repo, lr: float) -> list:
+    mlflow_runs(repo)
+    return [r for r in mlflow.search_runs(experiment_names=["semrl"], output_format="list",
+                                          filter_string="tags.`semrl.method` = 'grpo'")
+            if float(r.data.params["config.lr"]) == lr]
+
+
+def test_a_grpo_only_change_reruns_grpo_and_nothing_upstream(exp_repo):
+    params = yaml.safe_load((exp_repo / "params.yaml").read_text())
+    params["train"]["grpo"]["lr"] = 2e-4
+    (exp_repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    status = run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], exp_repo).stdout
+    assert status.startswith("grpo@mt:") and "coldstart@mt" not in status and "sft@mt" not in status, status
+    assert "train.grpo" in status
+    run(["git", "checkout", "params.yaml"], exp_repo)
+    out = run(["dvc", "exp", "run", "-n", "grpo-lr", *grpo_change("0.0002"), "grpo@mt", "sft@mt"], exp_repo)
+    log = out.stdout + out.stderr
+    assert "Running stage 'grpo@mt'" in log
+    assert "'coldstart@mt' didn't change, skipping" in log and "'sft@mt' didn't change, skipping" in log, log
+    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], exp_repo).stdout
+    assert {r.data.tags["semrl.seed"] for r in grpo_runs(exp_repo, 2e-4)} == {"0", "1"}
+    assert "grpo-lr" in run(["dvc", "exp", "list", "--name-only"], exp_repo).stdout.split()
+
+
+@pytest.mark.parametrize("mode", ["temp", "queue"])
+def test_temporary_workspace_experiments_track_into_the_project(exp_repo, mode):
+    lr = {"temp": "0.0003", "queue": "0.0004"}[mode]
+    before = {p.name for p in (exp_repo / "checkpoints" / "mt" / "grpo").iterdir()}
+    if mode == "temp":
+        run(["dvc", "exp", "run", "--temp", "-n", f"grpo-{mode}", *grpo_change(lr), "grpo@mt"], exp_repo)
+    else:  # queued, then run by DVC's queue worker (--run-all waits for it)
+        run(["dvc", "exp", "run", "--queue", "-n", f"grpo-{mode}", *grpo_change(lr), "grpo@mt"], exp_repo)
+        run(["dvc", "exp", "run", "--run-all"], exp_repo)
+    assert f"grpo-{mode}" in run(["dvc", "exp", "list", "--name-only"], exp_repo).stdout.split()
+    runs = grpo_runs(exp_repo, float(lr))  # in the project's store: the temporary copy is gone
+    assert {r.data.tags["semrl.seed"] for r in runs} == {"0", "1"} and all(r.info.status == "FINISHED" for r in runs)
+    artifacts = mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "outputs")
+    assert {a.path for a in artifacts} >= {"outputs/summary.json"}  # artifacts too
+    after = {p.name for p in (exp_repo / "checkpoints" / "mt" / "grpo").iterdir()}
+    assert len(after - before) == 2  # each seed's checkpoints, keyed by the new config, kept in the project
+    assert not list((exp_repo / ".dvc" / "tmp" / "exps").glob(f"**/{'models'}/mt/grpo"))  # the copy is gone
+
+
+def test_a_local_remote_restores_data_and_models_in_a_fresh_clone(exp_repo, tmp_path):
+    """`dvc push` to a directory remote, then `git clone` + `dvc pull`: every stage's outputs come back and
+    DVC finds nothing to recompute."""
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], exp_repo)
+    run(["git", "add", "-A"], exp_repo)
+    run(["git", "-c", "user.name=semrl", "-c", "user.email=semrl@localhost", "commit", "-qm", "the remote"], exp_repo)
+    run(["dvc", "push"], exp_repo)
+    run(["git", "clone", "-q", str(exp_repo), str(clone)], tmp_path)
+    pulled = run(["dvc", "pull"], clone)
+    assert "fetched" in (pulled.stdout + pulled.stderr).lower() or "added" in (pulled.stdout + pulled.stderr).lower()
+    for out in ("data/prepared/mt/train.jsonl", "models/base/config.json", "models/mt/grpo/seed0/model/config.json",
+                "models/mt/sft/seed1/summary.json"):
+        assert (clone / out).read_bytes() == (exp_repo / out).read_bytes(), out
+    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt", "embedder"], clone).stdout
