@@ -110,3 +110,30 @@ def test_method_records_resolve_once_from_the_config():
     assert output_dir(cfg, "mt", "sft", 0).as_posix() == "models/mt/sft/seed0"
     with pytest.raises(SemrlError, match="unknown method 'grpo_bleu_language'"):  # not enabled
         get_method(cfg, "grpo_bleu_language")
+
+
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+def test_a_profile_goes_in_through_dvcs_set_param_and_keeps_the_comments(tmp_path, profile):
+    """`semrl profile` (and `make run PROFILE=…`, as `dvc exp run -S`) edits params.yaml in place through DVC's
+    own -S editor: the result is the profile's config and every comment outside a replaced value stays."""
+    import re
+
+    from dvc.utils.hydra import apply_overrides
+
+    from semrl.core.config import apply_overlay, overlay_overrides
+
+    comments = lambda text: [m.strip() for m in re.findall(r"#.*", text)]
+    original = (REPO / "params.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "params.yaml"
+    path.write_text(original, encoding="utf-8")
+    apply_overlay(path, REPO / "configs" / f"{profile}.yaml")
+    same = lambda a, b: a.model_dump(exclude={"profile"}) == b.model_dump(exclude={"profile"})
+    assert same(load_config(path), load_config(REPO / "params.yaml", profile))  # smoke.yaml names no profile
+    kept = comments(path.read_text(encoding="utf-8"))
+    lost = [c for c in comments(original) if c not in kept]
+    assert len(lost) <= 1, lost  # a list the overlay replaces (paper: rewards.components) loses its own
+    # the same overrides as `dvc exp run -S` gets them (semrl profile --run), applied by DVC's function
+    again = tmp_path / "again.yaml"
+    again.write_text(original, encoding="utf-8")
+    apply_overrides(str(again), overlay_overrides(again, REPO / "configs" / f"{profile}.yaml"))
+    assert load_config(again) == load_config(path)
