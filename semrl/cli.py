@@ -26,7 +26,7 @@ def _use_running_servers(ctx: typer.Context) -> None:
 
     from semrl.core.config import load_config
     from semrl.core.env import apply_quiet_env
-    from semrl.core.servers import discover, use_prefect
+    from semrl.core.servers import auth_env, discover, use_prefect
 
     apply_quiet_env()
     if Path("params.yaml").is_file():
@@ -35,7 +35,7 @@ def _use_running_servers(ctx: typer.Context) -> None:
         except SemrlError:
             return  # the command itself reports a broken params file
         found = discover(cfg.servers, ("mlflow",))
-        os.environ.update(found)
+        os.environ.update({**found, **(auth_env() if found else {})})
         for var, url in found.items():  # never silent: where the runs and flow runs go
             print(f"semrl: {var}={url} (the running `semrl up` server; `semrl down` or set {var} to change)",
                   file=sys.stderr)
@@ -63,9 +63,27 @@ def run_step(step: Callable[[], object]) -> object:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         raise SystemExit(1)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        print(f"error: {e.filename or 'a file'}: cannot write ({e.strerror}: disk full or a file size limit); free "
+              "space and rerun (training resumes from its last complete checkpoint)", file=sys.stderr)
+        raise SystemExit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
+    except Exception as e:
+        if e.__class__.__name__ != "MlflowException" or "mlflow" not in type(e).__module__:
+            raise
+        import os
+
+        where = os.environ.get("MLFLOW_TRACKING_URI", "the tracking store")
+        print(f"error: MLflow at {where} failed: {str(e).splitlines()[0][:300]}", file=sys.stderr)
+        print("error: the step stopped rather than train without its metrics; rerun it once MLflow answers "
+              "(training resumes from its last checkpoint; a run left RUNNING is then closed KILLED)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 @app.command()
@@ -131,9 +149,16 @@ def flow(
     from semrl.core.methods import stage_methods
     from semrl.ops.flows import configured
 
+    import signal
+
     cfg = config(params)
     if stage is not None:
         run_step(lambda: stage_methods(cfg, stage))  # an unknown stage fails here, before Prefect starts
+
+    def on_term(signum, frame):  # as Ctrl-C: the flow stops its steps (semrl.ops.steps.stop_all) and ends
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
 
     def go():
         try:
@@ -185,6 +210,8 @@ def up(params: Path = PARAMS_OPTION) -> None:
     """Start the local Prefect and MLflow servers (127.0.0.1, state inside the project); idempotent."""
     from semrl.core import servers as srv
 
+    if problem := run_step(lambda: srv.exposure_problem(config(params).servers)):
+        fail(problem)
     for s in srv.servers(config(params).servers, config(params).tracking):
         took = run_step(lambda: srv.start(s, Path.cwd()))
         print(f"{s.name:8} {s.url}  " + (f"started in {took:.1f} s" if took else "already running") +
@@ -197,7 +224,7 @@ def down(params: Path = PARAMS_OPTION) -> None:
     from semrl.core import servers as srv
 
     for s in srv.servers(config(params).servers, config(params).tracking):
-        print(f"{s.name:8} " + ("stopped" if srv.stop(s) else "was not running"))
+        print(f"{s.name:8} {srv.stop(s)[1]}")
 
 
 @app.command()
@@ -211,6 +238,8 @@ def status(params: Path = PARAMS_OPTION) -> None:
         pid, ok = srv.pid_of(s), srv.healthy(s)
         state = "healthy" if pid and ok else ("running, not answering" if pid else "stopped")
         print(f"{s.name:8} {state:24} {s.url if pid else ''}")
+        if stale := srv.stale_pid_file(s):
+            print(f"{'':8} stale PID file: {stale}")
     from semrl.ops.deploy import deployment_status
 
     for line in run_step(lambda: deployment_status(cfg)):

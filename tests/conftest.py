@@ -26,20 +26,70 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="semrl-prefect-")
 
 
+CORPUS_CACHE_ENV = "SEMRL_CORPUS_CACHE"  # where the suite keeps the pinned corpora it fetched itself
+
+
+def corpus_cache() -> Path:
+    return Path(os.environ.get(CORPUS_CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "semrl" / "corpora")
+
+
 def mirror_dir() -> Path | None:
-    """SEMRL_DATA_MIRROR, else the shared/corpora checkout beside the repo (CI and developer machines)."""
-    candidates = [os.environ.get("SEMRL_DATA_MIRROR"), REPO.parent / "shared" / "corpora"]
-    for c in candidates:
+    """SEMRL_DATA_MIRROR, else the shared/corpora checkout beside the repo (CI and developer machines;
+    SEMRL_SHARED_CORPORA names another), else the suite's own corpus cache once complete."""
+    shared = os.environ.get("SEMRL_SHARED_CORPORA") or REPO.parent / "shared" / "corpora"
+    for c in (os.environ.get("SEMRL_DATA_MIRROR"), shared, corpus_cache()):
         if c and (Path(c) / "MANIFEST.tsv").is_file():
             return Path(c)
     return None
 
 
+def pytest_configure(config):
+    """The suite runs on the real corpora, always: without a mirror it fetches the pinned sources once into
+    its cache (sha256-verified); offline (SEMRL_OFFLINE=1, or the fetch fails) it stops with one line —
+    it never passes by skipping what needs the data."""
+    if mirror_dir() is not None:
+        return
+    cache = corpus_cache()
+    why = "SEMRL_OFFLINE is set"
+    if not os.environ.get("SEMRL_OFFLINE"):
+        from semrl.core.config import FetchConfig
+        from semrl.data.fetch import build_mirror
+        from semrl.data.sources import read_sources
+
+        print(f"\nsemrl tests: no corpus mirror; fetching the pinned sources of data/sources.tsv once into {cache}")
+        try:
+            r = build_mirror(read_sources(REPO / "data" / "sources.tsv"), cache, FetchConfig(retries=2, timeout_s=20))
+            print(f"semrl tests: corpus cache ready ({r.fetched} fetched, {r.up_to_date} already there)")
+            return
+        except Exception as e:  # one line, whatever failed
+            why = f"fetching them failed: {str(e).splitlines()[0]}"
+    raise pytest.UsageError(f"semrl tests: no corpus mirror (SEMRL_DATA_MIRROR, ../shared/corpora) and no cache at "
+                            f"{cache}; {why}. Run once online, or point SEMRL_DATA_MIRROR at a mirror.")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test may skip only for hardware it cannot have here (its reason starts with "hardware:", e.g.
+    CUDA); any other skip fails, so a green run never hides a test that did not run."""
+    report = (yield).get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not reason.startswith(("hardware:", "Skipped: hardware:")):
+            report.outcome = "failed"
+            report.longrepr = f"skipped for a reason other than hardware: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    terminalreporter.write_line(f"semrl: {skipped} test(s) skipped, all for hardware (CUDA) this machine lacks"
+                                if skipped else "semrl: no test skipped")
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     m = mirror_dir()
-    if m is None:
-        pytest.skip("no offline corpus mirror: set SEMRL_DATA_MIRROR to a folder laid out like shared/corpora")
+    assert m is not None, "pytest_configure guarantees a mirror"
     return m
 
 

@@ -182,3 +182,12 @@ def test_vllm_generation_is_refused_without_cuda_and_its_knobs_reach_trl(in_repo
         True, "server", "127.0.0.1", 8123)
     colocate = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, **vllm_args(cfg.train.grpo))
     assert colocate.vllm_mode == "colocate" and colocate.vllm_gpu_memory_utilization == 0.3
+
+
+def test_check_warns_when_remote_code_would_run(in_repo, tmp_path):
+    cfg = unprepared(load_config("params.yaml"), tmp_path)
+    _, facts = check(cfg)
+    assert not any("trust_remote_code" in f for f in facts)
+    cfg.embedder.eval.trust_remote_code = True
+    problems, facts = check(cfg)
+    assert problems == [] and any(f.startswith("warning: embedder.eval.trust_remote_code is on") for f in facts)

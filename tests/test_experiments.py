@@ -74,9 +74,11 @@ def test_a_local_remote_restores_data_and_models_in_a_fresh_clone(exp_repo, tmp_
     run(["dvc", "remote", "add", "-d", "shared", str(remote)], exp_repo)
     run(["git", "add", "-A"], exp_repo)
     run(["git", "-c", "user.name=semrl", "-c", "user.email=semrl@localhost", "commit", "-qm", "the remote"], exp_repo)
-    run(["dvc", "push"], exp_repo)
+    # the smoke repo ran the training stages only (its dvc.lock also holds the tiny run's later stages)
+    targets = ["--with-deps", "sft@mt", "grpo@mt"]
+    run(["dvc", "push", *targets], exp_repo)
     run(["git", "clone", "-q", str(exp_repo), str(clone)], tmp_path)
-    pulled = run(["dvc", "pull"], clone)
+    pulled = run(["dvc", "pull", *targets], clone)
     assert "fetched" in (pulled.stdout + pulled.stderr).lower() or "added" in (pulled.stdout + pulled.stderr).lower()
     for out in ("data/prepared/mt/train.jsonl", "models/base/config.json", "models/mt/grpo/seed0/model/config.json",
                 "models/mt/sft/seed1/summary.json"):

@@ -173,3 +173,58 @@ def test_stage_cli_exits_nonzero_with_clear_error_and_no_traceback(server, tmp_p
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"error: test/gone.txt: HTTP 404 for {server}/missing (not retried)" in proc.stderr
+
+
+def test_the_suite_builds_its_corpus_cache_as_a_mirror(server, tmp_path):
+    """Without a mirror the test suite fetches the pinned sources once into a cache laid out as one
+    (conftest.pytest_sessionstart): every file sha256-verified, the manifest written last."""
+    from semrl.data.fetch import MANIFEST, build_mirror
+    from semrl.data.sources import mirror_relpath
+
+    cache = tmp_path / "cache"
+    srcs = [source("a", f"{server}/ok"), source("b", f"{server}/flaky")]
+    r = build_mirror(srcs, cache, cfg(tmp_path), show_progress=False)
+    assert (r.fetched, r.up_to_date) == (2, 0)
+    assert (cache / mirror_relpath(f"{server}/ok")).read_bytes() == BODY
+    rows = [line.split("\t") for line in (cache / MANIFEST).read_text().splitlines()]
+    assert rows[0] == ["url", "sha256", "bytes", "licence", "mirror_path"]  # shared/corpora's manifest
+    assert [r[4] for r in rows[1:]] == [mirror_relpath(s.url) for s in srcs]
+    assert build_mirror(srcs, cache, cfg(tmp_path), show_progress=False).up_to_date == 2  # nothing again
+    broken = tmp_path / "broken"
+    with pytest.raises(FetchError, match=r"1 of 2 files could not be had, the first: test/t.txt: sha256 mismatch"):
+        build_mirror([source("a", f"{server}/ok"), source("t", f"{server}/tampered")], broken, cfg(tmp_path),
+                     show_progress=False)
+    assert not (broken / MANIFEST).exists() and no_partials(broken)  # incomplete: no manifest, no partial file
+
+
+def test_offline_without_mirror_or_cache_the_suite_stops_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    env = child_env({"SEMRL_DATA_MIRROR": "", "SEMRL_SHARED_CORPORA": str(tmp_path / "none"),
+                     "SEMRL_CORPUS_CACHE": str(tmp_path / "cache"), "SEMRL_OFFLINE": "1"})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_text.py"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out  # pytest's usage error: nothing ran
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ERROR: semrl tests: no corpus mirror"), out
+    assert "SEMRL_OFFLINE is set" in lines[0]
+    assert "passed" not in out and "skipped" not in out
+
+
+@pytest.mark.parametrize("url", ["https://raw.githubusercontent.com/o/r/c/%2e%2e/%2e%2e/etc/passwd",
+                                 "https://example.org/a/%2E%2E/%2e%2e/%2e%2e/x", "https://example.org/a/./b"])
+def test_a_percent_encoded_dot_dot_never_leaves_the_mirror(tmp_path, url):
+    from semrl.data.fetch import copy_from_mirror
+    from semrl.data.sources import mirror_relpath
+
+    with pytest.raises(SemrlError, match="would leave its folder"):
+        mirror_relpath(url)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("secret")
+    with pytest.raises(SemrlError, match="would leave its folder"):  # before any read or write
+        copy_from_mirror(source("x", url), tmp_path / "raw" / "x", tmp_path / "mirror" / "m")
+    assert not (tmp_path / "raw").exists()

@@ -52,12 +52,12 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     for task, seeds in (("headline", (0, 1)), ("mt_bo2zh", (0,))):
         for seed in seeds:
             for method in methods:
-                summary = json.loads((models / task / method / f"seed{seed}" / "summary.json").read_text())
+                folder = models / task / ("grpo/" + method if method.startswith("grpo_") else method) / f"seed{seed}"
+                summary = json.loads((folder / "summary.json").read_text())
                 assert (summary["task"], summary["method"], summary["seed"]) == (task, method, seed)
                 if method.startswith("grpo"):
                     assert summary["tau"] == 0.2  # the number in rewards.tau, no calibration
-            tau = json.loads((models / task / "coldstart" / f"seed{seed}" / "tau.json").read_text())
-            assert tau == {"tau": 0.2, "tau_setting": 0.2}
+                    assert json.loads((folder / "tau.json").read_text()) == {"tau": 0.2, "tau_setting": 0.2}
     runs = mlflow_runs(tmp_path)
     ablation = runs["mt_bo2zh-grpo_bleu_semantic-s0"]
     assert json.loads(ablation.data.params["rewards"].replace("'", '"')) == [

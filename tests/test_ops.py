@@ -267,3 +267,4 @@ def test_second_run_of_the_same_outputs_is_refused(trained_repo, monkeypatch):
     with exclusive(cfg, "mt", "sft", 9):
         proc = semrl(["train", "--method", "sft", "--seed", "9"], trained_repo, check=False)
     assert proc.returncode == 1 and "is being trained by another run" in proc.stderr
+    assert f"pid {os.getpid()} on" in proc.stderr and "holding it for 0 min" in proc.stderr  # who, and how long

@@ -230,3 +230,67 @@ def test_bad_table_definitions_are_all_listed(params):
     assert "fetch.tables[4] (news):" not in text  # a valid entry raises nothing
     ok = copy.deepcopy(bad[4])
     assert read_tables(with_tables(params, ok)["fetch"]["tables"])[0].format == "jsonl"
+
+
+PAIRS = [("བཀྲ་ཤིས་བདེ་ལེགས།", "吉祥如意"), ("ཐུགས་རྗེ་ཆེ།", "非常感谢"), ("ཁྱེད་རང་སྐུ་ཁམས་བཟང་།", "你身体好吗"),
+         ("ང་བོད་པ་ཡིན།", "我是藏族人"), ("ཉིན་མོ་བདེ་ལེགས།", "白天吉祥")]
+
+
+def local_table(p, path, fmt):
+    return with_tables(p, {"name": "mine", "type": "file", "url": str(path), "format": fmt, "task": "mt",
+                           "columns": {"bo": "bo", "zh": "zh"}, "use": "train"})
+
+
+
+def test_a_tsv_row_starting_with_a_quote_is_one_row_not_a_merge(small, tmp_path):
+    """Seen before: the third line starting with `"` made csv quote-merge three rows into one."""
+    raw, p = small
+    rows = [f"{bo}\t{zh}" for bo, zh in PAIRS]
+    rows[1] = '"' + rows[1]  # line 3
+    path = tmp_path / "pairs.tsv"
+    path.write_text("bo\tzh\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    p = local_table(p, path, "tsv")
+    fetch_into(raw, p)
+    stats = run(p)
+    assert stats["sources"]["mine"]["input"] == 5  # every line a row: kept + quarantined = 5
+    assert stats["sources"]["mine"]["kept"] + stats["sources"]["mine"]["quarantined"] == 5
+    kept = {r["bo"] for r in read_jsonl(raw.parent / "prepared" / "mt" / "train.jsonl") if r["source"] == "mine"}
+    assert kept >= {PAIRS[i][0] for i in (0, 2, 3, 4)}  # the rows around it are their own rows
+
+
+def test_a_quoted_csv_field_keeps_its_line_break_and_its_line_number(small, tmp_path):
+    raw, p = small
+    path = tmp_path / "pairs.csv"
+    path.write_text('bo,zh\n"ཁྱེད་རང་སྐུ་ཁམས་བཟང་།","你身体\n好吗"\n"ང་བོད་པ་ཡིན།",我是藏族人\n', encoding="utf-8")
+    p = local_table(p, path, "csv")
+    fetch_into(raw, p)
+    stats = run(p)
+    assert stats["sources"]["mine"]["input"] == 2  # two records over three lines
+    rows = {r["bo"]: r for r in read_jsonl(raw.parent / "prepared" / "mt" / "train.jsonl") if r["source"] == "mine"}
+    assert rows["ང་བོད་པ་ཡིན།"]["id"].endswith("000004")  # the record starts on line 4
+    assert stats["sources"]["mine"]["kept"] + stats["sources"]["mine"]["quarantined"] == 2
+
+
+def test_line_separators_inside_a_field_do_not_split_the_row(small, tmp_path):
+    """U+2028 and U+0085 are line breaks to str.splitlines, not to TSV, CSV or JSON Lines."""
+    raw, p = small
+    for fmt, body in (("tsv", "bo\tzh\nབཀྲ་ཤིས\u2028བདེ་ལེགས།\t吉祥\u0085如意\nཐུགས་རྗེ་ཆེ།\t非常感谢\n"),
+                      ("jsonl", json.dumps({"bo": "བཀྲ་ཤིས\u2028བདེ་ལེགས།", "zh": "吉祥\u0085如意"}, ensure_ascii=False)
+                       + "\n" + json.dumps({"bo": "ཐུགས་རྗེ་ཆེ།", "zh": "非常感谢"}, ensure_ascii=False) + "\n")):
+        path = tmp_path / f"pairs.{fmt}"
+        path.write_text(body, encoding="utf-8")
+        q = local_table(p, path, fmt)
+        fetch_into(raw, q)
+        stats = run(q)
+        assert stats["sources"]["mine"]["input"] == 2, fmt
+        assert stats["sources"]["mine"]["kept"] + stats["sources"]["mine"]["quarantined"] == 2, fmt
+
+
+def test_an_unbalanced_csv_quote_fails_naming_the_file_and_line(small, tmp_path):
+    raw, p = small
+    path = tmp_path / "pairs.csv"
+    path.write_text('bo,zh\nབཀྲ་ཤིས་བདེ་ལེགས།,吉祥如意\n"ཐུགས་རྗེ་ཆེ།,非常感谢\nང་བོད་པ་ཡིན།,我是藏族人\n', encoding="utf-8")
+    p = local_table(p, path, "csv")
+    fetch_into(raw, p)
+    with pytest.raises(SemrlError, match=r"tables/mine.csv:3: malformed CSV record"):
+        run(p)

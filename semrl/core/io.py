@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import json
@@ -27,8 +28,11 @@ def atomic_file(path: str | Path, check: Callable[[], None] = lambda: None) -> I
     (e.g. a size and sha256 test): written to a temp file in the same folder, fsynced, renamed. Readers
     never see half a file, and a failed or interrupted write leaves nothing behind but the old file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as e:
+        raise SemrlError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -36,6 +40,11 @@ def atomic_file(path: str | Path, check: Callable[[], None] = lambda: None) -> I
             os.fsync(f.fileno())
         check()
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # disk full, file size or quota limit
+            raise SemrlError(f"{path}: cannot write ({e.strerror}: disk full or a file size limit); nothing "
+                             "was written, free space and rerun") from None
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -77,14 +86,20 @@ def import_dotted(path: str) -> Any:
         raise SemrlError(f"{path!r}: cannot import ({e})") from None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (one of another user counts)."""
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process `pid` runs (a zombie does not count; one of another user does) and, with `started`
+    (its psutil create_time, recorded when it started), is still that process: PIDs are reused."""
+    import psutil
+
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
+    except psutil.AccessDenied:
+        return started is None
     return True

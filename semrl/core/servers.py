@@ -1,14 +1,14 @@
 """Local Prefect and MLflow servers for the UIs: `semrl up`, `semrl down`, `semrl status`.
 
 Both bind to 127.0.0.1, keep their state inside the project (SQLite databases, the artifact folder),
-run with telemetry/analytics and MLflow's job execution off, log to `.semrl/logs/` and record their PID
-in `.semrl/run/`. `up` returns once each answers its health endpoint and is idempotent; pipelines find
+run with telemetry/analytics and MLflow's job execution off, log to `.semrl/logs/` and record in
+`.semrl/run/<name>.pid` their PID with its start time and command line (psutil), so `down` stops only the
+process it started — never one that reused the number — and every process of its group. `up` returns once each answers its health endpoint and is idempotent; pipelines find
 running servers through `discover()` and fall back to the embedded defaults (SQLite file, ephemeral
 Prefect) when none runs."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,12 +19,47 @@ from pathlib import Path
 from semrl import SemrlError
 from semrl.core.config import ServersConfig, TrackingConfig
 from semrl.core.env import QUIET_ENV, state_root
-from semrl.core.io import pid_alive
+from semrl.core.io import process_alive
 
 
 def state_dir() -> Path:
     """.semrl/ of the project (its root under a `dvc exp run --temp`: the servers are the project's)."""
     return state_root() / ".semrl"
+
+
+AUTH_ENV = "SEMRL_SERVER_AUTH"  # user:password for both servers; never in params.yaml (it is committed)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def server_auth() -> tuple[str, str] | None:
+    """(user, password) from SEMRL_SERVER_AUTH, or None; a malformed value is an error."""
+    value = os.environ.get(AUTH_ENV)
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or len(password) < 12:
+        raise SemrlError(f"{AUTH_ENV} must be user:password with a password of at least 12 characters "
+                         "(MLflow's basic-auth app refuses shorter ones)")
+    return user, password
+
+
+def exposure_problem(cfg: ServersConfig) -> str | None:
+    """Why `semrl up` must not start: an address beyond loopback without authentication."""
+    if cfg.host in LOOPBACK or server_auth():
+        return None
+    return (f"servers.host {cfg.host} would expose Prefect and MLflow beyond this machine without a password: "
+            f"set {AUTH_ENV}=user:password (at least 12 characters; Prefect's basic auth and MLflow's basic-auth "
+            "app then require it, and every semrl command sends it), or keep 127.0.0.1 and reach the UIs "
+            "through an SSH tunnel (ssh -L 4200:127.0.0.1:4200 -L 5000:127.0.0.1:5000 <host>)")
+
+
+def auth_env() -> dict[str, str]:
+    """What a client of the servers needs to authenticate (Prefect and MLflow read these)."""
+    auth = server_auth()
+    if not auth:
+        return {}
+    return {"PREFECT_API_AUTH_STRING": f"{auth[0]}:{auth[1]}", "MLFLOW_TRACKING_USERNAME": auth[0],
+            "MLFLOW_TRACKING_PASSWORD": auth[1]}
 
 
 @dataclass
@@ -37,7 +72,9 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """Where clients on this machine reach it (a server on every address answers on loopback too)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def health_url(self) -> str:
@@ -56,7 +93,8 @@ class Server:
             return [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)]
         return [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
                 "--backend-store-uri", self.backend or f"sqlite:///{root / 'mlflow.db'}",
-                "--default-artifact-root", self.artifacts or (root / "mlartifacts").as_uri(), "--workers", "1"]
+                "--default-artifact-root", self.artifacts or (root / "mlartifacts").as_uri(), "--workers", "1",
+                *(["--app-name", "basic-auth"] if server_auth() else [])]
 
     def env(self, root: Path) -> dict[str, str]:
         env = {**os.environ, **QUIET_ENV}
@@ -66,6 +104,24 @@ class Server:
             env["PREFECT_HOME"] = str(root.resolve() / ".prefect")
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{project_prefect_db()}"
         env.pop("PREFECT_API_URL", None)  # the server must not try to reach another API
+        if auth := server_auth():
+            if self.name == "prefect":
+                env["PREFECT_SERVER_API_AUTH_STRING"] = f"{auth[0]}:{auth[1]}"
+            else:  # the admin user is created from these on first start; its store lives with the run state
+                config = state_dir() / "mlflow_auth.ini"
+                config.parent.mkdir(parents=True, exist_ok=True)
+                config.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                                  f"database_uri = sqlite:///{(state_dir() / 'mlflow_auth.db').resolve()}\n"
+                                  f"admin_username = {auth[0]}\n"
+                                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                secret = state_dir() / "mlflow_flask_secret"  # CSRF key of the auth app: random, kept per project
+                if not secret.is_file():
+                    import secrets
+
+                    secret.touch(mode=0o600)
+                    secret.write_text(secrets.token_hex(32))
+                env.update(MLFLOW_AUTH_CONFIG_PATH=str(config.resolve()), MLFLOW_AUTH_ADMIN_PASSWORD=auth[1],
+                           MLFLOW_FLASK_SERVER_SECRET_KEY=secret.read_text().strip())
         return env
 
 
@@ -85,19 +141,84 @@ def servers(cfg: ServersConfig, tracking: TrackingConfig | None = None) -> list[
 
 
 def healthy(server: Server, timeout: float = 1.0) -> bool:
+    import base64
+
+    request = urllib.request.Request(server.health_url)
+    if auth := server_auth():
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
     try:
-        with urllib.request.urlopen(server.health_url, timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             return r.status == 200
     except OSError:
         return False
 
 
-def pid_of(server: Server) -> int | None:
+@dataclass
+class PidRecord:
+    pid: int
+    started: float  # psutil create_time
+    cmdline: list[str]
+
+
+def read_pid(server: Server) -> PidRecord | None:
+    """The server's PID record, or None (no file, or one this version cannot read: treated as stale)."""
+    import json
+
     try:
-        pid = int(server.pid_file.read_text().strip())
-    except (OSError, ValueError):
+        data = json.loads(server.pid_file.read_text())
+        return PidRecord(int(data["pid"]), float(data["started"]), list(data["cmdline"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return pid if pid_alive(pid) else None
+
+
+def _matches(rec: PidRecord) -> bool:
+    """The recorded process still runs: same PID, same start time, same command line."""
+    import psutil
+
+    if not process_alive(rec.pid, rec.started):
+        return False
+    try:
+        return psutil.Process(rec.pid).cmdline() == rec.cmdline
+    except psutil.Error:
+        return False
+
+
+def pid_of(server: Server) -> int | None:
+    rec = read_pid(server)
+    return rec.pid if rec and _matches(rec) else None
+
+
+def stale_pid_file(server: Server) -> str | None:
+    """Why the PID file does not name the running server, in words (None: no file, or it matches)."""
+    import psutil
+
+    if not server.pid_file.is_file():
+        return None
+    rec = read_pid(server)
+    if rec is None:
+        return f"{server.pid_file}: unreadable or from an older version"
+    if _matches(rec):
+        return None
+    try:
+        now = " ".join(psutil.Process(rec.pid).cmdline())[:80] or "?"
+        return f"{server.pid_file}: PID {rec.pid} is now another process ({now}), not the {server.name} server started then"
+    except psutil.Error:
+        return f"{server.pid_file}: PID {rec.pid} no longer runs"
+
+
+def _group(rec: PidRecord) -> list:
+    """The processes of the server's process group (it was started as a group leader, pgid = PID) that
+    started with or after it: its workers, even once the leader itself is gone."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(proc.pid) == rec.pid and proc.info["create_time"] >= rec.started - 1.0:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
 
 
 def start(server: Server, root: Path, timeout_s: float = 90.0) -> float:
@@ -110,10 +231,17 @@ def start(server: Server, root: Path, timeout_s: float = 90.0) -> float:
     server.pid_file.parent.mkdir(parents=True, exist_ok=True)
     server.log_file.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    import json
+
+    import psutil
+
+    if stale := stale_pid_file(server):
+        print(f"{server.name}: stale PID file replaced ({stale})", file=sys.stderr)
     with server.log_file.open("ab") as log:
         proc = subprocess.Popen(server.command(root), stdout=log, stderr=subprocess.STDOUT, cwd=root,
                                 env=server.env(root), start_new_session=True)
-    server.pid_file.write_text(str(proc.pid))
+    ps = psutil.Process(proc.pid)
+    server.pid_file.write_text(json.dumps({"pid": proc.pid, "started": ps.create_time(), "cmdline": ps.cmdline()}))
     while time.time() - t0 < timeout_s:
         if proc.poll() is not None:
             raise SemrlError(f"{server.name} exited with {proc.returncode} while starting; see {server.log_file}")
@@ -125,19 +253,43 @@ def start(server: Server, root: Path, timeout_s: float = 90.0) -> float:
                      f"see {server.log_file}")
 
 
-def stop(server: Server, timeout_s: float = 20.0) -> bool:
-    pid = pid_of(server)
+def stop(server: Server, timeout_s: float = 20.0) -> tuple[bool, str]:
+    """Stop the server `up` started: SIGTERM to its process group, SIGKILL to what remains after
+    `timeout_s`; (stopped anything, what happened). A stale PID file (another process has that PID now,
+    or none) is removed and said so, and nothing is signalled — but the recorded group's own processes
+    (workers left behind when the leader was killed) are still stopped."""
+    import psutil
+
+    rec = read_pid(server)
+    if rec is None:
+        if server.pid_file.is_file():  # unreadable, or a plain number from an older version: no start time to check
+            server.pid_file.unlink()
+            return False, f"was not running (stale PID file removed: {server.pid_file} had no start time to check)"
+        return False, "was not running"
+    stale = stale_pid_file(server)
+    # Linux never hands out a PID while a process group of that number has members: if another process
+    # holds the recorded PID now, our group is empty and any group of that number is the stranger's.
+    reused = stale is not None and process_alive(rec.pid)
+    targets = [] if reused else _group(rec)
+    if stale and not targets:
+        server.pid_file.unlink(missing_ok=True)
+        return False, f"was not running (stale PID file removed: {stale.split(': ', 1)[1]})"
+    for p in targets:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(targets, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
     server.pid_file.unlink(missing_ok=True)
-    if not pid:
-        return False
-    os.killpg(pid, signal.SIGTERM)  # the whole group: uvicorn/gunicorn workers too
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
-    return True
+    how = f"stopped ({len(targets)} process{'es' if len(targets) != 1 else ''}" + (
+        f", {len(alive)} killed after {timeout_s:g} s" if alive else "") + ")"
+    return True, how + ("; its leader was already gone, these were left behind" if stale else "")
 
 
 def discover(cfg: ServersConfig, names: tuple[str, ...] = ("prefect", "mlflow")) -> dict[str, str]:
@@ -177,7 +329,7 @@ def prefect_target(cfg: ServersConfig) -> tuple[dict[str, str], str]:
     if "url" in settings.api.model_fields_set:
         return {}, f"Prefect API {settings.api.url} (Prefect settings: PREFECT_API_URL)"
     if found := discover(cfg, ("prefect",)):
-        return found, f"Prefect API {found['PREFECT_API_URL']} (the running `semrl up` server)"
+        return {**found, **auth_env()}, f"Prefect API {found['PREFECT_API_URL']} (the running `semrl up` server)"
     if "home" in settings.model_fields_set or "connection_url" in settings.server.database.model_fields_set:
         return {}, f"Prefect without a server, its database from Prefect settings (PREFECT_HOME {settings.home})"
     db = project_prefect_db()

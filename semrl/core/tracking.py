@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import yaml
 
 from semrl.core.config import Config, TrackingConfig
-from semrl.core.io import pid_alive
+from semrl.core.io import process_alive
 
 PARENT_RUN_ENV = "SEMRL_PARENT_RUN_ID"  # a flow's MLflow run: the runs of its steps nest under it
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces); ours holds training runs.
@@ -192,7 +192,8 @@ def close_stale_runs(config: Config, run_key: str) -> list[str]:
     closed = []
     for r in stale:
         pid, host = int(r.data.tags.get("semrl.pid", "0") or 0), r.data.tags.get("semrl.host")
-        if host == socket.gethostname() and pid_alive(pid):
+        started = float(r.data.tags["semrl.pid_start"]) if r.data.tags.get("semrl.pid_start") else None
+        if host == socket.gethostname() and process_alive(pid, started):  # the same process, not a reused PID
             continue
         client.set_terminated(r.info.run_id, status="KILLED")
         closed.append(r.info.run_id)

@@ -32,7 +32,7 @@ from semrl import SemrlError
 from semrl.core.config import Config, FetchConfig
 from semrl.core.io import atomic_file, atomic_write_text, sha256_file
 from semrl.data.cldr import GENERATED, babel_version
-from semrl.data.sources import Source, mirror_relpath, read_sources
+from semrl.data.sources import Source, mirror_relpath, read_sources, safe_relpath
 from semrl.data.tables import TableSource, read_tables, unpinned
 
 MIRROR_ENV = "SEMRL_DATA_MIRROR"
@@ -210,6 +210,41 @@ def fetch(sources: list[Source], cfg: FetchConfig, show_progress: bool = True) -
     return result
 
 
+MANIFEST = "MANIFEST.tsv"  # a mirror's index: url, sha256, bytes, licence, mirror_path (shared/corpora's layout)
+
+
+def build_mirror(sources: list[Source], mirror: Path, cfg: FetchConfig, show_progress: bool = True) -> FetchResult:
+    """Download every URL source into a mirror laid out as shared/corpora (`<mirror>/<mirror path>`, each
+    file sha256-verified, atomic), then write its MANIFEST.tsv last: a mirror with a manifest is complete.
+    What is already there and verifies is kept. The test suite builds its corpus cache with it."""
+    result = FetchResult()
+    todo = []
+    for src in (s for s in sources if s.type == "url"):
+        dest = mirror / mirror_relpath(src.url)
+        if _is_current(src, dest):
+            result.up_to_date += 1
+        else:
+            todo.append((src, dest))
+    errors = []
+    with tqdm(total=sum(s.bytes or 0 for s, _ in todo), unit="B", unit_scale=True, desc=f"mirror {mirror}",
+              disable=not show_progress or not todo) as bar, ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        futures = {pool.submit(download, src, dest, cfg, bar.update): src for src, dest in todo}
+        for fut in as_completed(futures):
+            try:
+                result.bytes += fut.result()
+                result.fetched += 1
+            except SemrlError as e:
+                errors.append(str(e))
+            except OSError as e:
+                errors.append(f"{futures[fut].name}: cannot write into {mirror}: {e.strerror}")
+    if errors:
+        raise FetchError(f"{len(errors)} of {len(todo)} files could not be had, the first: {sorted(errors)[0]}")
+    rows = ["url\tsha256\tbytes\tlicence\tmirror_path"] + [
+        f"{s.url}\t{s.sha256}\t{s.bytes}\t{s.licence}\t{mirror_relpath(s.url)}" for s in sources if s.type == "url"]
+    atomic_write_text(mirror / MANIFEST, "\n".join(rows) + "\n")
+    return result
+
+
 # ---------------------------------------------------------------- tables (fetch.tables)
 
 HF_MIRROR = "huggingface/datasets"  # <mirror>/huggingface/datasets/<id>/<revision>/: a snapshot of the repo
@@ -225,7 +260,7 @@ def _load_hf(table: TableSource, mirror: Path | None):
 
     folder = None if table.is_hub else Path(str(table.dataset))
     if folder is None and mirror:
-        folder = mirror / HF_MIRROR / str(table.dataset) / str(table.revision)
+        folder = mirror / HF_MIRROR / safe_relpath(f"{table.dataset}/{table.revision}", f"{table.name}: dataset@revision")
         if not folder.is_dir():
             raise FetchError(f"{table.name}: {table.dataset}@{table.revision} missing from mirror {mirror} "
                              f"(expected a snapshot folder {folder})")

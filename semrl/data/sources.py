@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import astuple, dataclass, fields
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from semrl import SemrlError
@@ -47,9 +47,7 @@ def read_sources(path: str | Path) -> list[Source]:
             raise SemrlError(f"{where}: sha256 must be 64 lowercase hex digits, got {sha!r}")
         if not size.isdigit():
             raise SemrlError(f"{where}: bytes must be a whole number, got {size!r}")
-        p = PurePosixPath(name)
-        if not name or p.is_absolute() or ".." in p.parts:
-            raise SemrlError(f"{where}: name must be a relative path inside data/raw, got {name!r}")
+        safe_relpath(name, f"{where}: name (a path inside data/raw)")
         if name in seen:
             raise SemrlError(f"{where}: duplicate name {name!r} (first at line {seen[name]})")
         seen[name] = lineno
@@ -64,14 +62,23 @@ def write_sources(path: str | Path, sources: list[Source]) -> None:
         w.writerows(astuple(s) for s in sources)
 
 
+def safe_relpath(path: str, what: str) -> str:
+    """A relative path that stays inside its folder: no `..` or `.` part (also once percent-decoded), no
+    absolute path, no NUL; else an error naming it."""
+    parts = path.split("/")
+    if path.startswith("/") or "\x00" in path or "\\" in path or any(p in ("..", ".") for p in parts) or not path:
+        raise SemrlError(f"{what}: {path!r} would leave its folder (a `..`, `.`, absolute or empty path part)")
+    return path
+
+
 def mirror_relpath(url: str) -> str:
     """Where a URL's bytes lie in an offline mirror: `github/<owner>/<repo>/<commit>/<path>` for GitHub
-    raw files (the layout of shared/corpora), `<host>/<path>` otherwise; percent-escapes decoded."""
+    raw files (the layout of shared/corpora), `<host>/<path>` otherwise; percent-escapes decoded — and a
+    decoded `..` (%2e%2e) refused, so a URL never reads or writes outside the mirror."""
     parts = urlsplit(url)
     path = unquote(parts.path).lstrip("/")
-    if parts.netloc == GITHUB_RAW_HOST:
-        return f"github/{path}"
-    return f"{parts.netloc}/{path}"
+    rel = f"github/{path}" if parts.netloc == GITHUB_RAW_HOST else f"{parts.netloc}/{path}"
+    return safe_relpath(rel, f"mirror path of {url}")
 
 
 def _logical_name(url: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ the seeded document split (`use: split`). Both types keep their provenance besid
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -176,7 +177,13 @@ class Row:
 
 
 def iter_rows(path: Path, fmt: str) -> Iterator[Row]:
-    """Every row of a table file; a row that cannot be parsed comes back with its error, not dropped."""
+    """Every row of a table file; a row that cannot be parsed comes back with its error, not dropped.
+
+    Rows are kept whole: only a line feed (or CR LF, or a lone CR for TSV/CSV as the csv module reads
+    them) ends a row — never U+2028, U+0085 or the other characters `str.splitlines` breaks at, which may
+    sit inside a field. TSV is read without quoting (a field may start with `"`); CSV as RFC 4180 (a quoted
+    field keeps its line breaks). The rows read are then checked against an independent count of the file's
+    records (expected_records): a merge or split of rows is an error naming the file and line."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -193,9 +200,9 @@ def iter_rows(path: Path, fmt: str) -> Iterator[Row]:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise SemrlError(f"{path}:{line}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
-    lines = text.splitlines()
     if fmt == "jsonl":
-        for i, line in enumerate(lines, 1):
+        for i, line in enumerate(text.split("\n"), 1):
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
             try:
@@ -205,17 +212,65 @@ def iter_rows(path: Path, fmt: str) -> Iterator[Row]:
                 continue
             yield (Row(i, values) if isinstance(values, dict) else Row(i, None, "a JSON object per line expected"))
         return
-    rows = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",")
-    header = next(rows, None)
+    yield from _delimited_rows(path, text, fmt)
+
+
+def _delimited_rows(path: Path, text: str, fmt: str) -> Iterator[Row]:
+    dialect = ({"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv"
+               else {"delimiter": ",", "quotechar": '"', "doublequote": True, "strict": True})
+    reader = csv.reader(io.StringIO(text, newline=""), **dialect)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise SemrlError(f"{path}:1: unreadable header ({e})") from None
     if not header:
         raise SemrlError(f"{path}:1: empty table; the first line must name the columns")
-    for i, cols in enumerate(rows, 2):
+    starts, start = [1], reader.line_num + 1
+    while True:
+        try:
+            cols = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # an unbalanced quote: say where the record began, not where the file ended
+            raise SemrlError(f"{path}:{start}: malformed {fmt.upper()} record ({e}); quote a field that holds "
+                             'a comma, quote or line break, doubling its quotes ("")') from None
+        starts.append(start)
+        line, start = start, reader.line_num + 1
         if not any(c.strip() for c in cols):
             continue
         if len(cols) != len(header):
-            yield Row(i, None, f"{len(cols)} columns, the header has {len(header)}")
+            yield Row(line, None, f"{len(cols)} columns, the header has {len(header)}")
             continue
-        yield Row(i, dict(zip(header, cols)))
+        yield Row(line, dict(zip(header, cols)))
+    expected = record_starts(text, fmt)
+    if starts != expected:
+        where = next((a for a, b in zip(starts, expected) if a != b), min(len(starts), len(expected)) and
+                     (starts + expected)[min(len(starts), len(expected))])
+        raise SemrlError(f"{path}:{where}: the reader's records ({len(starts)}, header included) differ from the "
+                         f"file's ({len(expected)}) from this line on: rows were merged or split; nothing from "
+                         "this table is used")
+
+
+def record_starts(text: str, fmt: str) -> list[int]:
+    """The line each record of a TSV or CSV text starts on, found apart from the csv module: TSV, every
+    line (a CR LF, CR or LF ends one); CSV, every line that follows a line end outside quotes (an even
+    number of `"` so far). A last line without a line end counts too."""
+    starts, quotes, line, i, n, open_ = [], 0, 1, 0, len(text), False
+    while i < n:
+        ch = text[i]
+        if not open_:
+            starts.append(line)
+            open_ = True
+        if ch == '"' and fmt == "csv":
+            quotes += 1
+        if ch in "\r\n":
+            if ch == "\r" and i + 1 < n and text[i + 1] == "\n":
+                i += 1
+            line += 1
+            if fmt == "tsv" or quotes % 2 == 0:
+                open_ = False
+        i += 1
+    return starts
 
 
 def map_columns(table: TableSource, values: dict[str, Any]) -> tuple[dict[str, str] | None, str]:

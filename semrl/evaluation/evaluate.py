@@ -163,7 +163,12 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
                          f"LM probe texts {len(probe_texts)})")
     reward_emb, eval_emb = _embedders(cfg)
     refs = [x["reference"] for x in test]
-    load = lambda path: AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device)
+    from semrl.core.checkpoints import require_whole_model
+
+    def load(path):  # a trained model: models/<task>/<stage>/.../seed<k>/model, made by <stage>@<task>
+        require_whole_model(path, f"{path.relative_to(cfg.train.out_dir / task_name).parts[0]}@{task_name}")
+        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device)
+
     found = variants(cfg, task_name)
     by_seed: dict[int | None, list] = {}
     for v in found:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
-from semrl.core.checkpoints import last_complete_checkpoint, step_of
+from semrl.core.checkpoints import last_complete_checkpoint, require_whole_model, step_of
 from semrl.core.config import ArchConfig, BaseConfig, Config
 from semrl.models.chat import render
 from semrl.core.io import atomic_write_text, read_jsonl
@@ -37,6 +37,8 @@ def load_base(path: str | Path, **model_kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ref = base_reference(path)
+    if Path(ref["model"]).is_dir():
+        require_whole_model(ref["model"], "base")
     common = {"revision": ref.get("revision"), "trust_remote_code": bool(ref.get("trust_remote_code"))}
     tokenizer = AutoTokenizer.from_pretrained(ref["model"], **common)
     model = AutoModelForCausalLM.from_pretrained(ref["model"], use_safetensors=True, **common, **model_kwargs)
@@ -209,7 +211,7 @@ def pretrain_tiny(config: Config, out: Path) -> dict[str, Any]:
         per_device_eval_batch_size=t.batch_size, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, save_steps=t.save_steps,
-        save_total_limit=1, report_to=[], seed=seed, bf16=t.bf16, fp16=False,
+        save_total_limit=2, report_to=[], seed=seed, bf16=t.bf16, fp16=False,
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=_Blocks(train_blocks),

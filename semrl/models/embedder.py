@@ -71,7 +71,11 @@ class CharNgramEmbedder:
 def load_embedder(path: str | Path, device: str | None = None):
     from sentence_transformers import SentenceTransformer
 
+    from semrl.core.checkpoints import require_whole_model
+
     path = Path(path)
+    if path.is_dir():
+        require_whole_model(path, "embedder")
     if (path / CharNgramEmbedder.FILE).is_file():
         return CharNgramEmbedder.load(path)
     if not (path / "modules.json").is_file():

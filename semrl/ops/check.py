@@ -178,6 +178,15 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
         facts.append(f"warning: train.grpo: LoRA at lr {g.lr:g} < 1e-6 barely moves a fresh adapter (B = 0), and "
                      "an unmoved policy pays no tax trivially; set train.grpo.lora: false for full-parameter GRPO "
                      "or raise the lr (MLflow logs adapter/lora_B_norm and kl to show whether it moved)")
+    for where, section in (("base", cfg.base), ("embedder.reward", cfg.embedder.reward),
+                           ("embedder.eval", cfg.embedder.eval)):
+        if section.trust_remote_code:
+            facts.append(f"warning: {where}.trust_remote_code is on: loading its model runs Python code from the "
+                         "model's repository (pin its revision to a commit you have read)")
+    from semrl.core.servers import exposure_problem
+
+    if problem := exposure_problem(cfg.servers):
+        problems.append(problem)
     for key in ("cldr_pairs", "cldr_dates"):
         if getattr(cfg.prepare.mt, key) and not cfg.fetch.cldr:
             problems.append(f"prepare.mt.{key} needs fetch.cldr: true")

@@ -52,6 +52,8 @@ class StepFailed(RuntimeError):
 def transient(task, task_run, state) -> bool:
     """Retry condition: only a step killed by a signal (OOM killer, preemption) or exiting EX_TEMPFAIL."""
     exc = state.data
+    if steps.STOPPING.is_set():  # the flow itself is being stopped: a step it killed is not retried
+        return False
     return isinstance(exc, StepFailed) and (exc.returncode < 0 or exc.returncode == EX_TEMPFAIL)
 
 
@@ -323,7 +325,11 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
         evals = [evaluate_step.with_options(**later).submit(t, params_path, parent_id, wait_for=by_task[t])
                  for t in tasks] if evaluate else []
         report = [report_step.with_options(**later).submit(params_path, parent_id, wait_for=evals)] if evaluate else []
-        wait(futures + evals + report)
+        try:
+            wait(futures + evals + report)
+        except BaseException:  # SIGTERM or Ctrl-C: the steps end too (their runs KILLED), no orphan keeps training
+            print(f"stopping: {steps.stop_all()} running step(s) sent SIGTERM", file=sys.stderr)
+            raise
         _SLOTS.pop(parent_id, None)
         results, failures = [], []
         for f in futures + evals + report:
@@ -415,7 +421,11 @@ def experiment(tasks: list[str] | None = None, seeds: list[int] | None = None, p
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
                *[a for s in sets for a in ("-S", s)], *targets]
     set_tag_limits(cfg)
-    dvc_exp_step.with_options(tags=step_tags("dvc", []))(command, name, cfg.flow.step_timeout_s)
+    try:
+        dvc_exp_step.with_options(tags=step_tags("dvc", []))(command, name, cfg.flow.step_timeout_s)
+    except BaseException:  # stopped: DVC and its stages end too
+        steps.stop_all()
+        raise
     if evaluate and (report := experiment_report(name)):
         create_markdown_artifact(markdown=report_summary(report), key="alignment-tax",
                                  description=f"The alignment-tax report of DVC experiment {name}")

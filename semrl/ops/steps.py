@@ -46,6 +46,32 @@ def context():
 TIMED_OUT = 124  # the exit code of a step stopped at its timeout (as coreutils `timeout`): not retried
 KILL_GRACE_S = 30  # after SIGTERM (the step ends its MLflow run KILLED), SIGKILL
 
+# The step processes running now (pid -> whether it leads a process group of its own), so a flow that is
+# stopped (SIGTERM, Ctrl-C) stops them too instead of leaving them running as orphans.
+_running: dict[int, bool] = {}
+STOPPING = threading.Event()  # set once the flow stops: no new step starts, none is retried
+
+
+def stop_all(grace_s: float = KILL_GRACE_S) -> int:
+    """Stop every running step: SIGTERM (each ends its MLflow run KILLED), SIGKILL after `grace_s`. Returns
+    how many there were."""
+    import psutil
+
+    STOPPING.set()
+    pids = dict(_running)
+    for pid, group in pids.items():
+        _signal(pid, signal.SIGTERM, group)
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        _signal(p.pid, signal.SIGKILL, pids[p.pid])
+    return len(pids)
+
 
 def _main(args: list[str], env: dict[str, str], log_path: str | None = None) -> None:
     # The server's environment is the flow's at its start; each step gets the flow's current one plus its own.
@@ -139,13 +165,19 @@ def run_command(command: list[str], env: dict[str, str], log_path: Path, on_line
     `log_path` and forwarded (Tail), stopped as a group at `timeout_s`; its exit code."""
     import subprocess
 
+    if STOPPING.is_set():
+        return -signal.SIGTERM
     log_path.parent.mkdir(parents=True, exist_ok=True)
     offset = log_path.stat().st_size if log_path.is_file() else 0
     with log_path.open("ab") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    code = supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid, log_path, on_line, timeout_s,
-                     offset, group=True)
-    proc.wait()
+    _running[proc.pid] = True
+    try:
+        code = supervise(lambda: proc.poll() is None, lambda: proc.returncode, proc.pid, log_path, on_line, timeout_s,
+                         offset, group=True)
+        proc.wait()
+    finally:
+        _running.pop(proc.pid, None)
     return code
 
 
@@ -158,11 +190,17 @@ def run_cli(args: list[str], env: dict[str, str], log_path: Path | None = None,
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch()
         offset = log_path.stat().st_size
+    if STOPPING.is_set():
+        return -signal.SIGTERM
     proc = context().Process(target=_main, args=(list(args), dict(env), str(log_path) if log_path else None),
                              name="semrl " + " ".join(args[:5]))
     start(proc)
-    code = supervise(lambda: alive(proc), lambda: proc.exitcode, proc.pid, log_path, on_line, timeout_s, offset)
-    proc.join()
+    _running[proc.pid] = False
+    try:
+        code = supervise(lambda: alive(proc), lambda: proc.exitcode, proc.pid, log_path, on_line, timeout_s, offset)
+        proc.join()
+    finally:
+        _running.pop(proc.pid, None)
     return code
 
 

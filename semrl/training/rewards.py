@@ -161,6 +161,28 @@ def build_rewards(components: Iterable[RewardComponent | dict[str, Any]],
     return funcs, weights
 
 
+def finite(func: RewardFunc) -> RewardFunc:
+    """A reward function that fails loudly: one value per completion, each a finite number or None (TRL's
+    "not applicable"). TRL sums rewards with nansum, so a NaN from a buggy function would silently drop
+    out of the total; here it stops training with the function's name, the value and the completion."""
+    import math
+
+    name = getattr(func, "__name__", repr(func))
+
+    def checked(prompts, completions, **kwargs):
+        values = list(func(prompts, completions, **kwargs))
+        if len(values) != len(completions):
+            raise SemrlError(f"reward {name}: {len(values)} values for {len(completions)} completions")
+        for i, v in enumerate(values):
+            if v is not None and not math.isfinite(float(v)):
+                raise SemrlError(f"reward {name} returned {v} for completion {i} ({str(completions[i])[:60]!r}): "
+                                 "a reward must be a finite number (or None: not applicable); not training on it")
+        return values
+
+    checked.__name__ = name
+    return checked
+
+
 def score(funcs: list[RewardFunc], weights: list[float], prompts: list[Any], completions: list[Any],
           **columns: Any) -> dict[str, list[float]]:
     """Every component's values plus their weighted sum under `total` (evaluation and benchmarks)."""

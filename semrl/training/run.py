@@ -14,11 +14,13 @@ import hashlib
 import json
 import os
 import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
-from semrl.core.checkpoints import folder_fingerprint, last_complete_checkpoint, step_of
+from semrl.core.checkpoints import folder_fingerprint, last_complete_checkpoint, require_whole_model, step_of
 from semrl.core.config import Config
 from semrl.core.io import atomic_write_text
 from semrl.core.methods import Method, get_method, output_dir, run_name
@@ -104,11 +106,19 @@ def exclusive(cfg: Config, task: str, method: str, seed: int):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise SemrlError(f"{run_name(task, method, seed)} is being trained by another run "
-                             f"(pid {f.read().strip() or '?'}); refusing to write the same outputs") from None
+            try:
+                holder = json.loads(f.read())
+                age = time.time() - holder["since"]
+                who = (f"pid {holder['pid']} on {holder['host']} ({holder['command'][:120]}), holding it for "
+                       f"{int(age // 60)} min {int(age % 60)} s")
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise SemrlError(f"{run_name(task, method, seed)} is being trained by another run: {who}; refusing to "
+                             f"write the same outputs ({out}); lock file {path}") from None
         f.seek(0)
         f.truncate()
-        f.write(str(os.getpid()))
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                            "command": " ".join(sys.argv)}))
         f.flush()
         yield
 
@@ -134,6 +144,8 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
 
         torch.set_num_threads(cfg.train.torch_threads)
     init = init_model_dir(cfg, task.name, method, seed)
+    if init.is_dir():  # a named hub model (paper base) is the hub's to verify
+        require_whole_model(init, "base" if method.init == "base" else f"{method.init}@{method.init_task or task.name}")
     tokenizer = AutoTokenizer.from_pretrained(init)
     train_items = task.examples("train", tokenizer, cfg.train.max_input_tokens)
     items = method_items(cfg, method, train_items, seed)
@@ -148,8 +160,11 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
     ckpt = checkpoint_dir(cfg, task, method, seed, init)
     last = last_complete_checkpoint(ckpt)
     name = run_name(task.name, method.name, seed)
+    import psutil
+
     tags = {"semrl.task": task.name, "semrl.method": method.name, "semrl.seed": str(seed), "semrl.run_key": name,
-            "semrl.pid": str(os.getpid()), "semrl.host": socket.gethostname()}
+            "semrl.pid": str(os.getpid()), "semrl.pid_start": str(psutil.Process().create_time()),
+            "semrl.host": socket.gethostname()}
     if os.environ.get(tracking.PARENT_RUN_ENV):  # a flow's step; a `semrl train` of its own stays a top-level run
         tags["mlflow.parentRunId"] = os.environ[tracking.PARENT_RUN_ENV]
     main = rank() == 0
@@ -168,7 +183,14 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
             with (ckpt / RUNS_FILE).open("a", encoding="utf-8") as f:  # the runs that trained this checkpoint
                 f.write(active.info.run_id + "\n")
         trainer = make_trainer(cfg, task, method, seed, items, init, ckpt, tokenizer, tau)
-        result = trainer.train(resume_from_checkpoint=last)
+        if finished(last):  # killed after its last step (while saving or merging): no step more, only the outputs
+            from transformers.trainer_callback import TrainerState
+
+            trainer._load_from_checkpoint(last)
+            trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+            train_seconds = 0.0
+        else:
+            train_seconds = trainer.train(resume_from_checkpoint=last).metrics["train_runtime"]
         fingerprint = trainable_fingerprint(trainer.model)
         merged = save_outputs(cfg, method, trainer, init, out, main)
         if not main:
@@ -178,7 +200,7 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
                    "world_size": world_size(), "steps": trainer.state.global_step, "resumed_from_step": resumed,
                    "final_loss": _last_logged(trainer.state.log_history, "loss"),
                    "tokens": _last_logged(trainer.state.log_history, "num_tokens"),
-                   "train_seconds": round(result.metrics["train_runtime"], 2), "run_id": active.info.run_id,
+                   "train_seconds": round(train_seconds, 2), "run_id": active.info.run_id,
                    # every run that trained these weights, oldest first (a resumed run continues an earlier one)
                    "run_ids": (ckpt / RUNS_FILE).read_text(encoding="utf-8").split(),
                    "trainable_sha256": fingerprint}
@@ -205,6 +227,15 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
 
 
 RUNS_FILE = "mlflow_runs.txt"
+
+
+def finished(checkpoint: str | None) -> bool:
+    """A checkpoint of the run's last step. Resuming from it, the Trainer would take one step more than
+    planned (transformers 5): a budget-matched comparison must not get 4 steps where 3 were set."""
+    if checkpoint is None:
+        return False
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return bool(state.get("max_steps")) and int(state["global_step"]) >= int(state["max_steps"])
 
 
 def log_dataset(cfg: Config, task: Task, method: Method, items: list[dict[str, Any]]) -> None:

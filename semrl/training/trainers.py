@@ -104,7 +104,8 @@ def common_args(cfg: Config, hp: StageConfig, ckpt: Path, seed: int) -> dict[str
     return dict(
         output_dir=str(ckpt), learning_rate=hp.lr, num_train_epochs=hp.epochs, max_steps=hp.max_steps,
         lr_scheduler_type=hp.scheduler, warmup_steps=hp.warmup, gradient_accumulation_steps=hp.grad_accum,
-        logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=1,
+        # two checkpoints: when the newest is damaged (a full disk, a crash while saving) the one before resumes
+        logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2,
         seed=seed, report_to=[], bf16=t.bf16, fp16=False,
         gradient_checkpointing=t.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
@@ -208,12 +209,13 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
     from semrl.training.shared_prefix import SharedPrefixGRPOTrainer
 
-    from semrl.training.rewards import build_rewards
+    from semrl.training.rewards import build_rewards, finite
 
     r = cfg.rewards
     context = {"embedder": cfg.embedder.reward.out_dir, "tau": tau, "script": task.script,
                "reference_column": r.reference_column, "device": reward_device(cfg)}
     funcs, weights = build_rewards(method.rewards, context)
+    funcs = [finite(f) for f in funcs]
     g = hp.num_generations
     args = GRPOConfig(
         **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,

@@ -1,0 +1,304 @@
+"""Fault injection: each test breaks one thing the way the world does — a signal, a full disk, a damaged
+file, a bad reward, a concurrent writer — and checks the promised outcome: a clear error naming the file
+(never a traceback), a quarantine record, a resume from the last whole checkpoint, or runs marked KILLED.
+README "Faults" lists every kind with its test, here and elsewhere."""
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import psutil
+import pytest
+import yaml
+
+from conftest import REPO, child_env, run
+from test_methods import variant
+
+
+def semrl_proc(args, cwd, env=None, limit_fsize=None):
+    """`semrl <args>` as a child process (optionally under RLIMIT_FSIZE: every file it writes stops there)."""
+    def limit():
+        if limit_fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_fsize, limit_fsize))
+
+    return subprocess.Popen([sys.executable, "-m", "semrl.cli", *args], cwd=cwd, env=child_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def nan_reward(prompts, completions, **columns):
+    return [float("nan")] * len(completions)
+
+
+def with_coldstart(trained_repo, tmp_path):
+    shutil.copytree(trained_repo / "models" / "mt" / "coldstart", tmp_path / "models" / "mt" / "coldstart")
+
+
+# ---------------------------------------------------------------- disk full
+
+
+def test_disk_full_while_fetching_is_one_clear_error_and_leaves_no_partial_file(repo_copy, tmp_path, mirror):
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["fetch"]["dest"] = str(tmp_path / "raw")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    code, _, err = finish(semrl_proc(["fetch", "--params", str(tmp_path / "params.yaml")], repo_copy,
+                                     {"SEMRL_DATA_MIRROR": str(mirror)}, limit_fsize=200_000))
+    assert code == 1 and "File too large: disk full or a file size limit" in err and "Traceback" not in err, err
+    assert "fetch failed for" in err
+    assert not [p for p in (tmp_path / "raw").rglob("*.part")]  # atomic: nothing half-written stays
+
+
+def test_disk_full_while_preparing_is_one_clear_error_and_leaves_the_old_outputs(repo_copy, tmp_path):
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["prepare"]["out_dir"] = str(tmp_path / "prepared")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    code, _, err = finish(semrl_proc(["prepare", "--params", str(tmp_path / "params.yaml")], repo_copy,
+                                     limit_fsize=100_000))
+    assert code == 1 and "cannot write (File too large" in err and "Traceback" not in err, err
+    assert not [p for p in (tmp_path / "prepared").rglob("*.part")]
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_whole_one_before(trained_repo, tmp_path):
+    """A disk can truncate a checkpoint (the Trainer keeps two): a cut trainer_state.json or weights file
+    makes the newest unusable, and the run resumes from the one before and finishes."""
+    from semrl.core.checkpoints import last_complete_checkpoint
+
+    path, _ = variant(trained_repo, tmp_path, train__sft__max_steps=6, train__save_steps=2, train__match_budgets=False,
+                      train__trajectory__every=0)
+    with_coldstart(trained_repo, tmp_path)
+    args = ["train", "--task", "mt", "--method", "sft", "--params", str(path)]
+    run([sys.executable, "-m", "semrl.cli", *args], trained_repo)
+    [ckpt] = list((tmp_path / "ckpt" / "mt" / "sft").glob("seed0-*"))
+    assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    copy = tmp_path / "copy"
+    shutil.copytree(ckpt, copy)
+    state = copy / "checkpoint-6" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])
+    assert last_complete_checkpoint(copy).endswith("checkpoint-4")
+    weights = next((copy / "checkpoint-4").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert last_complete_checkpoint(copy) is None  # nothing whole: a fresh start, never a broken resume
+    weights = next((ckpt / "checkpoint-6").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = run([sys.executable, "-m", "semrl.cli", *args], trained_repo)
+    assert "skipping" in out.stderr and f"{weights.name} is truncated" in out.stderr, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "models" / "mt" / "sft" / "seed0" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 6
+
+
+@pytest.mark.parametrize("damaged", ["base", "embedder"])
+def test_a_damaged_base_or_embedder_fails_with_a_message_not_a_traceback(trained_repo, tmp_path, damaged):
+    src = {"base": trained_repo / "models" / "base", "embedder": trained_repo / "models" / "eval_embedder"}[damaged]
+    copy = tmp_path / damaged
+    shutil.copytree(src, copy)
+    target = next(copy.rglob("*.safetensors")) if damaged == "base" else next(copy.rglob("*.json"))
+    target.write_bytes(target.read_bytes()[: max(1, target.stat().st_size // 3)])
+    changes = {"base__out_dir": str(copy)} if damaged == "base" else {"embedder__eval__out_dir": str(copy)}
+    path, _ = variant(trained_repo, tmp_path, **changes)
+    method = "coldstart" if damaged == "base" else "sft"  # a branch's trajectory scores with the eval embedder
+    if damaged == "embedder":
+        with_coldstart(trained_repo, tmp_path)
+    code, _, err = finish(semrl_proc(["train", "--task", "mt", "--method", method, "--params", str(path)],
+                                     trained_repo))
+    assert code == 1 and "damaged model folder" in err and "Traceback" not in err, err
+    assert f"dvc checkout {copy}" in err and ("dvc repro --force base" in err or "dvc repro --force embedder" in err)
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def test_a_nan_reward_stops_grpo_naming_the_function(trained_repo, tmp_path):
+    path, _ = variant(trained_repo, tmp_path, rewards__components=[{"name": "test_faults.nan_reward"}],
+                      rewards__tau=0.2, train__trajectory__every=0)
+    with_coldstart(trained_repo, tmp_path)
+    code, _, err = finish(semrl_proc(["train", "--task", "mt", "--method", "grpo", "--params", str(path)],
+                                     trained_repo, {"PYTHONPATH": f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}))
+    assert code == 1 and "error: reward nan_reward returned nan for completion 0" in err, err[-2000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    [r] = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
+    assert r.info.status == "FAILED"
+
+
+def test_tau_when_every_cold_start_output_is_empty_is_zero_not_nan(trained_repo):
+    """Empty outputs have no embedding: each scores similarity 0, so tau (a quantile) is 0 and R_sim of an
+    empty completion is 0 — never NaN, which would drop out of TRL's nansum silently."""
+    from semrl.training.rewards import SemanticReward, tau_from_similarities
+
+    reward = SemanticReward(trained_repo / "models" / "embedder", tau=0.0)
+    refs = ["བཀྲ་ཤིས་བདེ་ལེགས།", "ཐུགས་རྗེ་ཆེ།", "ང་བོད་པ་ཡིན།"]
+    sims = reward.similarity(["", "   ", ""], refs)
+    assert list(sims) == [0.0, 0.0, 0.0]
+    assert tau_from_similarities(list(sims), 0.5) == 0.0
+    values = reward([[{"role": "user", "content": "x"}]] * 3, [[{"role": "assistant", "content": ""}]] * 3,
+                    reference=refs)
+    assert all(v == 0.0 for v in values)
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_sigterm_to_the_flow_stops_every_step_and_marks_their_runs_killed(trained_repo, tmp_path):
+    path, _ = variant(trained_repo, tmp_path, train__seeds=[0, 1], train__coldstart__max_steps=5000,
+                      train__trajectory__every=0)
+    proc = semrl_proc(["flow", "--task", "mt", "--params", str(path)], trained_repo)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    deadline = time.time() + 180
+    while time.time() < deadline:  # both cold starts training
+        try:
+            running = [r for r in mlflow.search_runs(experiment_names=["semrl"], output_format="list",
+                                                     filter_string="attributes.status = 'RUNNING'")
+                       if r.info.run_name.startswith("mt-coldstart")]
+        except Exception:
+            running = []
+        if len(running) == 2:
+            break
+        time.sleep(1)
+    assert len(running) == 2, proc.stderr.read() if proc.poll() is not None else "cold starts never ran"
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 3  # the fork server and two steps
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc, timeout=120)
+    assert code != 0 and "running step(s) sent SIGTERM" in err, err[-2000:]
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]  # no orphan keeps training
+    runs = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
+    steps = {r.info.run_name: r.info.status for r in runs if r.info.run_name.startswith("mt-")}
+    assert steps == {"mt-coldstart-s0": "KILLED", "mt-coldstart-s1": "KILLED"}, steps
+    assert all(r.info.status != "RUNNING" for r in runs)  # the flow's own run too
+
+
+def test_kill_9_while_writing_prepared_data_leaves_nothing_half_written(repo_copy, tmp_path):
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["prepare"]["out_dir"] = str(tmp_path / "prepared")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    args = ["prepare", "--params", str(tmp_path / "params.yaml")]
+    proc = semrl_proc(args, repo_copy)
+    deadline, seen = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None and not seen:
+        seen = list((tmp_path / "prepared").rglob("*")) if (tmp_path / "prepared").exists() else []
+        time.sleep(0.01)
+    proc.kill()  # the first file being written
+    proc.wait()
+    assert seen, "prepare wrote nothing before it was killed"
+    leftovers = list((tmp_path / "prepared").rglob("*.part"))
+    run([sys.executable, "-m", "semrl.cli", *args], repo_copy)  # the rerun cleans up and completes
+    assert not list((tmp_path / "prepared").rglob("*.part")), leftovers
+    for f in ("mt/train.jsonl", "headline/test.jsonl", "stats.json"):
+        assert (tmp_path / "prepared" / f).read_bytes() == (repo_copy / "data" / "prepared" / f).read_bytes(), f
+
+
+def test_kill_9_while_merging_the_adapter_then_rerun_gives_a_whole_model(trained_repo, tmp_path):
+    """LoRA: the adapter is saved, then merged into models/.../model. Killed in between (or while the
+    merged weights are written), the rerun resumes and writes the merged model whole."""
+    from transformers import AutoModelForCausalLM
+
+    path, _ = variant(trained_repo, tmp_path, train__trajectory__every=0)
+    with_coldstart(trained_repo, tmp_path)
+    out = tmp_path / "models" / "mt" / "sft" / "seed0"
+    args = ["train", "--task", "mt", "--method", "sft", "--params", str(path)]
+    proc = semrl_proc(args, trained_repo)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out / "adapter" / "adapter_model.safetensors").exists():
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert not (out / "summary.json").exists()  # it did not finish
+    run([sys.executable, "-m", "semrl.cli", *args], trained_repo)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3  # the budget holds: no step more after a resume from the last one
+    assert AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+
+
+# ---------------------------------------------------------------- concurrent writers
+
+
+def test_two_dvc_repro_at_once_the_second_is_refused_by_dvcs_lock(repo_copy, tmp_path, mirror):
+    copy = tmp_path / "repo"
+    shutil.copytree(repo_copy, copy, symlinks=True)
+    env = {"SEMRL_DATA_MIRROR": str(mirror)}
+    first = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "prepare"], cwd=copy, env=child_env(env),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)
+    second = run(["dvc", "repro", "prepare"], copy, env, check=False)
+    said = second.stdout + second.stderr
+    assert second.returncode != 0 and ("is busy, it is being blocked by" in said or "Unable to acquire lock" in said), said
+    assert "PID" in said or "lock" in said  # DVC names the holder (its PID and command) or the lock
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out  # the first was not disturbed
+
+
+# ---------------------------------------------------------------- servers dying
+
+
+def test_the_tracking_server_dying_mid_run_stops_the_step_clearly_and_the_rerun_closes_it(trained_repo, tmp_path):
+    """MLflow's server is killed while a step trains: the step stops within seconds with an error naming the
+    server (not a traceback, not minutes of retries), and its rerun against a live server closes the orphaned
+    run KILLED and resumes from its checkpoint — no metric is lost silently."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = f"sqlite:///{tmp_path}/server.db"
+
+    def server():
+        return subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--backend-store-uri", store, "--default-artifact-root", (tmp_path / "art").as_uri(),
+                                 "--workers", "1"], env=child_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_up():
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("MLflow server did not start")
+
+    srv = server()
+    wait_up()
+    path, _ = variant(trained_repo, tmp_path, train__sft__max_steps=400, train__save_steps=5,
+                      train__match_budgets=False, train__trajectory__every=0)
+    with_coldstart(trained_repo, tmp_path)
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    args = ["train", "--task", "mt", "--method", "sft", "--params", str(path)]
+    proc = semrl_proc(args, trained_repo, env)
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        ckpts = list((tmp_path / "ckpt").glob("mt/sft/seed0-*/checkpoint-*/trainer_state.json"))
+        if ckpts:
+            break
+        time.sleep(0.5)
+    assert ckpts, "no checkpoint before the server was killed"
+    os.killpg(srv.pid, signal.SIGKILL)
+    srv.wait()
+    t0 = time.time()
+    code, _, err = finish(proc, timeout=300)
+    assert code == 1 and f"error: MLflow at http://127.0.0.1:{port} failed" in err, err[-3000:]
+    assert "Traceback" not in err.split("error: MLflow")[-1] and time.time() - t0 < 120
+    srv = server()  # back: the rerun resumes and closes the run the dead server left RUNNING
+    try:
+        wait_up()
+        out = run([sys.executable, "-m", "semrl.cli", *args], trained_repo, env)
+        summary = json.loads((tmp_path / "models" / "mt" / "sft" / "seed0" / "summary.json").read_text())
+        assert summary["resumed_from_step"] >= 5 and summary["steps"] == 400, out.stdout[-500:]
+        first, second = summary["run_ids"]
+        assert mlflow.get_run(first).info.status == "KILLED" and mlflow.get_run(second).info.status == "FINISHED"
+    finally:
+        os.killpg(srv.pid, signal.SIGKILL)
