@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Screenshots of the Prefect and MLflow UIs for the README, taken by headless Chromium (Debian package
-# `chromium`) against the servers of `semrl up`, after a deployment run with `evaluate: true` (it leaves
-# step logs and the report artifact) and a `dvc repro` (the training runs to compare).
+# `chromium`) against the servers of `semrl up`, after a `dvc repro` (training steps with their logs, the
+# runs to compare) and a deployment run with `evaluate: true` (the report artifact).
 #   bash docs/take_screenshots.sh [prefect-url] [mlflow-url]
 set -euo pipefail
 prefect=${1:-http://127.0.0.1:4200}
@@ -22,8 +22,8 @@ from prefect.client.schemas.sorting import TaskRunSort
 async def main():
     async with get_client() as c:
         runs = await c.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
-        step = next((t for t in runs if t.name.startswith("dvc-exp-run") and t.state and t.state.is_completed()),
-                    next(t for t in runs if t.state and t.state.is_completed()))
+        done = [t for t in runs if t.state and t.state.is_completed()]
+        step = next((t for t in done if t.name == "mt-grpo-s0"), next((t for t in done if t.name.startswith("dvc-exp-run")), done[0]))
         art = await c.read_latest_artifacts()
         report = next((a for a in art if a.key == "alignment-tax"), None)
         print(step.id, report.latest_id if report else "none")
