@@ -47,5 +47,5 @@ shot "$prefect/deployments" "$out/prefect-deployments.png"
 shot "$prefect/runs/task-run/$task_run" "$out/prefect-step-logs.png" 1000
 [ "$artifact" = none ] || shot "$prefect/artifacts/artifact/$artifact" "$out/prefect-report-artifact.png" 1100
 shot "$mlflow/#/experiments/$experiment/runs" "$out/mlflow-experiment.png"
-shot "$mlflow/#/compare-runs?runs=$compare" "$out/mlflow-compare-sft-grpo.png" 1400
+shot "$mlflow/#/compare-runs?runs=$compare" "$out/mlflow-compare-sft-grpo.png" 3400
 ls -la "$out"

@@ -47,6 +47,7 @@ def deploy(cfg: Config, params: Path, name: str | None = None, cron: str | None 
     source = experiment.from_source(source=str(Path.cwd().resolve()), entrypoint="flows/experiment.py:experiment")
     dep_id = source.deploy(name=name or d.name, work_pool_name=d.work_pool, cron=cron or d.cron, tags=["semrl"],
                            parameters=_parameters(cfg, params), build=False, push=False, print_next_steps=False,
+                           ignore_warnings=True,  # a process pool is the point here, not a local-dev slip
                            description="the pipeline as a DVC experiment (dvc exp run --temp): cold start -> "
                                        "{strong SFT, GRPO}, evaluation and the report")
     return str(dep_id)
