@@ -302,3 +302,23 @@ def test_the_tracking_server_dying_mid_run_stops_the_step_clearly_and_the_rerun_
         assert mlflow.get_run(first).info.status == "KILLED" and mlflow.get_run(second).info.status == "FINISHED"
     finally:
         os.killpg(srv.pid, signal.SIGKILL)
+
+
+def test_disk_full_while_saving_a_checkpoint_then_the_rerun_resumes(trained_repo, tmp_path):
+    """The file size limit hits the Trainer's own checkpoint write (the optimizer state, the largest file):
+    the run ends FAILED and the unfinished checkpoint is skipped when the rerun resumes. Known gap: torch's
+    writer reports it as a RuntimeError ("unexpected pos"), which still reaches the terminal as a traceback."""
+    path, _ = variant(trained_repo, tmp_path, train__lora__enabled=False, train__sft__max_steps=6,
+                      train__save_steps=2, train__match_budgets=False, train__trajectory__every=0)
+    with_coldstart(trained_repo, tmp_path)
+    weights = next((tmp_path / "models" / "mt" / "coldstart" / "seed0" / "model").glob("*.safetensors"))
+    args = ["train", "--task", "mt", "--method", "sft", "--params", str(path)]
+    # room for the model's weights (and MLflow's database), not for the optimizer state (twice their size)
+    code, _, err = finish(semrl_proc(args, trained_repo, limit_fsize=int(weights.stat().st_size * 1.5)))
+    assert code != 0 and "unexpected pos" in err, err[-3000:]  # torch's word for a failed write
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    [r] = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
+    assert r.info.status == "FAILED"
+    run([sys.executable, "-m", "semrl.cli", *args], trained_repo)  # space again: completes
+    summary = json.loads((tmp_path / "models" / "mt" / "sft" / "seed0" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["resumed_from_step"] == 0  # nothing whole to resume from

@@ -2,6 +2,7 @@
 `experiment/nightly` deployment with its schedule, triggered runs as DVC experiments, a work pool and its
 worker, Late runs explained, a failing branch."""
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -48,7 +49,7 @@ def test_up_is_idempotent_and_status_reports_health(live, monkeypatch):
     status = semrl(["status"], repo).stdout
     assert "healthy" in status and urls["prefect"] in status and urls["mlflow"] in status
     for name in ("prefect", "mlflow"):
-        pid = int((repo / ".semrl" / "run" / f"{name}.pid").read_text())
+        pid = json.loads((repo / ".semrl" / "run" / f"{name}.pid").read_text())["pid"]  # with start time, command
         os.kill(pid, 0)
         assert (repo / ".semrl" / "logs" / f"{name}.log").is_file()
     # pipelines pick the running servers up by themselves
