@@ -162,6 +162,24 @@ def _is_current(src: Source, dest: Path) -> bool:
     return sha256_file(dest) == src.sha256
 
 
+def _in_parallel(jobs: list[tuple[Source, Callable[[], int], Path]], workers: int, result: FetchResult) -> list[str]:
+    """Run (source, job returning bytes written, destination) jobs on a thread pool, counting into `result`;
+    every failure as one line naming its source (all collected, none stops the others)."""
+    errors = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(job): (src, dest) for src, job, dest in jobs}
+        for fut in as_completed(futures):
+            src, dest = futures[fut]
+            try:
+                result.bytes += fut.result()
+                result.fetched += 1
+            except SemrlError as e:
+                errors.append(str(e))
+            except OSError as e:
+                errors.append(f"{src.name}: cannot write {dest}: {e.strerror}")
+    return errors
+
+
 def fetch(sources: list[Source], cfg: FetchConfig, show_progress: bool = True) -> FetchResult:
     """Get every source into cfg.dest; collect all failures and raise them together, one line each."""
     result = FetchResult()
@@ -194,17 +212,9 @@ def fetch(sources: list[Source], cfg: FetchConfig, show_progress: bool = True) -
             return copy_from_mirror(src, dest, cfg.mirror, progress)
         return download(src, dest, cfg, progress)
 
-    errors = []
-    with bar, ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-        futures = {pool.submit(one, src): src for src in todo}
-        for fut in as_completed(futures):
-            try:
-                result.bytes += fut.result()
-                result.fetched += 1
-            except SemrlError as e:
-                errors.append(str(e))
-            except OSError as e:
-                errors.append(f"{futures[fut].name}: cannot write {cfg.dest / futures[fut].name}: {e.strerror}")
+    with bar:
+        errors = _in_parallel([(src, lambda src=src: one(src), cfg.dest / src.name) for src in todo], cfg.workers,
+                              result)
     if errors:
         raise FetchError("\n".join(sorted(errors)) + f"\nfetch failed for {len(errors)} of {len(todo)} files")
     return result
@@ -225,18 +235,10 @@ def build_mirror(sources: list[Source], mirror: Path, cfg: FetchConfig, show_pro
             result.up_to_date += 1
         else:
             todo.append((src, dest))
-    errors = []
     with tqdm(total=sum(s.bytes or 0 for s, _ in todo), unit="B", unit_scale=True, desc=f"mirror {mirror}",
-              disable=not show_progress or not todo) as bar, ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        futures = {pool.submit(download, src, dest, cfg, bar.update): src for src, dest in todo}
-        for fut in as_completed(futures):
-            try:
-                result.bytes += fut.result()
-                result.fetched += 1
-            except SemrlError as e:
-                errors.append(str(e))
-            except OSError as e:
-                errors.append(f"{futures[fut].name}: cannot write into {mirror}: {e.strerror}")
+              disable=not show_progress or not todo) as bar:
+        errors = _in_parallel([(src, lambda src=src, dest=dest: download(src, dest, cfg, bar.update), dest)
+                               for src, dest in todo], cfg.workers, result)
     if errors:
         raise FetchError(f"{len(errors)} of {len(todo)} files could not be had, the first: {sorted(errors)[0]}")
     rows = ["url\tsha256\tbytes\tlicence\tmirror_path"] + [
