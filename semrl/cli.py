@@ -27,8 +27,10 @@ def _use_running_servers(ctx: typer.Context) -> None:
     from semrl.core.config import load_config
     from semrl.core.env import apply_quiet_env
     from semrl.core.servers import auth_env, discover, use_prefect
+    from semrl.ops.liveness import watch_flow_process
 
     apply_quiet_env()
+    watch_flow_process()  # a step whose flow is killed stops too (its run KILLED), not an orphan
     if Path("params.yaml").is_file():
         try:
             cfg = load_config("params.yaml")
@@ -57,6 +59,8 @@ def config(path: Path):
 
 def run_step(step: Callable[[], object]) -> object:
     """Run a step, turning user-facing errors into `error:` lines and a non-zero exit, not tracebacks."""
+    from semrl.core.tracking import Terminated
+
     try:
         return step()
     except SemrlError as e:
@@ -74,6 +78,10 @@ def run_step(step: Callable[[], object]) -> object:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
+    except Terminated:
+        print("terminated (SIGTERM); the MLflow run is closed KILLED, a rerun resumes from the last checkpoint",
+              file=sys.stderr)
+        raise SystemExit(143)
     except Exception as e:
         if e.__class__.__name__ != "MlflowException" or "mlflow" not in type(e).__module__:
             raise
@@ -216,6 +224,8 @@ def up(params: Path = PARAMS_OPTION) -> None:
         took = run_step(lambda: srv.start(s, Path.cwd()))
         print(f"{s.name:8} {s.url}  " + (f"started in {took:.1f} s" if took else "already running") +
               f"  (log {s.log_file})")
+        if s.name == "prefect":
+            _mark_crashed(s.url + "/api")
 
 
 @app.command()
@@ -240,10 +250,21 @@ def status(params: Path = PARAMS_OPTION) -> None:
         print(f"{s.name:8} {state:24} {s.url if pid else ''}")
         if stale := srv.stale_pid_file(s):
             print(f"{'':8} stale PID file: {stale}")
+    from prefect.settings import get_current_settings
+
     from semrl.ops.deploy import deployment_status
 
+    if api := get_current_settings().api.url:
+        _mark_crashed(api)
     for line in run_step(lambda: deployment_status(cfg)):
         print(line)
+
+
+def _mark_crashed(api_url: str) -> None:
+    from semrl.ops.liveness import mark_crashed
+
+    for line in run_step(lambda: mark_crashed(api_url)):
+        print(f"{'flows':8} {line}")
 
 
 @app.command()

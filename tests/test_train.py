@@ -109,6 +109,7 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
         assert summary["run_ids"][-1] == summary["run_id"] == r.info.run_id
     grpo = runs["mt-grpo-s0"]
     # the dev completions along training, as an MLflow table: one row per point and item
+    mlflow.set_experiment(experiment_id=grpo.info.experiment_id)  # load_table searches the active experiment
     table = mlflow.load_table("trajectory_completions.json", run_ids=[grpo.info.run_id])
     assert {"step", "source", "input", "output", "reference", "chrf"} <= set(table.columns)
     assert table.step.nunique() >= 2 and len(table) == table.step.nunique() * table.groupby("step").size().iloc[0]

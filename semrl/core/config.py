@@ -488,6 +488,10 @@ class FlowConfig(Section):
     # A step still running after this many seconds is stopped (SIGTERM, SIGKILL 30 s later) and fails
     # without a retry; null: no limit.
     step_timeout_s: float | None = Field(None, gt=0)
+    # The flow polls its Prefect server; one that has not answered for this long (killed, its machine gone)
+    # stops the flow: its steps end (MLflow runs KILLED) and it exits with one line saying so, rather than
+    # training on unseen and then failing in Prefect's retries (semrl.ops.liveness).
+    api_grace_s: float = Field(60, ge=5)
     # Prefect tag concurrency limits, set on the flow's Prefect server (or database) as a flow run starts:
     # tag -> how many steps with that tag run at once across every flow run there (a scheduled and a manual
     # run on one GPU: {gpu: 1}). Training steps carry `train`, evaluation and report steps `evaluate`, all of

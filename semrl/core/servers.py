@@ -208,12 +208,15 @@ def stale_pid_file(server: Server) -> str | None:
 
 def _group(rec: PidRecord) -> list:
     """The processes of the server's process group (it was started as a group leader, pgid = PID) that
-    started with or after it: its workers, even once the leader itself is gone."""
+    started with or after it: its workers, even once the leader itself is gone. A zombie (dead, not yet
+    reaped by its parent — PID 1 in a container may never reap it) is not a live member."""
     import psutil
 
     found = []
-    for proc in psutil.process_iter(["pid", "create_time"]):
+    for proc in psutil.process_iter(["pid", "create_time", "status"]):
         try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
             if os.getpgid(proc.pid) == rec.pid and proc.info["create_time"] >= rec.started - 1.0:
                 found.append(proc)
         except (ProcessLookupError, PermissionError, psutil.Error):

@@ -104,8 +104,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-class _Terminated(Exception):
-    """SIGTERM turned into an exception so the run is closed as KILLED."""
+class Terminated(BaseException):
+    """SIGTERM turned into an exception so the run is closed as KILLED. A BaseException, as KeyboardInterrupt:
+    a library's `except Exception` (a callback, a retry loop) must not swallow it and train on."""
 
 
 @contextlib.contextmanager
@@ -121,26 +122,42 @@ def run(config: Config, name: str, tags: dict[str, str] | None = None,
                 "mlflow.source.git.commit": commit.removesuffix("-dirty"),
                 "semrl.data_version": data_version(), **(tags or {})}
 
+    # While the run is being created or ended a SIGTERM is held back (raising inside MLflow's store calls
+    # would leave the run RUNNING with nobody to end it); it takes effect right after.
+    held = {"defer": True, "pending": False}
+
     def on_term(signum, frame):
-        raise _Terminated()
+        if held["defer"]:
+            held["pending"] = True
+            return
+        raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     active = mlflow.start_run(run_name=name, tags=all_tags, nested=nested)
     try:
+        held["defer"] = False
+        if held["pending"]:
+            held["pending"] = False
+            raise Terminated()
         if log_params:
             mlflow.log_params(flatten(log_params))
         yield active
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, Terminated):
+        held["defer"] = True
         _end(active.info.run_id, "KILLED")
         raise
     except BaseException:
+        held["defer"] = True
         _end(active.info.run_id, "FAILED")
         raise
     else:
+        held["defer"] = True
         _end(active.info.run_id, "FINISHED")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            if held["pending"]:  # arrived while the run ended: the enclosing handler (or the default) acts on it
+                os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _end(run_id: str, status: str) -> None:

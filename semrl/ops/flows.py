@@ -37,6 +37,7 @@ from semrl.core.methods import (COLDSTART, TRAINING_STAGES, branches, get_method
 from semrl.core.tasks import data_problems
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
+from semrl.ops.liveness import FLOW_PID_ENV, this_process, watch_prefect_api
 
 EX_TEMPFAIL = 75
 
@@ -176,7 +177,7 @@ def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = (), 
     slots = _SLOTS.get(parent_run_id) or DeviceSlots([])
     with slots.take(priority, group) as slot:
         start = time.time()
-        env = {**os.environ, PARENT_RUN_ENV: parent_run_id}
+        env = {**os.environ, PARENT_RUN_ENV: parent_run_id, FLOW_PID_ENV: this_process()}
         if slot is None:
             returncode = steps.run_cli(args, env, **io)
         else:
@@ -326,7 +327,8 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
                  for t in tasks] if evaluate else []
         report = [report_step.with_options(**later).submit(params_path, parent_id, wait_for=evals)] if evaluate else []
         try:
-            wait(futures + evals + report)
+            with watch_prefect_api(cfg.flow.api_grace_s, flow_run.get_id(), parent_id):
+                wait(futures + evals + report)
         except BaseException:  # SIGTERM or Ctrl-C: the steps end too (their runs KILLED), no orphan keeps training
             print(f"stopping: {steps.stop_all()} running step(s) sent SIGTERM", file=sys.stderr)
             raise
@@ -422,7 +424,8 @@ def experiment(tasks: list[str] | None = None, seeds: list[int] | None = None, p
                *[a for s in sets for a in ("-S", s)], *targets]
     set_tag_limits(cfg)
     try:
-        dvc_exp_step.with_options(tags=step_tags("dvc", []))(command, name, cfg.flow.step_timeout_s)
+        with watch_prefect_api(cfg.flow.api_grace_s, flow_run.get_id()):
+            dvc_exp_step.with_options(tags=step_tags("dvc", []))(command, name, cfg.flow.step_timeout_s)
     except BaseException:  # stopped: DVC and its stages end too
         steps.stop_all()
         raise

@@ -190,7 +190,14 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
             trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
             train_seconds = 0.0
         else:
-            train_seconds = trainer.train(resume_from_checkpoint=last).metrics["train_runtime"]
+            try:
+                train_seconds = trainer.train(resume_from_checkpoint=last).metrics["train_runtime"]
+            except RuntimeError as e:
+                if not failed_write(e):
+                    raise
+                raise SemrlError(f"{ckpt}: writing a checkpoint failed ({str(e).strip().splitlines()[-1][:200]}): the "
+                                 "disk is full or a file size limit was hit; free space and rerun (training resumes "
+                                 "from the last complete checkpoint)") from e
         fingerprint = trainable_fingerprint(trainer.model)
         merged = save_outputs(cfg, method, trainer, init, out, main)
         if not main:
@@ -227,6 +234,13 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
 
 
 RUNS_FILE = "mlflow_runs.txt"
+
+
+def failed_write(error: RuntimeError) -> bool:
+    """torch's own file writer (torch.save of the optimizer state) reports a short write (ENOSPC, EFBIG) as a
+    RuntimeError from its zip container, without an errno."""
+    text = str(error)
+    return "PytorchStreamWriter failed" in text or "unexpected pos" in text or "file write failed" in text
 
 
 def finished(checkpoint: str | None) -> bool:
