@@ -56,7 +56,8 @@ class CharNgramEmbedder:
     def get_embedding_dimension(self) -> int:
         return len(self.vectorizer.vocabulary)
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, create_model_card: bool = False) -> None:
+        """As SentenceTransformer.save (which the caller treats it as); it never writes a model card."""
         Path(path).mkdir(parents=True, exist_ok=True)
         data = {"kind": "char_ngram", "ngram_max": self.ngram_max, "vocabulary": self.vectorizer.vocabulary,
                 "idf": [float(x) for x in self.vectorizer.idf_]}
@@ -255,7 +256,9 @@ def build_one(config: Config, role: str) -> dict[str, Any]:
             metrics["dev_top1_bo2zh"] = round(retrieval_top1(model, bo_dev, zh_dev), 4)
         metrics["dim"] = model.get_embedding_dimension()
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        model.save(str(out))
+        # No model card: sentence-transformers writes the training time into it, so every rerun changed the
+        # output's hash (the weights are bit-identical) and DVC reran everything downstream of the embedder.
+        model.save(str(out), create_model_card=False)
         mlflow.log_artifacts(str(out), artifact_path="embedder")
     return metrics
 
