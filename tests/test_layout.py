@@ -85,3 +85,29 @@ def test_every_module_says_what_it_is_for():
     for path in sorted((REPO / "semrl").rglob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
         assert doc and len(doc.split()) >= 5, f"{path.relative_to(REPO)} has no first line saying what it is for"
+
+
+
+def stage_names() -> set[str]:
+    """Every stage name dvc.yaml defines, foreach stages expanded over their params list."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    names = set()
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"].items():
+        items = stage.get("foreach")
+        if items is None:
+            names.add(name)
+            continue
+        if isinstance(items, str):  # "${train.tasks}"
+            node = params
+            for key in items.strip("${}").split("."):
+                node = node[key]
+            items = node
+        names |= {f"{name}@{item}" for item in items}
+    return names
+
+
+def test_the_lock_holds_only_stages_the_pipeline_defines():
+    """DVC keeps a removed stage's entry in dvc.lock (it rewrites only the stages it runs): a stale entry
+    names outputs no stage produces any more."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+    assert set(lock) <= stage_names(), f"dvc.lock holds stages dvc.yaml lacks: {sorted(set(lock) - stage_names())}"
