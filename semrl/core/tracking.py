@@ -124,12 +124,15 @@ def run(config: Config, name: str, tags: dict[str, str] | None = None,
 
     # While the run is being created or ended a SIGTERM is held back (raising inside MLflow's store calls
     # would leave the run RUNNING with nobody to end it); it takes effect right after.
-    held = {"defer": True, "pending": False}
+    held = {"defer": True, "pending": False, "stopping": False, "ended": False}
 
     def on_term(signum, frame):
         if held["defer"]:
             held["pending"] = True
             return
+        if not held["stopping"]:
+            held["stopping"] = True
+            _repeat_sigterm(held)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
@@ -138,7 +141,7 @@ def run(config: Config, name: str, tags: dict[str, str] | None = None,
         held["defer"] = False
         if held["pending"]:
             held["pending"] = False
-            raise Terminated()
+            on_term(signal.SIGTERM, None)
         if log_params:
             mlflow.log_params(flatten(log_params))
         yield active
@@ -154,10 +157,30 @@ def run(config: Config, name: str, tags: dict[str, str] | None = None,
         held["defer"] = True
         _end(active.info.run_id, "FINISHED")
     finally:
+        held["ended"] = True
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-            if held["pending"]:  # arrived while the run ended: the enclosing handler (or the default) acts on it
+            if held["pending"] and not held["stopping"]:  # arrived while the run ended: the enclosing handler
+                os.kill(os.getpid(), signal.SIGTERM)       # (or the default) acts on it
+
+
+REPEAT_SIGTERM_S = 2.0
+
+
+def _repeat_sigterm(held: dict) -> None:
+    """Python discards an exception raised while a finaliser or a weakref callback runs ("Exception ignored
+    in ..."): a SIGTERM landing there was lost and the step trained on until the flow's SIGKILL, its run left
+    RUNNING (seen in CI). Until the run has ended, the signal is sent again every REPEAT_SIGTERM_S."""
+    import threading
+    import time
+
+    def again() -> None:
+        while not held["ended"]:
+            time.sleep(REPEAT_SIGTERM_S)
+            if not held["ended"] and not held["defer"]:
                 os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=again, name="sigterm-repeat", daemon=True).start()
 
 
 def _end(run_id: str, status: str) -> None:
