@@ -100,7 +100,10 @@ def test_cpu_slots_cap_concurrent_steps():
     cfg.flow.cpu_steps, cfg.train.torch_threads = None, 1
     import os
 
-    assert cpu_step_limit(cfg) == len(os.sched_getaffinity(0))  # one step per core at one thread each
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_step_limit(cfg) == cores + cores // 2  # one-thread steps: half as many again as cores
+    cfg.train.torch_threads = cores
+    assert cpu_step_limit(cfg) == 1  # a step that takes every core: one at a time
 
 
 def test_visible_gpus_and_the_reward_device(monkeypatch):

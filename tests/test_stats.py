@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from semrl.evaluation.stats import bound_flag, paired_bootstrap, paired_t, t_interval
+from semrl.evaluation.stats import bound_flag, paired_bootstrap, paired_t, t_interval, within_group
 
 
 def test_t_interval_matches_the_closed_form():
@@ -71,3 +71,21 @@ def test_bound_flag():
     assert bound_flag([0.0, 0.2], 0, 1, 0.01) is None
     assert bound_flag([0.9, 0.4], 0, 100, 1.0) == "floor"  # CMRC-style 0-100 scale
     assert bound_flag([float("nan")], 0, 1, 0.01) == "floor"  # nothing measured
+
+
+def test_within_group_ranks_only_inside_each_group():
+    # Across groups x and y disagree completely (the group with high x has low y), inside each they agree:
+    # a pooled correlation would be negative, the within-group check says 100 %.
+    groups = [([10, 11, 12], [0.1, 0.2, 0.3]), ([0, 1, 2], [0.7, 0.8, 0.9])]
+    assert sps.spearmanr([10, 11, 12, 0, 1, 2], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]).statistic < 0
+    r = within_group(groups)
+    assert r == {"spearman_mean": 1.0, "groups_ranked": 2, "groups_flat": 0, "pair_agreement": 1.0, "pairs": 6}
+    # One swapped pair of three: agreement 2/3, Spearman 0.5; a reversed group: 0 and -1.
+    r = within_group([([1, 2, 3], [1, 3, 2])])
+    assert r["pair_agreement"] == round(2 / 3, 4) and r["spearman_mean"] == 0.5
+    assert within_group([([1, 2], [2, 1])])["pair_agreement"] == 0.0
+    # Ties carry no order: a constant group is counted flat, and tied pairs are not compared.
+    r = within_group([([1, 1, 1], [1, 2, 3]), ([1, 2, 2], [1, 2, 3])])
+    assert r["groups_flat"] == 1 and r["groups_ranked"] == 1 and r["pairs"] == 2 and r["pair_agreement"] == 1.0
+    assert within_group([([1, 1], [2, 2])]) == {"spearman_mean": None, "groups_ranked": 0, "groups_flat": 1,
+                                                "pair_agreement": None, "pairs": 0}

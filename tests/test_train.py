@@ -51,6 +51,17 @@ def test_each_stage_trains_its_methods_and_outputs_load(trained_repo):
     assert tau["similarity_against"] == "reference" and tau["dev_similarity_std"] >= 0
     for key in ("spearman_similarity_chrf", "spearman_eval_similarity_chrf"):
         assert tau[key] is None or -1 <= tau[key] <= 1, key
+    # ... and inside each prompt's group of completions, sampled as GRPO samples (the smoke: 4 prompts x 2).
+    groups = tau["within_group"]
+    assert (groups["prompts"], groups["generations"]) == (4, 2) and set(groups["by_source"]) <= {"lotsawa", "cldr_dates"}
+    count = lambda c: c["groups_ranked"] + c["groups_flat"]
+    for check in [groups["all"], *groups["by_source"].values()]:
+        assert set(check) == {"reward_vs_metric", "reward_vs_length", "metric_vs_length"}
+        for c in check.values():
+            assert c["pair_agreement"] is None or 0 <= c["pair_agreement"] <= 1
+            assert c["pairs"] <= count(c)  # 2 completions a prompt: at most one pair each
+    assert count(groups["all"]["reward_vs_metric"]) == 4
+    assert sum(count(c["reward_vs_metric"]) for c in groups["by_source"].values()) == 4
 
 
 def test_the_flow_runs_sft_and_grpo_as_concurrent_siblings(trained_repo, tmp_path):

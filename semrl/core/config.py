@@ -274,6 +274,9 @@ class RewardsConfig(Section):
     tau: float | Literal["auto"] = "auto"
     tau_quantile: float = Field(0.5, ge=0, le=1)
     tau_dev_samples: int = Field(128, ge=1)
+    # The reward-signal check inside a group: this many dev prompts, each sampled num_generations times as
+    # GRPO samples, does the reward order a prompt's completions as the task metric does? (0: off)
+    group_check_prompts: int = Field(32, ge=0)
     reference_column: str = "reference"
     components: list[RewardComponent] = [RewardComponent(name="semantic", weight=1.5),
                                          RewardComponent(name="language", weight=1.0, min_share=0.5)]
@@ -335,6 +338,9 @@ class GRPOStage(StageConfig):
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
     epsilon: float = Field(0.2, gt=0)
     scale_rewards: str = "group"
+    # DAPO's fix for rambling: a completion cut at max_target_tokens (no EOS) is left out of the loss, so a
+    # repetition loop that runs to the budget is never reinforced (TRL's mask_truncated_completions).
+    mask_truncated_completions: bool = False
     # GRPO generation by vLLM (CUDA only; not installable beside the pinned transformers: README "vLLM") instead of transformers' generate (the
     # default, tested on CPU). colocate: vLLM shares the trainer's GPU (vllm_gpu_memory_utilization of it);
     # server: a `trl vllm-serve` process on other GPUs at vllm_server_host:vllm_server_port.

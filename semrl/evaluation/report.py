@@ -403,6 +403,29 @@ def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
         for source, b in info.get("by_source", {}).items():
             lines.append(f"| {seed} | {source} | {b['n']} | | {fmt(b['spearman_similarity'])} | "
                          f"{fmt(b['spearman_eval_similarity'])} |")
+    return lines + [""] + group_signal_lines(task, signal)
+
+
+def group_signal_lines(task: Task, signal: dict[str, dict[str, Any]]) -> list[str]:
+    """The same question inside a prompt's group of completions, the only differences GRPO's advantages
+    see (semrl.training.tau.group_check): a pooled correlation can come from differences between prompts."""
+    checked = {seed: info["within_group"] for seed, info in signal.items() if info.get("within_group")}
+    if not checked:
+        return []
+    m = METRIC_LABELS.get(task.primary_metric, task.primary_metric)
+    first = next(iter(checked.values()))
+    pct = lambda c: "–" if c["pair_agreement"] is None else f"{c['pair_agreement']:.0%} ({c['pairs']})"
+    rho = lambda c: "–" if c["spearman_mean"] is None else f"{c['spearman_mean']:+.3f}"
+    lines = [f"Inside a group ({first['prompts']} dev prompts × {first['generations']} completions sampled as GRPO "
+             f"samples, the reward as configured): pair agreement is the share of a prompt's completion pairs that "
+             f"the first ranks as the second does (50 % = a coin; pairs compared in brackets), ρ̄ the mean "
+             f"within-group Spearman. A reward that prefers longer completions more than {m} does invites length "
+             "hacking.", "",
+             f"| seed | source | reward ~ {m}: agreement | ρ̄ | reward ~ length | {m} ~ length |", "|---|---|---|---|---|---|"]
+    for seed, info in sorted(checked.items(), key=lambda kv: int(kv[0])):
+        for source, c in [("all", info["all"]), *info["by_source"].items()]:
+            lines.append(f"| {seed} | {source} | {pct(c['reward_vs_metric'])} | {rho(c['reward_vs_metric'])} | "
+                         f"{pct(c['reward_vs_length'])} | {pct(c['metric_vs_length'])} |")
     return lines + [""]
 
 

@@ -1,5 +1,6 @@
 """Statistics behind the report's verdicts: t-intervals, paired differences over seeds, a paired
-bootstrap over seeds x items, and the floor/ceiling check that marks a number as not informative.
+bootstrap over seeds x items, the floor/ceiling check that marks a number as not informative, and the
+within-group rank agreement of a reward with the task metric (what GRPO's advantages see).
 
 Why paired: strong SFT and GRPO of one seed share that seed's cold start and are scored on the same test
 items, so most of the between-seed and between-item variance cancels in their difference. Comparing two
@@ -97,3 +98,28 @@ def bound_flag(values, low: float, high: float, tolerance: float) -> str | None:
     if v.min() >= high - tolerance:
         return "ceiling"
     return None
+
+
+def within_group(groups) -> dict:
+    """How x ranks the members of each group as y does: GRPO learns only from differences inside a prompt's
+    group of completions (advantage = reward minus the group mean), so this, not a correlation pooled over
+    prompts, is the signal it can climb. `groups`: (x, y) sequences per group. Returns the mean over groups
+    of Spearman(x, y) (groups where x or y is constant left out and counted), and the pair agreement: over
+    pairs of one group whose x and y both differ, the share x orders as y does (0.5: a coin)."""
+    from itertools import combinations
+
+    from scipy.stats import spearmanr
+
+    rhos, agree, pairs, flat = [], 0, 0, 0
+    for x, y in groups:
+        x, y = [float(v) for v in x], [float(v) for v in y]
+        if len(set(x)) > 1 and len(set(y)) > 1:
+            rhos.append(float(spearmanr(x, y).statistic))
+        else:
+            flat += 1
+        for i, j in combinations(range(len(x)), 2):
+            if x[i] != x[j] and y[i] != y[j]:
+                pairs += 1
+                agree += (x[i] - x[j]) * (y[i] - y[j]) > 0
+    return {"spearman_mean": round(float(np.mean(rhos)), 4) if rhos else None, "groups_ranked": len(rhos),
+            "groups_flat": flat, "pair_agreement": round(agree / pairs, 4) if pairs else None, "pairs": pairs}

@@ -59,7 +59,7 @@ def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[
         by_source[source] = {"n": len(idx), "spearman_similarity": rho(sub(sims), sub(quality)),
                              "spearman_eval_similarity": rho(sub(eval_sims), sub(quality))}
     return {"tau": round(tau, 6), "tau_setting": r.tau, "dev_samples": len(dev), "similarity_against": against,
-            "by_source": by_source,
+            "by_source": by_source, "within_group": group_check(cfg, task, model, tokenizer, dev_all, tau, seed),
             "dev_similarity_mean": round(float(np.mean(sims)), 6), "dev_similarity_std": round(float(np.std(sims)), 6),
             f"dev_{task.primary_metric}_mean": round(float(np.mean(quality)), 6),
             f"spearman_similarity_{task.primary_metric}": rho(sims),
@@ -104,3 +104,46 @@ def _load(init: Path, model_kwargs: dict):
     model = AutoModelForCausalLM.from_pretrained(str(init), **model_kwargs)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else "cpu"
     return model.to(device).eval()
+
+
+def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], tau: float, seed: int) -> dict | None:
+    """The reward signal GRPO can use: rewards.group_check_prompts dev prompts, each sampled num_generations
+    times as GRPO samples them, scored by the configured reward (every component, weighted, with this tau)
+    and the task's primary metric. Per data source and pooled: how the reward ranks a prompt's completions
+    against the metric (semrl.evaluation.stats.within_group), and how the reward and the metric each rank
+    them against their length (a reward that prefers longer completions where the metric does not invites
+    length hacking). Pooled correlations (calibrate_tau) can come from differences between prompts alone."""
+    from collections import defaultdict
+
+    from semrl.evaluation.metrics import item_scores
+    from semrl.evaluation.stats import within_group
+    from semrl.models.generation import generate
+    from semrl.training.rewards import build_rewards, score
+
+    g, r = cfg.train.grpo, cfg.rewards
+    if r.group_check_prompts == 0:
+        return None
+    n_sources = len({x["source"] for x in dev_all}) or 1
+    dev = per_source(dev_all, -(-r.group_check_prompts // n_sources))[: r.group_check_prompts]
+    k = g.num_generations
+    rows = [x for x in dev for _ in range(k)]
+    outs = generate(model, tokenizer, [x["prompt"] for x in rows], cfg.train.max_target_tokens, do_sample=True,
+                    temperature=g.temperature, top_p=g.top_p, seed=seed + 1, desc="reward signal in groups")
+    funcs, weights = build_rewards(r.components, {"embedder": cfg.embedder.reward.out_dir, "tau": tau,
+                                                  "script": task.script, "reference_column": r.reference_column})
+    columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows]}  # as in GRPO
+    reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
+    metric = item_scores(task.primary_metric, outs, [x["reference"] for x in rows], task.script)
+    length = [float(len(o)) for o in outs]
+    groups = defaultdict(list)
+    for i in range(0, len(rows), k):
+        part = slice(i, i + k)
+        groups[rows[i]["source"]].append((reward[part], metric[part], length[part]))
+
+    def check(gs):
+        return {"reward_vs_metric": within_group([(a, b) for a, b, _ in gs]),
+                "reward_vs_length": within_group([(a, c) for a, _, c in gs]),
+                "metric_vs_length": within_group([(b, c) for _, b, c in gs])}
+
+    return {"prompts": len(dev), "generations": k, "all": check([x for gs in groups.values() for x in gs]),
+            "by_source": {source: check(gs) for source, gs in sorted(groups.items())}}

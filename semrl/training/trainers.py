@@ -221,7 +221,8 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,
         num_generations=g, max_completion_length=cfg.train.max_target_tokens, temperature=hp.temperature,
         top_p=hp.top_p, beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, reward_weights=weights,
-        scale_rewards=hp.scale_rewards, model_init_kwargs=init_kwargs, **vllm_args(hp),
+        scale_rewards=hp.scale_rewards,
+        mask_truncated_completions=hp.mask_truncated_completions, model_init_kwargs=init_kwargs, **vllm_args(hp),
         chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
     trainer_class = SharedPrefixGRPOTrainer if hp.shared_prefix else GRPOTrainer
