@@ -122,16 +122,12 @@ class DeviceSlots:
 
 
 def cpu_step_limit(cfg: Config) -> int | None:
-    """flow.cpu_steps: None -> the cores this process may use divided by train.torch_threads (at least 1),
-    and half as many again for one-thread steps: time-sliced single-thread steps do the same work per core,
-    and a stage's 3 seeds on 2 cores then run in one round instead of two with a core idle in the second
-    (each step's thread count is fixed, so its numbers do not depend on this); 0 -> no limit."""
+    """flow.cpu_steps: None -> the cores this process may use divided by train.torch_threads (at least 1);
+    0 -> no limit. (Three one-thread steps on two cores were tried: no faster; README "Performance".)"""
     if cfg.flow.cpu_steps is not None:
         return cfg.flow.cpu_steps or None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cfg.train.torch_threads or cores)
-    slots = max(1, cores // threads)
-    return slots + slots // 2 if threads == 1 else slots
+    return max(1, cores // max(1, cfg.train.torch_threads or cores))
 
 
 def _free_port() -> int:
