@@ -1,6 +1,7 @@
 """Evaluation and the report stage on the smoke outputs, through `dvc repro report`."""
 import csv
 import json
+import re
 import sys
 
 import mlflow
@@ -62,6 +63,10 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     assert "| sft − grpo | chrf | all | 2 × " in md and "one seed: no estimate" not in md
     assert "| coldstart − base | skill_acc | all | 2 × 8 |" in md
     assert "Both branches learnt the task" in md and ("no flag" in md or "possible" in md)
+    # What GRPO climbed: the reward's order inside each prompt's group, per source and seed (2 seeds here).
+    climb = next(line for line in md.splitlines() if line.startswith("- What GRPO had to climb"))
+    assert re.search(r"as chrF does in \S+ (\d+%|–) / (\d+%|–)[;\s]", climb), climb
+    assert "Inside a group (4 dev prompts × 2 completions" in md and "| reward ~ chrF: agreement |" in md
     assert "CMRC 2018 dev" in md and "1–5 % relative" in md
     paired = json.loads((reports / "metrics.json").read_text())["tasks"]["mt"]["paired"]
     assert {"low", "high", "estimate"} <= set(paired["sft-grpo.lm_nll_increase_vs_coldstart"])

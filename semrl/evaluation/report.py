@@ -429,8 +429,11 @@ def group_signal_lines(task: Task, signal: dict[str, dict[str, Any]]) -> list[st
     return lines + [""]
 
 
-def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = frozenset()) -> list[str]:
-    """The research question's answer for one task, read off the paired verdicts as they came out."""
+def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = frozenset(),
+                 signal: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The research question's answer for one task, read off the paired verdicts as they came out, and
+    beside it what GRPO had to climb: how its reward ordered a prompt's own completions (`signal`: the
+    reward-signal checks per seed, semrl.training.tau)."""
     def find(a, b, key, source=None):
         return next((p for p in pairs if (p["a"], p["b"], p["key"], p["source"]) == (a, b, key, source)), None)
 
@@ -458,7 +461,23 @@ def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = 
             f"- {say(find('sft', 'grpo', 'skill_acc'), 'strong SFT − GRPO, general skill (riddle accuracy; < 0: SFT forgot more)')}",
             f"- Both branches learnt the task (beat the cold start, paired CI excluding 0): "
             f"{'yes' if len(learnt) == 2 else 'no — only ' + ', '.join(learnt) if learnt else 'no — neither'}. "
-            "Without that, \"no tax\" would be trivially true.", ""]
+            "Without that, \"no tax\" would be trivially true.", *climb_lines(task, signal or {}), ""]
+
+
+def climb_lines(task: Task, signal: dict[str, dict[str, Any]]) -> list[str]:
+    """One line: per data source, the share of a prompt's completion pairs the reward ordered as the task
+    metric does, per seed (50 % = a coin): GRPO's advantages carry nothing else."""
+    checked = [(seed, info["within_group"]) for seed, info in sorted(signal.items(), key=lambda kv: int(kv[0]))
+               if info.get("within_group")]
+    if not checked:
+        return []
+    sources = sorted({src for _, c in checked for src in c["by_source"]})
+    pct = lambda c: "–" if c is None or c["reward_vs_metric"]["pair_agreement"] is None else \
+        f"{c['reward_vs_metric']['pair_agreement']:.0%}"
+    parts = [f"{src} {' / '.join(pct(c['by_source'].get(src)) for _, c in checked)}" for src in sources]
+    return [f"- What GRPO had to climb: its reward ordered a prompt's own completions as "
+            f"{METRIC_LABELS.get(task.primary_metric, task.primary_metric)} does in {'; '.join(parts)} of pairs "
+            f"(seeds {', '.join(str(s) for s, _ in checked)}; 50 % is a coin; \"Reward signal\" below)."]
 
 
 def transfer_section(path: Path, tasks: dict[str, Task]) -> list[str]:
@@ -633,7 +652,7 @@ def run(cfg: Config) -> dict[str, Any]:
            "paired verdicts below as they came out (no tuning toward the paper's claim).", ""]
     for ev in evals:
         md += answer_lines(known[ev["task"]], pairs[ev["task"]],
-                           set(ev.get("items", {}).get("synthetic_sources", [])))
+                           set(ev.get("items", {}).get("synthetic_sources", [])), ev.get("reward_signal"))
     traj = [r for ev in evals for r in trajectory_rows(ev, known[ev["task"]].primary_metric)]
     traj_png = trajectory_plot(traj, known, plots)
     if traj_png:
