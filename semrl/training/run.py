@@ -153,10 +153,6 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         raise SemrlError(f"{task.name}: no training examples for {method.name} (train split {len(train_items)}, "
                          f"cold start {cfg.train.coldstart.samples})")
     out = output_dir(cfg, task.name, method, seed)
-    # GRPO's tau (auto: calibrated once per task and seed on the cold-start model, shared by the ablations)
-    signal = grpo_tau(cfg, task, seed, init, tokenizer, model_init_kwargs(cfg, method)) if method.trainer == "grpo" else None
-    tau = signal["tau"] if signal else None
-
     ckpt = checkpoint_dir(cfg, task, method, seed, init)
     last = last_complete_checkpoint(ckpt)
     name = run_name(task.name, method.name, seed)
@@ -172,11 +168,18 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
               "trainer": method.trainer, "config": method.hparams.model_dump(mode="json"),
               "lora": {**cfg.train.lora.model_dump(mode="json"), "enabled": method.lora}, "init": str(init), "world_size": world_size()}
     if method.trainer == "grpo":
-        logged.update(rewards=[c.model_dump() for c in method.rewards], tau=tau)
+        logged.update(rewards=[c.model_dump() for c in method.rewards])
     if main:
         tracking.close_stale_runs(cfg, name)
     tracked = tracking.run(cfg, name, tags=tags, log_params=logged) if main else contextlib.nullcontext()
     with tracked as active:
+        # GRPO's tau (auto: calibrated once per task and seed on the cold-start model, shared by the ablations).
+        # Inside the run: the calibration and its reward-signal check call the reward functions, so a reward
+        # that raises or a kill during them ends this run FAILED/KILLED instead of leaving no run at all.
+        signal = grpo_tau(cfg, task, seed, init, tokenizer, model_init_kwargs(cfg, method)) if method.trainer == "grpo" else None
+        tau = signal["tau"] if signal else None
+        if main and tau is not None:
+            mlflow.log_param("tau", tau)
         if main:
             log_dataset(cfg, task, method, items)
             ckpt.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
     from semrl.evaluation.metrics import item_scores
     from semrl.evaluation.stats import within_group
     from semrl.models.generation import generate
-    from semrl.training.rewards import build_rewards, score
+    from semrl.training.rewards import build_rewards, finite, score
 
     g, r = cfg.train.grpo, cfg.rewards
     if r.group_check_prompts == 0:
@@ -132,6 +132,7 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
     funcs, weights = build_rewards(r.components, {"embedder": cfg.embedder.reward.out_dir, "tau": tau,
                                                   "script": task.script, "reference_column": r.reference_column})
     columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows]}  # as in GRPO
+    funcs = [finite(f) for f in funcs]  # a NaN stops here as it would in training, naming the function
     reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
     metric = item_scores(task.primary_metric, outs, [x["reference"] for x in rows], task.script)
     length = [float(len(o)) for o in outs]
