@@ -189,27 +189,3 @@ def score(funcs: list[RewardFunc], weights: list[float], prompts: list[Any], com
     out = {f.__name__: [float(v) for v in f(prompts, completions, **columns)] for f in funcs}
     out["total"] = [sum(w * out[f.__name__][i] for f, w in zip(funcs, weights)) for i in range(len(completions))]
     return out
-
-
-def reward_functions(cfg, task, components, tau: float | None) -> tuple[list[RewardFunc], list[float]]:
-    """(functions, weights) of a GRPO reward as training calls them: built from `components` with the
-    reward embedder on reward_device, this tau, the task's script and reference column, each wrapped in
-    the NaN guard (finite). Training and the reward-signal check (tau.group_check) both use it, so the
-    check scores exactly what GRPO optimises."""
-    context = {"embedder": cfg.embedder.reward.out_dir, "tau": tau, "script": task.script,
-               "reference_column": cfg.rewards.reference_column, "device": reward_device(cfg)}
-    funcs, weights = build_rewards(components, context)
-    return [finite(f) for f in funcs], weights
-
-
-def reward_device(cfg) -> str:
-    """embedder.reward.device, else the trainer's device: this rank's GPU (cuda:LOCAL_RANK, within the GPUs
-    the flow gave the step) or the CPU. Never a fixed cuda:0, where every rank of a multi-GPU step would
-    put its reward model."""
-    import os
-
-    import torch
-
-    if cfg.embedder.reward.device:
-        return cfg.embedder.reward.device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"

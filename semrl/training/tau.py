@@ -18,12 +18,6 @@ from semrl.core.tasks import Task, per_source
 TAU_FILE = "tau.json"
 
 
-def spread(rows: list[dict], n: int) -> list[dict]:
-    """n dev rows shared out over the data sources (in split order the first source would fill them)."""
-    n_sources = len({x["source"] for x in rows}) or 1
-    return per_source(rows, -(-n // n_sources))[:n]
-
-
 def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[str, Any]:
     """tau = auto: the cold-start model's semantic similarity on dev, sampled as GRPO will sample. The same
     samples check that the reward carries signal: the spread of the similarity and its Spearman
@@ -39,8 +33,10 @@ def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[
     g, r = cfg.train.grpo, cfg.rewards
     if r.tau != "auto":
         return {"tau": float(r.tau), "tau_setting": r.tau}
+    # Every data source gets its share of the sample (in split order the first source would fill it).
     dev_all = task.examples("dev", tokenizer, cfg.train.max_input_tokens)
-    dev = spread(dev_all, r.tau_dev_samples)
+    n_sources = len({x["source"] for x in dev_all}) or 1
+    dev = per_source(dev_all, -(-r.tau_dev_samples // n_sources))[: r.tau_dev_samples]
     outs = generate(model, tokenizer, [x["prompt"] for x in dev], cfg.train.max_target_tokens,
                     do_sample=True, temperature=g.temperature, top_p=g.top_p, seed=seed, desc="calibrate tau")
     refs = [x["reference"] for x in dev]
@@ -122,18 +118,21 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
     from semrl.evaluation.metrics import item_scores
     from semrl.evaluation.stats import within_group
     from semrl.models.generation import generate
-    from semrl.training.rewards import reward_functions, score
+    from semrl.training.rewards import build_rewards, finite, score
 
     g, r = cfg.train.grpo, cfg.rewards
     if r.group_check_prompts == 0:
         return None
-    dev = spread(dev_all, r.group_check_prompts)
+    n_sources = len({x["source"] for x in dev_all}) or 1
+    dev = per_source(dev_all, -(-r.group_check_prompts // n_sources))[: r.group_check_prompts]
     k = g.num_generations
     rows = [x for x in dev for _ in range(k)]
     outs = generate(model, tokenizer, [x["prompt"] for x in rows], cfg.train.max_target_tokens, do_sample=True,
                     temperature=g.temperature, top_p=g.top_p, seed=seed + 1, desc="reward signal in groups")
-    funcs, weights = reward_functions(cfg, task, r.components, tau)  # as GRPO calls them, NaN guard included
+    funcs, weights = build_rewards(r.components, {"embedder": cfg.embedder.reward.out_dir, "tau": tau,
+                                                  "script": task.script, "reference_column": r.reference_column})
     columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows]}  # as in GRPO
+    funcs = [finite(f) for f in funcs]  # a NaN stops here as it would in training, naming the function
     reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
     metric = item_scores(task.primary_metric, outs, [x["reference"] for x in rows], task.script)
     length = [float(len(o)) for o in outs]
