@@ -50,6 +50,32 @@ def group_of(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start stamps from /proc are Linux's")
+def test_a_process_is_known_by_its_start_even_when_the_wall_clock_is_stepped(monkeypatch):
+    from semrl.core.io import process_alive, process_start, same_start, started_since
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        stamp, legacy = process_start(child.pid), psutil.Process(child.pid).create_time()
+        assert process_start() <= stamp  # this process started first
+        assert process_alive(child.pid, stamp) and same_start(child.pid, stamp)
+        assert not process_alive(child.pid, stamp - 0.01)  # another start: a reused PID
+        assert started_since(child.pid, stamp) and not started_since(os.getpid(), stamp)
+        assert process_alive(child.pid, legacy)  # a record written before the stamps were boot-relative
+        # Step the wall clock as psutil sees it (a VM resumed from a pause): its create_time moves with it,
+        # the process's start stamp does not — a live server or flow must not turn into "another process".
+        import psutil._pslinux as pslinux
+
+        boot = pslinux.boot_time()
+        monkeypatch.setattr(pslinux, "boot_time", lambda: boot + 5.0)
+        assert psutil.Process(child.pid).create_time() > legacy + 4  # the step took
+        assert process_start(child.pid) == stamp and process_alive(child.pid, stamp)
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid, stamp)
+
+
 def test_down_never_kills_a_process_that_reused_a_recorded_pid(project):
     root, _ = project
     stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)

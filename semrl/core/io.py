@@ -86,9 +86,55 @@ def import_dotted(path: str) -> Any:
         raise SemrlError(f"{path!r}: cannot import ({e})") from None
 
 
+_LEGACY_STAMP = 1e8  # a start stamp above this is an epoch time (psutil create_time, before 2026-12): boot-relative ones are far smaller
+
+
+def process_start(pid: int | None = None) -> float:
+    """When process `pid` (default: this one) started, as a stamp that, with its PID, names it for its whole
+    life: on Linux the seconds since boot at which it started (/proc/<pid>/stat, field 22). psutil's
+    create_time adds to that the boot time *as the wall clock sees it now*, which moves whenever the clock is
+    stepped (a VM resumed from a pause, an NTP correction) — a live server or flow then looked like another
+    process. Elsewhere: psutil's create_time. Raises psutil.NoSuchProcess when the process is gone."""
+    import psutil
+
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            raise psutil.NoSuchProcess(pid) from None
+        return psutil.Process(pid).create_time()
+    except OSError:
+        return psutil.Process(pid).create_time()
+    # The command name (field 2) may hold spaces and parentheses: the fields after its last ')' start at 3.
+    return int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _stamp(pid: int, started: float) -> tuple[float, float]:
+    """Process `pid`'s start on the scale of a recorded stamp `started`, and the tolerance of that scale (a
+    record older than process_start holds a psutil create_time, compared as before, to within a second)."""
+    import psutil
+
+    if started > _LEGACY_STAMP:
+        return psutil.Process(pid).create_time(), 1.0
+    return process_start(pid), 1e-6
+
+
+def same_start(pid: int, started: float) -> bool:
+    """Whether process `pid` is the one recorded with start stamp `started`."""
+    stamp, tolerance = _stamp(pid, started)
+    return abs(stamp - started) < tolerance
+
+
+def started_since(pid: int, started: float) -> bool:
+    """Whether process `pid` started with or after the one recorded with start stamp `started`."""
+    stamp, tolerance = _stamp(pid, started)
+    return stamp > started - tolerance
+
+
 def process_alive(pid: int, started: float | None = None) -> bool:
     """Whether process `pid` runs (a zombie does not count; one of another user does) and, with `started`
-    (its psutil create_time, recorded when it started), is still that process: PIDs are reused."""
+    (its process_start stamp, recorded when it started), is still that process: PIDs are reused."""
     import psutil
 
     if pid <= 0:
@@ -97,7 +143,7 @@ def process_alive(pid: int, started: float | None = None) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return started is None or abs(proc.create_time() - started) < 1.0
+        return started is None or same_start(pid, started)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:

@@ -19,7 +19,7 @@ from pathlib import Path
 from semrl import SemrlError
 from semrl.core.config import ServersConfig, TrackingConfig
 from semrl.core.env import QUIET_ENV, state_root
-from semrl.core.io import process_alive
+from semrl.core.io import process_alive, process_start, started_since
 
 
 def state_dir() -> Path:
@@ -156,7 +156,7 @@ def healthy(server: Server, timeout: float = 1.0) -> bool:
 @dataclass
 class PidRecord:
     pid: int
-    started: float  # psutil create_time
+    started: float  # semrl.core.io.process_start (a psutil create_time in records older than it)
     cmdline: list[str]
 
 
@@ -213,11 +213,11 @@ def _group(rec: PidRecord) -> list:
     import psutil
 
     found = []
-    for proc in psutil.process_iter(["pid", "create_time", "status"]):
+    for proc in psutil.process_iter(["pid", "status"]):
         try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != rec.pid:
                 continue
-            if os.getpgid(proc.pid) == rec.pid and proc.info["create_time"] >= rec.started - 1.0:
+            if started_since(proc.pid, rec.started):
                 found.append(proc)
         except (ProcessLookupError, PermissionError, psutil.Error):
             continue
@@ -243,8 +243,8 @@ def start(server: Server, root: Path, timeout_s: float = 90.0) -> float:
     with server.log_file.open("ab") as log:
         proc = subprocess.Popen(server.command(root), stdout=log, stderr=subprocess.STDOUT, cwd=root,
                                 env=server.env(root), start_new_session=True)
-    ps = psutil.Process(proc.pid)
-    server.pid_file.write_text(json.dumps({"pid": proc.pid, "started": ps.create_time(), "cmdline": ps.cmdline()}))
+    server.pid_file.write_text(json.dumps({"pid": proc.pid, "started": process_start(proc.pid),
+                                           "cmdline": psutil.Process(proc.pid).cmdline()}))
     while time.time() - t0 < timeout_s:
         if proc.poll() is not None:
             raise SemrlError(f"{server.name} exited with {proc.returncode} while starting; see {server.log_file}")

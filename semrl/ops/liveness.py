@@ -16,7 +16,7 @@ from typing import Iterator
 
 from semrl import SemrlError
 
-FLOW_PID_ENV = "SEMRL_FLOW_PID"  # "<pid>:<psutil create_time>" of the flow a step belongs to
+FLOW_PID_ENV = "SEMRL_FLOW_PID"  # "<pid>:<semrl.core.io.process_start>" of the flow a step belongs to
 PARENT_POLL_S = 2.0
 API_POLL_S = 5.0
 
@@ -29,9 +29,9 @@ def flow_records() -> Path:
 
 
 def this_process() -> str:
-    import psutil
+    from semrl.core.io import process_start
 
-    return f"{os.getpid()}:{psutil.Process().create_time()!r}"
+    return f"{os.getpid()}:{process_start()!r}"
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 from semrl import SemrlError
 from semrl.core.checkpoints import folder_fingerprint, last_complete_checkpoint, require_whole_model, step_of
 from semrl.core.config import Config
-from semrl.core.io import atomic_write_text
+from semrl.core.io import atomic_write_text, process_start
 from semrl.core.methods import Method, get_method, output_dir, run_name
 from semrl.core.tasks import Task, get_task
 from semrl.training.tau import TAU_FILE, grpo_tau
@@ -156,10 +156,8 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
     ckpt = checkpoint_dir(cfg, task, method, seed, init)
     last = last_complete_checkpoint(ckpt)
     name = run_name(task.name, method.name, seed)
-    import psutil
-
     tags = {"semrl.task": task.name, "semrl.method": method.name, "semrl.seed": str(seed), "semrl.run_key": name,
-            "semrl.pid": str(os.getpid()), "semrl.pid_start": str(psutil.Process().create_time()),
+            "semrl.pid": str(os.getpid()), "semrl.pid_start": repr(process_start()),
             "semrl.host": socket.gethostname()}
     if os.environ.get(tracking.PARENT_RUN_ENV):  # a flow's step; a `semrl train` of its own stays a top-level run
         tags["mlflow.parentRunId"] = os.environ[tracking.PARENT_RUN_ENV]
