@@ -43,7 +43,8 @@ def scratch_config(args, scratch: Path):
     p["base"]["out_dir"] = str(scratch / "base" if args.train_base else ws / "models" / "base")
     p["base"]["metrics_file"] = str(scratch / "base.json")
     p["base"]["checkpoint_dir"] = str(scratch / "checkpoints")
-    p["embedder"]["reward"]["out_dir"] = str(ws / "models" / "embedder")
+    p["embedder"]["reward"]["out_dir"] = str(scratch / "embedder" if args.train_reward_embedder
+                                             else ws / "models" / "embedder")
     p["embedder"]["eval"]["out_dir"] = str(ws / "models" / "eval_embedder")
     t = p["train"]
     t.update(out_dir=str(scratch / "models"), checkpoint_dir=str(scratch / "checkpoints"), torch_threads=args.threads,
@@ -96,6 +97,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="dotted.key=yaml-value on params (repeatable)")
     ap.add_argument("--train-base", action="store_true", help="pretrain the tiny base in the scratch folder "
                     "(with the --set base.* changes) instead of using the workspace's")
+    ap.add_argument("--train-reward-embedder", action="store_true", help="train the reward embedder in the scratch "
+                    "folder (with the --set embedder.reward.* changes) instead of using the workspace's")
     ap.add_argument("--keep", type=Path, help="keep the scratch folder here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -121,6 +124,10 @@ def main() -> None:
         from semrl.models import base as base_stage
 
         result_base = base_stage.run(cfg)
+    if args.train_reward_embedder:
+        from semrl.models import embedder
+
+        result_embedder = embedder.build_one(cfg, "reward")
     task = get_task(cfg, args.task)
     base, tokenizer = load_base(cfg.base.out_dir)
     rows = []
@@ -135,6 +142,8 @@ def main() -> None:
               "sft_lr": args.sft_lr, "grpo_lr": args.grpo_lr, "set": args.set, "train": {}, "test": {}}
     if args.train_base:
         result["base"] = result_base
+    if args.train_reward_embedder:
+        result["reward_embedder"] = result_embedder
     result["test"]["copy_input"] = score(task, [r["input"] for r in rows], rows)
     models = {"base": None}
     for method in args.methods.split(","):

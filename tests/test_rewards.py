@@ -7,6 +7,7 @@ from semrl.training.rewards import (
     LanguageReward,
     SemanticReward,
     build_rewards,
+    finite,
     rescale,
     score,
     tau_from_similarities,
@@ -117,6 +118,20 @@ def test_registry_builds_paper_reward_and_plugins(data):
     assert out["total"] == pytest.approx(expected_total)
     zh = [r["zh"] for r in data["mt"][:3]]
     assert max(score(funcs[3:], [1, 1], [None] * 3, zh, reference=refs)["bleu"]) < 0.05
+
+
+def test_trl_rewards_plug_in_as_trl_calls_them(data):
+    """TRL's own reward functions (here its n-gram repetition penalty, from options) take keyword arguments
+    such as completion_ids: built from a dotted path, wrapped by the NaN guard and scored, as in training."""
+    ctx = {"embedder": data["embedder"], "tau": 0.0, "script": "bo", "reference_column": "reference"}
+    funcs, weights = build_rewards([{"name": "language"}, {"name": "trl.rewards.get_repetition_penalty_reward",
+                                                           "weight": 2.0, "ngram_size": 2}], ctx)
+    funcs = [finite(f) for f in funcs]
+    ids = [[1, 2, 3, 4], [5, 5, 5, 5, 5]]
+    text = [data["mt"][0]["bo"]] * 2
+    out = score(funcs, weights, [None] * 2, text, reference=text, completion_ids=ids)
+    assert out["repetition_penalty_reward"] == pytest.approx([0.0, -0.75])  # 3 of 4 bigrams repeat
+    assert out["total"] == pytest.approx([1.0, 1.0 - 1.5])
 
 
 def test_registry_errors_are_clear(data):

@@ -170,7 +170,9 @@ def finite(func: RewardFunc) -> RewardFunc:
     name = getattr(func, "__name__", repr(func))
 
     def checked(prompts, completions, **kwargs):
-        values = list(func(prompts, completions, **kwargs))
+        # By keyword, as TRL calls a reward: TRL's own (e.g. trl.rewards.get_repetition_penalty_reward) take
+        # only what they use, such as completion_ids, and keep the rest in **kwargs.
+        values = list(func(prompts=prompts, completions=completions, **kwargs))
         if len(values) != len(completions):
             raise SemrlError(f"reward {name}: {len(values)} values for {len(completions)} completions")
         for i, v in enumerate(values):
@@ -185,7 +187,8 @@ def finite(func: RewardFunc) -> RewardFunc:
 
 def score(funcs: list[RewardFunc], weights: list[float], prompts: list[Any], completions: list[Any],
           **columns: Any) -> dict[str, list[float]]:
-    """Every component's values plus their weighted sum under `total` (evaluation and benchmarks)."""
-    out = {f.__name__: [float(v) for v in f(prompts, completions, **columns)] for f in funcs}
+    """Every component's values plus their weighted sum under `total` (evaluation and benchmarks). Called as
+    TRL calls a reward, by keyword; pass completion_ids (token ids) for rewards that read them."""
+    out = {f.__name__: [float(v) for v in f(prompts=prompts, completions=completions, **columns)] for f in funcs}
     out["total"] = [sum(w * out[f.__name__][i] for f, w in zip(funcs, weights)) for i in range(len(completions))]
     return out

@@ -131,7 +131,8 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
                     temperature=g.temperature, top_p=g.top_p, seed=seed + 1, desc="reward signal in groups")
     funcs, weights = build_rewards(r.components, {"embedder": cfg.embedder.reward.out_dir, "tau": tau,
                                                   "script": task.script, "reference_column": r.reference_column})
-    columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows]}  # as in GRPO
+    columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows],  # as in GRPO
+               "completion_ids": tokenizer(outs, add_special_tokens=False)["input_ids"]}  # re-encoded text
     funcs = [finite(f) for f in funcs]  # a NaN stops here as it would in training, naming the function
     reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
     metric = item_scores(task.primary_metric, outs, [x["reference"] for x in rows], task.script)
