@@ -125,13 +125,17 @@ def test_trl_rewards_plug_in_as_trl_calls_them(data):
     such as completion_ids: built from a dotted path, wrapped by the NaN guard and scored, as in training."""
     ctx = {"embedder": data["embedder"], "tau": 0.0, "script": "bo", "reference_column": "reference"}
     funcs, weights = build_rewards([{"name": "language"}, {"name": "trl.rewards.get_repetition_penalty_reward",
-                                                           "weight": 2.0, "ngram_size": 2}], ctx)
+                                                           "weight": 2.0, "ngram_size": 2},
+                                    {"name": "trl.rewards.get_repetition_penalty_reward"}], ctx)  # its defaults
     funcs = [finite(f) for f in funcs]
     ids = [[1, 2, 3, 4], [5, 5, 5, 5, 5]]
     text = [data["mt"][0]["bo"]] * 2
-    out = score(funcs, weights, [None] * 2, text, reference=text, completion_ids=ids)
-    assert out["repetition_penalty_reward"] == pytest.approx([0.0, -0.75])  # 3 of 4 bigrams repeat
-    assert out["total"] == pytest.approx([1.0, 1.0 - 1.5])
+    assert [f.__name__ for f in funcs] == ["language"] + ["repetition_penalty_reward"] * 2
+    values = [f(prompts=[None] * 2, completions=text, reference=text, completion_ids=ids) for f in funcs]
+    assert values[1] == pytest.approx([0.0, -0.75])  # 3 of 4 bigrams repeat
+    assert values[2] == pytest.approx([0.0, -2 / 3])  # trigrams: 2 of 3 repeat
+    assert score(funcs[:2], weights[:2], [None] * 2, text, reference=text, completion_ids=ids)["total"] == \
+        pytest.approx([1.0, 1.0 - 1.5])
 
 
 def test_registry_errors_are_clear(data):

@@ -150,7 +150,11 @@ def build_rewards(components: Iterable[RewardComponent | dict[str, Any]],
             func = REGISTRY[name](context, **options)
         elif "." in name:
             obj = import_dotted(name)
-            func = obj(**options) if options or inspect.isclass(obj) else obj
+            # A TRL reward function takes **kwargs (every dataset column comes to it); anything else — a class,
+            # a factory such as trl.rewards.get_repetition_penalty_reward — is called with the options.
+            takes_columns = not inspect.isclass(obj) and any(
+                p.kind is p.VAR_KEYWORD for p in inspect.signature(obj).parameters.values())
+            func = obj(**options) if options or not takes_columns else obj
             if not getattr(func, "__name__", None):
                 func.__name__ = name.rpartition(".")[2]
         else:
