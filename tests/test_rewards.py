@@ -126,14 +126,15 @@ def test_trl_rewards_plug_in_as_trl_calls_them(data):
     ctx = {"embedder": data["embedder"], "tau": 0.0, "script": "bo", "reference_column": "reference"}
     funcs, weights = build_rewards([{"name": "language"}, {"name": "trl.rewards.get_repetition_penalty_reward",
                                                            "weight": 2.0, "ngram_size": 2},
-                                    {"name": "trl.rewards.get_repetition_penalty_reward"}], ctx)  # its defaults
+                                    {"name": "trl.rewards.get_repetition_penalty_reward"},  # its defaults
+                                    {"name": "repetition", "weight": 1.0}], ctx)  # registered: the same, renamed
     funcs = [finite(f) for f in funcs]
     ids = [[1, 2, 3, 4], [5, 5, 5, 5, 5]]
     text = [data["mt"][0]["bo"]] * 2
-    assert [f.__name__ for f in funcs] == ["language"] + ["repetition_penalty_reward"] * 2
+    assert [f.__name__ for f in funcs] == ["language"] + ["repetition_penalty_reward"] * 2 + ["repetition"]
     values = [f(prompts=[None] * 2, completions=text, reference=text, completion_ids=ids) for f in funcs]
     assert values[1] == pytest.approx([0.0, -0.75])  # 3 of 4 bigrams repeat
-    assert values[2] == pytest.approx([0.0, -2 / 3])  # trigrams: 2 of 3 repeat
+    assert values[2] == values[3] == pytest.approx([0.0, -2 / 3])  # trigrams: 2 of 3 repeat
     assert score(funcs[:2], weights[:2], [None] * 2, text, reference=text, completion_ids=ids)["total"] == \
         pytest.approx([1.0, 1.0 - 1.5])
 

@@ -128,12 +128,24 @@ def _metric(name: str):
                                           reference_column=kw.pop("reference_column", ctx["reference_column"]), **kw)
 
 
+def _repetition(ctx: dict[str, Any], ngram_size: int = 3, max_penalty: float = -1.0) -> RewardFunc:
+    """TRL's n-gram repetition penalty (Demystifying Long CoT, App. C.2): (1 − unique/total token n-grams) ×
+    max_penalty — 0 for a completion without a repeated n-gram. The embedders' cosine is blind to a loop
+    (a text repeated four times embeds like the text once), which GRPO found at tiny scale: README "Rewards"."""
+    from trl.rewards import get_repetition_penalty_reward
+
+    func = get_repetition_penalty_reward(ngram_size=ngram_size, max_penalty=max_penalty)
+    func.__name__ = "repetition"  # TRL logs rewards/repetition/mean, beside rewards/semantic/mean
+    return func
+
+
 REGISTRY: dict[str, Callable[..., RewardFunc]] = {
     "semantic": _semantic,
     "language": _with_script(LanguageReward),
     "bleu": _metric("bleu"),
     "chrf": _metric("chrf"),
     "rouge_l": _metric("rouge_l"),
+    "repetition": _repetition,
 }
 
 
