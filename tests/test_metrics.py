@@ -47,7 +47,29 @@ def test_rouge_l_on_syllables_hand_computed():
 
 def test_output_stats():
     s = output_stats(["བོད་ཀྱི", "中文", "", "བོད abc"], "bo")
-    assert s == {"language_consistency": 0.25, "mean_length_chars": (7 + 2 + 0 + 7) / 4, "empty_rate": 0.25}
+    assert s == {"language_consistency": 0.25, "mean_length_chars": (7 + 2 + 0 + 7) / 4, "empty_rate": 0.25,
+                 "distinct_rate": 1.0}
+    assert output_stats(["ཀ", "ཀ ", "ཁ", "ཀ"], "bo")["distinct_rate"] == 0.5  # one template for three inputs
+
+
+def test_hacking_flags_on_constructed_results():
+    from semrl.evaluation.report import hacking_flags
+
+    def row(method, seed, length, distinct):
+        return {"method": method, "seed": seed, "mean_length_chars": length, "distinct_rate": distinct}
+
+    ev = {"reference_mean_length_chars": 10.0, "trajectories": {
+              "grpo/0": [{"step": 0, "reward": 1.0, "sim_eval": 0.5}, {"step": 9, "reward": 1.2, "sim_eval": 0.4}],
+              "grpo/1": [{"step": 0, "reward": 1.0, "sim_eval": 0.5}, {"step": 9, "reward": 1.2, "sim_eval": 0.6}]},
+          "results": [row("coldstart", 0, 9.0, 0.9), row("coldstart", 1, 9.0, 0.9), row("sft", 0, 20.0, 0.1),
+                      row("grpo", 0, 14.0, 0.4), row("grpo", 1, 12.0, 0.5)]}
+    flags = hacking_flags(ev)
+    assert len(flags) == 3 and all("grpo seed 0" in f for f in flags), flags  # SFT has no reward: never flagged
+    assert "1.40× the reference length" in flags[0] and "40% of its outputs distinct, against 90%" in flags[1]
+    assert "reward rose +0.200 while the independent similarity fell -0.1000" in flags[2]
+    ev["results"][3] = row("grpo", 0, 12.0, 0.5)  # 1.2× the length, distinct 0.5 ≥ 0.45
+    ev["trajectories"]["grpo/0"][1]["sim_eval"] = 0.5
+    assert hacking_flags(ev)[0].startswith("- no flag")
 
 
 @pytest.mark.parametrize("answer, prediction, em, f1", [

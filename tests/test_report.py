@@ -20,7 +20,8 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     base = ev["results"][0]
     assert base["nll_increase_mean"] == 0.0 and base["kl_p90"] < 1e-6  # the base does not drift from itself
     for r in ev["results"]:  # trivial baselines have no model: task metrics only
-        keys = ("bleu", "chrf", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars", "empty_rate")
+        keys = ("bleu", "chrf", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars", "empty_rate",
+                "distinct_rate")
         if not r.get("baseline"):
             keys += ("cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_p90", "kl_p90")
         for key in keys:

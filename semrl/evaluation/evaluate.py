@@ -211,6 +211,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
               "skill_chance": 1 / e.skill_choices if skill else None,
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
               "reference_mean_length_chars": float(np.mean([len(r) for r in refs])),
+              "reference_distinct_rate": len(set(r.strip() for r in refs)) / max(1, len(refs)),
               "results": [results[k] for k in order], "preference": pref,
               "trajectories": trajectories(cfg, task_name), "reward_signal": reward_signal(cfg, task_name),
               "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
@@ -239,7 +240,8 @@ def run_metrics(task: Task, row: dict[str, Any]) -> dict[str, float]:
     runs shows the result: eval/<metric> (and eval/<source>/<metric>), tax/<LM probe>, skill/accuracy,
     cmrc/<measure>."""
     out = {}
-    for k in (*task.metrics, "sim_reward", "sim_eval", "language_consistency", "mean_length_chars", "empty_rate"):
+    for k in (*task.metrics, "sim_reward", "sim_eval", "language_consistency", "mean_length_chars", "empty_rate",
+              "distinct_rate"):
         if k in row:
             out[f"eval/{k}"] = row[k]
     for source, m in row.get("by_source", {}).items():

@@ -16,7 +16,7 @@ from semrl.core.tasks import Task, tasks
 
 METRIC_LABELS = {"bleu": "BLEU-4", "chrf": "chrF", "rouge_l": "ROUGE-L"}
 COLUMNS = ["bleu", "chrf", "rouge_l", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars",
-           "empty_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90",
+           "empty_rate", "distinct_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90",
            "lm_nll_mean", "lm_nll_increase_vs_base_mean", "lm_kl_vs_base_mean", "lm_nll_increase_vs_coldstart_mean",
            "lm_kl_vs_coldstart_mean", "skill_acc"]
 
@@ -91,6 +91,7 @@ def compare(df, a: str, b: str, col: str) -> str:
 # Per-item keys of reports/eval/<task>.json the paired comparisons read, and the scale a flag needs.
 BOUNDED = {"bleu": (0.0, 1.0), "chrf": (0.0, 1.0), "rouge_l": (0.0, 1.0), "skill_acc": (0.0, 1.0)}
 LENGTH_HACKING_RATIO = 1.3  # GRPO outputs this much longer than the references on average: flagged
+COLLAPSE_RATIO = 0.5  # GRPO's share of distinct outputs below this fraction of its cold start's: flagged
 FLOOR_TOLERANCE = 0.01  # within 1 % of the scale's end: at the floor or ceiling
 
 
@@ -359,7 +360,8 @@ def trajectory_plot(rows: list[dict[str, Any]], tasks_: dict[str, Task], out: Pa
 
 def hacking_flags(ev: dict[str, Any]) -> list[str]:
     """Reward-hacking flags for every RL-trained variant and seed: test outputs longer than
-    LENGTH_HACKING_RATIO x the references on average, or the training reward rising while the independent
+    LENGTH_HACKING_RATIO x the references on average, fewer distinct outputs than COLLAPSE_RATIO x its
+    seed's cold start's (one answer for many inputs), or the training reward rising while the independent
     evaluation embedder's similarity to the references falls (dev trajectory, first to last point)."""
     ref_len = ev.get("reference_mean_length_chars")
     rl = {k.split("/")[0] for k, points in ev.get("trajectories", {}).items() if any(p.get("reward") is not None
@@ -372,6 +374,11 @@ def hacking_flags(ev: dict[str, Any]) -> list[str]:
         if ref_len and r.get("mean_length_chars", 0) > LENGTH_HACKING_RATIO * ref_len:
             lines.append(f"- **{who}: outputs {r['mean_length_chars'] / ref_len:.2f}× the reference length** "
                          f"(> {LENGTH_HACKING_RATIO}): possible length hacking")
+        cold = next((c for c in ev["results"] if c["method"] == "coldstart" and c.get("seed") == r["seed"]), {})
+        if cold.get("distinct_rate") and r.get("distinct_rate", 1.0) < COLLAPSE_RATIO * cold["distinct_rate"]:
+            lines.append(f"- **{who}: {r['distinct_rate']:.0%} of its outputs distinct, against "
+                         f"{cold['distinct_rate']:.0%} for its cold start** (< {COLLAPSE_RATIO}×): its answers stop "
+                         "depending on the input")
         points = ev["trajectories"].get(f"{r['method']}/{r['seed']}", [])
         rewards = [p for p in points if p.get("reward") is not None]
         if len(rewards) >= 2 and points:
@@ -380,8 +387,9 @@ def hacking_flags(ev: dict[str, Any]) -> list[str]:
             if d_reward > 0 and d_sim < 0:
                 lines.append(f"- **{who}: reward rose {d_reward:+.3f} while the independent similarity fell "
                              f"{d_sim:+.4f}**: possible reward hacking")
-    return lines or [f"- no flag (no RL variant beyond {LENGTH_HACKING_RATIO}× the reference length; none whose reward "
-                     "rose while the independent similarity fell)"]
+    return lines or [f"- no flag (no RL variant beyond {LENGTH_HACKING_RATIO}× the reference length or below "
+                     f"{COLLAPSE_RATIO}× its cold start's distinct outputs; none whose reward rose while the "
+                     "independent similarity fell)"]
 
 
 def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
@@ -553,9 +561,12 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
           "", "### General skill (chat format)", "", *skill_lines(ev, g),
           "### Reward signal (cold start, dev)", "", *reward_signal_lines(task, ev),
           "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
-          f"References: {ev.get('reference_mean_length_chars', float('nan')):.1f} characters on average.", "",
+          f"References: {ev.get('reference_mean_length_chars', float('nan')):.1f} characters on average"
+          + (f"; {ev['reference_distinct_rate']:.1%} of them distinct" if "reference_distinct_rate" in ev else "")
+          + ". *distinct*: share of test items whose output is unlike every other item's (an output that no "
+          "longer depends on the input drives it down).", "",
           _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
-                     ("empty_rate", "empty")], digits=3), "", *hacking_flags(ev), "",
+                     ("empty_rate", "empty"), ("distinct_rate", "distinct")], digits=3), "", *hacking_flags(ev), "",
           "### Reward ablations", "",
           _table(g[g.method.isin(["grpo", *ablations])], [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
                                                          ("language_consistency", "in target script")])
