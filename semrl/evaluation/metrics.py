@@ -75,8 +75,8 @@ def output_stats(outputs: list[str], script: str) -> dict[str, float]:
         "language_consistency": sum(in_script(o, script) for o in outputs) / n,
         "mean_length_chars": sum(len(o) for o in outputs) / n,
         "empty_rate": sum(not o.strip() for o in outputs) / n,
-        # Share of the items whose output no other item got: a policy that answers every input with one
-        # template (close in cosine to every reference of a kind) drives it down — GRPO did, at tiny scale.
+        # Distinct outputs per item (1: every item got an output of its own): a policy that answers every
+        # input with one template (close in cosine to every reference of a kind) drives it down — GRPO did.
         "distinct_rate": len(set(o.strip() for o in outputs)) / n,
     }
 

@@ -563,8 +563,8 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
           "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
           f"References: {ev.get('reference_mean_length_chars', float('nan')):.1f} characters on average"
           + (f"; {ev['reference_distinct_rate']:.1%} of them distinct" if "reference_distinct_rate" in ev else "")
-          + ". *distinct*: share of test items whose output is unlike every other item's (an output that no "
-          "longer depends on the input drives it down).", "",
+          + ". *distinct*: distinct outputs per test item (1: every item got an output of its own; answers that "
+          "no longer depend on the input drive it down).", "",
           _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
                      ("empty_rate", "empty"), ("distinct_rate", "distinct")], digits=3), "", *hacking_flags(ev), "",
           "### Reward ablations", "",
