@@ -122,15 +122,13 @@ class DeviceSlots:
 
 
 def cpu_step_limit(cfg: Config) -> int | None:
-    """flow.cpu_steps: None -> the cores this process may use divided by train.torch_threads, plus one where
-    that makes several slots; 0 -> no limit. The extra slot: a stage's 3 seeds on 2 one-thread slots ran
-    two rounds, the second beside an idle core; 3 at once took grpo@mt 182 s against 231 s, with the same
-    weights (README "Performance")."""
+    """flow.cpu_steps: None -> the cores this process may use divided by train.torch_threads (at least 1);
+    0 -> no limit. One more slot than cores is faster for 3 seeds on 2 cores (grpo@mt 182 s against 231 s,
+    same weights) but lifts the summed RSS past the 4 GiB target: README "Performance"."""
     if cfg.flow.cpu_steps is not None:
         return cfg.flow.cpu_steps or None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    slots = cores // max(1, cfg.train.torch_threads or cores)
-    return slots + 1 if slots > 1 else 1
+    return max(1, cores // max(1, cfg.train.torch_threads or cores))
 
 
 def _free_port() -> int:
