@@ -54,7 +54,7 @@ def test_supervise_forwards_lines_and_stops_a_step_at_its_timeout(tmp_path, capf
     from semrl.ops.steps import TIMED_OUT, supervise
 
     log = tmp_path / "step.log"
-    script = ("import sys, time\nprint('first line')\nsys.stderr.write('10%\\r50%\\r100%\\n')\n"
+    script = ("import sys, time\nprint('first line', flush=True)\nsys.stderr.write('10%\\r50%\\r100%\\n')\n"
               "sys.stdout.flush(); sys.stderr.flush(); time.sleep(120)")
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)

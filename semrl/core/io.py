@@ -98,14 +98,14 @@ def process_start(pid: int | None = None) -> float:
     import psutil
 
     pid = os.getpid() if pid is None else pid
+    if not Path("/proc/self/stat").exists():  # not Linux: one scale for every process, never two
+        return psutil.Process(pid).create_time()
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            raise psutil.NoSuchProcess(pid) from None
-        return psutil.Process(pid).create_time()
-    except OSError:
-        return psutil.Process(pid).create_time()
+        raise psutil.NoSuchProcess(pid) from None
+    except PermissionError:
+        raise psutil.AccessDenied(pid) from None
     # The command name (field 2) may hold spaces and parentheses: the fields after its last ')' start at 3.
     return int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
 
