@@ -144,7 +144,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from semrl.evaluation.metrics import lm_probe, skill_probe
+    from semrl.evaluation.metrics import lm_probe, output_stats, skill_probe
     from semrl.evaluation.metrics import probe_texts as lm_probe_texts_for
     from semrl.models.base import load_base
     from semrl.models.generation import accelerator, generate
@@ -211,7 +211,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
               "skill_chance": 1 / e.skill_choices if skill else None,
               "decoding": {"do_sample": False, "max_new_tokens": e.max_new_tokens},
               "reference_mean_length_chars": float(np.mean([len(r) for r in refs])),
-              "reference_distinct_rate": len(set(r.strip() for r in refs)) / max(1, len(refs)),
+              "reference_distinct_rate": output_stats(refs, task.script)["distinct_rate"],
               "results": [results[k] for k in order], "preference": pref,
               "trajectories": trajectories(cfg, task_name), "reward_signal": reward_signal(cfg, task_name),
               "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
