@@ -167,6 +167,10 @@ def flow(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    if cfg.flow.gpus_per_step == 1:  # the steps are forked from semrl.ops.steps' server (> 1: accelerate launch)
+        from semrl.ops import steps
+
+        steps.warm_up()
 
     def go():
         try:

@@ -12,6 +12,7 @@ from semrl.evaluation.metrics import (
     answer_nll_and_kl,
     item_scores,
     lm_probe,
+    lm_probe_many,
     lm_probe_texts,
     text_batches,
     cmrc_em,
@@ -217,6 +218,14 @@ def test_lm_probe_scores_plain_text_per_item(tiny):
     # The same numbers as the generic per-token computation on one text at a time, without padding.
     one = lm_probe(model, {"base": base}, tok, texts[1:], 64, batch_size=1)
     assert one["lm_nll_increase_vs_base"][0] == pytest.approx(probe["lm_nll_increase_vs_base"][1], rel=1e-4)
+    # Several models in one pass (evaluation's per-seed probe): each model's numbers exactly as scored alone.
+    other = perturbed(base)
+    refs = {"base": base, "coldstart": model}
+    many = lm_probe_many({"coldstart": model, "sft": other, "base": base}, refs, tok, texts, 64, batch_size=2)
+    assert many["coldstart"] == probe
+    assert many["sft"] == lm_probe(other, refs, tok, texts, 64, batch_size=2)
+    assert many["base"] == lm_probe(base, refs, tok, texts, 64, batch_size=2)
+    assert max(many["base"]["lm_kl_vs_base"]) < 1e-6 and min(many["sft"]["lm_kl_vs_coldstart"]) > 0
 
 
 def test_skill_items_are_multiple_choice_with_distinct_answers():

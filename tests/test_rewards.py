@@ -4,6 +4,7 @@ import pytest
 
 from semrl import SemrlError
 from semrl.training.rewards import (
+    ContrastiveSemanticReward,
     LanguageReward,
     SemanticReward,
     build_rewards,
@@ -44,6 +45,25 @@ def test_empty_completion_scores_zero(data, semantic):
     ref = data["mt"][0]["bo"]
     assert semantic(None, ["", "   "], reference=[ref, ref]) == [0.0, 0.0]
     assert LanguageReward("bo")(None, ["", " ། "]) == [0.0, 0.0]
+
+
+def test_contrastive_semantic_reward_is_own_minus_other_references(data, semantic):
+    refs = [r["bo"] for r in data["mt"][:3]]
+    outs = [refs[0], refs[0][: len(refs[0]) // 2], "", refs[2]]
+    own = [refs[0], refs[0], refs[1], refs[2]]  # two completions of the first prompt, one of each other
+    contrast = ContrastiveSemanticReward(semantic.model)
+    got = contrast(None, outs, reference=own)
+    for i in (0, 1, 3):  # by hand: cosine to the own reference minus the mean cosine to the two others
+        others = [r for r in refs if r != own[i]]
+        expect = semantic.similarity([outs[i]], [own[i]])[0] - np.mean(semantic.similarity([outs[i]] * 2, others))
+        assert got[i] == pytest.approx(expect, abs=1e-6)
+    assert got[2] == 0.0  # empty
+    assert got[0] > 0.3  # the exact reference is far closer to itself than to other verses
+    # A text equally close to every reference gains nothing: the same text as every prompt's reference.
+    assert contrast(None, [refs[0]] * 2, reference=[refs[0]] * 2) == pytest.approx(semantic.similarity([refs[0]], [refs[0]]) * 2)
+    funcs, _ = build_rewards([{"name": "semantic_contrast", "weight": 1.5}], {"embedder": semantic.model, "tau": 0.3,
+                                                                             "script": "bo", "reference_column": "reference"})
+    assert funcs[0].__name__ == "semantic_contrast" and funcs[0](None, outs, reference=own) == got
 
 
 def test_language_reward_on_real_text_and_mixed_script(data):

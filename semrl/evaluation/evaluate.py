@@ -78,21 +78,29 @@ def scored(task: Task, outputs: list[str], rows: list[dict[str, str]], reward_em
     return metrics, items
 
 
-def general_competence(model, base, tokenizer, cmrc: list[dict], e: EvalConfig) -> tuple[dict, list[str]]:
-    from semrl.evaluation.metrics import answer_nll_and_kl, cmrc_scores, drift_summary
+def general_competence(models: dict[str, Any], base, tokenizer, cmrc: list[dict],
+                       e: EvalConfig) -> dict[str, tuple[dict, list[str]]]:
+    """CMRC 2018 per model (name -> model): the gold answers' NLL and KL against the base (one pass, the
+    base run once per batch), and with eval.cmrc_generate EM/F1 of greedy answers. name -> (scores, answers)."""
+    from semrl.evaluation.metrics import answer_batches, cmrc_scores, drift_summary, nll_and_kl_many
     from semrl.models.generation import generate
 
-    nll_m, nll_b, kls = answer_nll_and_kl(model, base, tokenizer, cmrc, e.cmrc_prompt, e.cmrc_max_context_tokens,
-                                          e.batch_size)
+    drift = nll_and_kl_many(models, {"base": base}, answer_batches(
+        tokenizer, cmrc, e.cmrc_prompt, e.cmrc_max_context_tokens, e.batch_size))
     limit = e.cmrc_max_context_tokens
     prompts = [e.cmrc_prompt.format(
         context=tokenizer.decode(tokenizer(x["context"], add_special_tokens=False)["input_ids"][:limit]),
         question=x["question"]) for x in cmrc]
-    drift = drift_summary(nll_m, nll_b, kls)
-    if not e.cmrc_generate:
-        return drift, []
-    preds = generate(model, tokenizer, prompts, e.cmrc_max_new_tokens, batch_size=e.batch_size, desc="cmrc")
-    return {**cmrc_scores(preds, [x["answers"] for x in cmrc]), **drift}, preds
+    out = {}
+    for name, model in models.items():
+        nll_m, per_ref = drift[name]
+        summary = drift_summary(nll_m, *per_ref["base"])
+        if not e.cmrc_generate:
+            out[name] = (summary, [])
+            continue
+        preds = generate(model, tokenizer, prompts, e.cmrc_max_new_tokens, batch_size=e.batch_size, desc="cmrc")
+        out[name] = ({**cmrc_scores(preds, [x["answers"] for x in cmrc]), **summary}, preds)
+    return out
 
 
 def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
@@ -144,7 +152,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from semrl.evaluation.metrics import lm_probe, output_stats, skill_probe
+    from semrl.evaluation.metrics import lm_probe_many, output_stats, skill_probe
     from semrl.evaluation.metrics import probe_texts as lm_probe_texts_for
     from semrl.models.base import load_base
     from semrl.models.generation import accelerator, generate
@@ -177,26 +185,34 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
     for seed, group in by_seed.items():
         parent = next((path for method, _, path in group if method == COLDSTART), None)
         parent_model = load(parent) if parent is not None else None
+        models = {}  # this seed's variants, scored by the probes together below
         for method, _, path in group:
-            model = base if path is None else parent_model if path == parent else load(path)
+            model = models[method] = base if path is None else parent_model if path == parent else load(path)
             torch.manual_seed(e.seed)
             outs = generate(model, tokenizer, [x["prompt"] for x in test], e.max_new_tokens,
                             batch_size=e.batch_size, desc=f"{task_name}-{method}")
             metrics, per_item = scored(task, outs, test, reward_emb, eval_emb)
-            references = {"base": base, **({COLDSTART: parent_model} if parent_model is not None else {})}
-            probe = lm_probe(model, references, tokenizer, probe_texts, e.lm_probe_max_tokens, e.batch_size)
-            per_item.update(probe)
-            lm = {f"{k}_mean": float(np.mean(v)) for k, v in probe.items()}
-            if skill:
-                per_item["skill_acc"] = skill_probe(model, tokenizer, skill, e.skill_prompt, e.batch_size)
-                lm["skill_acc"] = float(np.mean(per_item["skill_acc"]))
-            general, preds = general_competence(model, base, tokenizer, cmrc, e)
             key = f"{method}/{seed if seed is not None else '-'}"
-            results[key] = {"task": task_name, "method": method, "seed": seed, **metrics, **lm, **general}
+            results[key] = {"task": task_name, "method": method, "seed": seed, **metrics}
             items[key] = per_item
             outputs[(method, seed if seed is not None else -1)] = outs
             samples += [{"task": task_name, "method": method, "seed": seed, "id": x["id"], "source": x["source"],
                          "output": o, "reference": x["reference"]} for x, o in zip(test[: e.samples_to_keep], outs)]
+        # The probes of all the seed's variants in one pass each: the references (base, cold start) run once
+        # per batch instead of once per variant (no sampling here, so the order changes no number).
+        references = {"base": base, **({COLDSTART: parent_model} if parent_model is not None else {})}
+        probes = lm_probe_many(models, references, tokenizer, probe_texts, e.lm_probe_max_tokens, e.batch_size)
+        general = general_competence(models, base, tokenizer, cmrc, e)
+        for method, model in models.items():
+            key = f"{method}/{seed if seed is not None else '-'}"
+            per_item, row = items[key], results[key]
+            per_item.update(probes[method])
+            row.update({f"{k}_mean": float(np.mean(v)) for k, v in probes[method].items()})
+            if skill:
+                per_item["skill_acc"] = skill_probe(model, tokenizer, skill, e.skill_prompt, e.batch_size)
+                row["skill_acc"] = float(np.mean(per_item["skill_acc"]))
+            row.update(general[method][0])
+        del models
     train_refs = [x["reference"] for x in task.examples("train", tokenizer, cfg.train.max_input_tokens)]
     for name, outs in trivial_baselines(task, test, train_refs).items():
         metrics, per_item = scored(task, outs, test, reward_emb, eval_emb)

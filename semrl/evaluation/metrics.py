@@ -230,42 +230,53 @@ def nll_and_kl(model, ref, batches, chunk_tokens: int = 1024) -> tuple[list[floa
     """Per item: mean NLL of the masked tokens under model and ref, and the mean over those positions of
     KL(ref || model) between their next-token distributions (both share one tokenizer). Only the masked
     positions are ever turned into vocabulary-sized log-probs (scored_logprobs)."""
-    nll_model, per_ref = nll_and_kl_refs(model, {"ref": ref}, batches, chunk_tokens)
+    nll_model, per_ref = nll_and_kl_many({"model": model}, {"ref": ref}, batches, chunk_tokens)["model"]
     return nll_model, *per_ref["ref"]
 
 
-def nll_and_kl_refs(model, refs: dict[str, Any], batches, chunk_tokens: int = 1024):
-    """nll_and_kl against several references in one pass over the batches: the model is run once per batch,
-    not once per reference. Returns (model NLL per item, {name: (ref NLL per item, KL per item)})."""
+def nll_and_kl_many(models: dict[str, Any], refs: dict[str, Any], batches, chunk_tokens: int = 1024):
+    """nll_and_kl of several models against several references in one pass over the batches: every model
+    and reference runs once per batch, however many pairs it is in (evaluation compares a seed's cold
+    start, SFT, GRPO and ablations with the same base and cold start: one forward each, not one per pair),
+    and one that is both (the same object) runs once. The chunks of every model are held together:
+    (models + references) x chunk_tokens x vocabulary floats. Returns {model name: (NLL per item,
+    {ref name: (ref NLL per item, KL(ref || model) per item)})}."""
     import torch
 
-    nll_model: list[float] = []
-    per_ref: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in refs}
-    model.eval()
-    for ref in refs.values():
-        ref.eval()
+    nets: dict[int, Any] = {}  # each distinct model object once, references first
+    for net in (*refs.values(), *models.values()):
+        nets.setdefault(id(net), net)
+    for net in nets.values():
+        net.eval()
+    device = next(iter(models.values())).device
+    out = {name: ([], {r: ([], []) for r in refs}) for name in models}
     with torch.no_grad():
         for ids, attn, mask in batches:
-            ids, attn, mask = ids.to(model.device), attn.to(model.device), mask.to(model.device)
             pos = mask[:, 1:].bool()  # the logits at t predict token t + 1
+            streams = [scored_logprobs(net, ids.to(net.device), attn.to(net.device), pos.to(net.device), chunk_tokens)
+                       for net in nets.values()]
+            ids, pos = ids.to(device), pos.to(device)
             target = ids[:, 1:][pos]
-            tok_m = torch.zeros(len(target), device=model.device)
-            tok_r = {name: torch.zeros(len(target), device=model.device) for name in refs}
-            kl = {name: torch.zeros(len(target), device=model.device) for name in refs}
-            streams = [scored_logprobs(ref, ids.to(ref.device), attn.to(ref.device), pos.to(ref.device), chunk_tokens)
-                       for ref in refs.values()]
-            for (rows, lp_m), *ref_chunks in zip(scored_logprobs(model, ids, attn, pos, chunk_tokens), *streams):
+            tok = {key: torch.zeros(len(target), device=device) for key in nets}
+            kl = {(name, r): torch.zeros(len(target), device=device) for name in models for r in refs}
+            for chunks in zip(*streams):
+                rows = chunks[0][0]
+                lp = {key: lp_.to(device) for key, (_, lp_) in zip(nets, chunks)}
                 t = target[rows].unsqueeze(-1)
-                tok_m[rows] = -lp_m.gather(-1, t).squeeze(-1)
-                for name, (_, lp_r) in zip(refs, ref_chunks):
-                    lp_r = lp_r.to(model.device)
-                    tok_r[name][rows] = -lp_r.gather(-1, t).squeeze(-1)
-                    kl[name][rows] = (lp_r.exp() * (lp_r - lp_m)).sum(-1)
-            nll_model += _per_item_mean(tok_m, pos)
-            for name in refs:
-                per_ref[name][0].extend(_per_item_mean(tok_r[name], pos))
-                per_ref[name][1].extend(_per_item_mean(kl[name], pos))
-    return nll_model, per_ref
+                for key in nets:
+                    tok[key][rows] = -lp[key].gather(-1, t).squeeze(-1)
+                for r, ref in refs.items():
+                    lp_r = lp[id(ref)]
+                    p_r = lp_r.exp()
+                    for name, net in models.items():
+                        kl[(name, r)][rows] = (p_r * (lp_r - lp[id(net)])).sum(-1)
+            nll = {key: _per_item_mean(tok[key], pos) for key in nets}
+            for name, net in models.items():
+                out[name][0].extend(nll[id(net)])
+                for r, ref in refs.items():
+                    out[name][1][r][0].extend(nll[id(ref)])
+                    out[name][1][r][1].extend(_per_item_mean(kl[(name, r)], pos))
+    return out
 
 
 def mean_nll(model, batches, chunk_tokens: int = 1024) -> list[float]:
@@ -366,11 +377,20 @@ def lm_probe(model, refs: dict[str, Any], tokenizer, texts: list[str], max_token
              batch_size: int) -> dict[str, list[float]]:
     """Per text: the model's mean token NLL, and against each reference model (name -> model) the NLL
     increase over it and KL(ref || model). Plain text, no chat markup: what the base was trained on."""
-    nll_m, per_ref = nll_and_kl_refs(model, refs, text_batches(tokenizer, texts, max_tokens, batch_size))
-    out: dict[str, list[float]] = {"lm_nll": nll_m}
-    for name, (nll_r, kls) in per_ref.items():
-        out[f"lm_nll_increase_vs_{name}"] = (np.asarray(nll_m) - np.asarray(nll_r)).tolist()
-        out[f"lm_kl_vs_{name}"] = kls
+    return lm_probe_many({"model": model}, refs, tokenizer, texts, max_tokens, batch_size)["model"]
+
+
+def lm_probe_many(models: dict[str, Any], refs: dict[str, Any], tokenizer, texts: list[str], max_tokens: int,
+                  batch_size: int) -> dict[str, dict[str, list[float]]]:
+    """lm_probe of several models (name -> model) in one pass: each reference runs once per batch."""
+    found = nll_and_kl_many(models, refs, text_batches(tokenizer, texts, max_tokens, batch_size))
+    out: dict[str, dict[str, list[float]]] = {}
+    for model_name, (nll_m, per_ref) in found.items():
+        probe: dict[str, list[float]] = {"lm_nll": nll_m}
+        for name, (nll_r, kls) in per_ref.items():
+            probe[f"lm_nll_increase_vs_{name}"] = (np.asarray(nll_m) - np.asarray(nll_r)).tolist()
+            probe[f"lm_kl_vs_{name}"] = kls
+        out[model_name] = probe
     return out
 
 

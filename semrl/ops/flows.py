@@ -122,13 +122,14 @@ class DeviceSlots:
 
 
 def cpu_step_limit(cfg: Config) -> int | None:
-    """flow.cpu_steps: None -> the cores this process may use divided by train.torch_threads (at least 1);
-    0 -> no limit. One more slot than cores is faster for 3 seeds on 2 cores (grpo@mt 182 s against 231 s,
-    same weights) but lifts the summed RSS past the 4 GiB target: README "Performance"."""
+    """flow.cpu_steps: None -> as many steps as the cores this process may use plus one (make's -j N+1) hold
+    at train.torch_threads each, at least 1: a stage's steps are its seeds, and 3 one-thread seeds in 2 slots
+    left a core idle for the whole second wave (grpo@mt 231 s against 182 s with 3 slots, the same weights:
+    README "Performance"); 0 -> no limit."""
     if cfg.flow.cpu_steps is not None:
         return cfg.flow.cpu_steps or None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, cfg.train.torch_threads or cores))
+    return max(1, (cores + 1) // max(1, cfg.train.torch_threads or cores))
 
 
 def _free_port() -> int:

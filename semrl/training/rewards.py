@@ -72,6 +72,36 @@ class SemanticReward(Similarity):
         return [rescale(s, self.tau) for s in self.similarity(completions, list(columns[self.reference_column]))]
 
 
+class ContrastiveSemanticReward(SemanticReward):
+    """NOT the paper's R_sim: cosine to the completion's own reference minus its mean cosine to the other
+    distinct references of the batch (a GRPO batch holds several prompts). A template close to every
+    reference of a kind — what GRPO found under R_sim at tiny scale, its outputs no longer depending on the
+    input (README "Rewards") — gains nothing here: only what matches this input more than the others does.
+    Within a group the other references are the same for every completion, so the advantage sees exactly
+    that difference. In [-2, 2], no tau; a batch with a single distinct reference scores the plain cosine.
+    An empty completion scores 0."""
+
+    __name__ = "semantic_contrast"
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        if self.reference_column not in columns:
+            raise SemrlError(f"semantic_contrast reward: dataset column {self.reference_column!r} missing "
+                             f"(columns: {', '.join(sorted(columns))})")
+        refs = [str(r) for r in columns[self.reference_column]]
+        texts = [completion_text(c) for c in completions]
+        distinct = list(dict.fromkeys(refs))
+        column = {r: j for j, r in enumerate(distinct)}
+        values = np.zeros(len(texts))
+        filled = [i for i, t in enumerate(texts) if t.strip()]
+        if filled:
+            sims = self._encode([texts[i] for i in filled]) @ self._references(distinct).T  # (filled, distinct)
+            for row, i in enumerate(filled):
+                own = column[refs[i]]
+                others = np.delete(sims[row], own)
+                values[i] = sims[row, own] - (others.mean() if others.size else 0.0)
+        return [float(x) for x in np.nan_to_num(values)]
+
+
 class LanguageReward:
     """R_lang = 1 if the completion, as decoded, is in the target script, else 0 (empty output: 0). In the
     script means (semrl.core.text.in_script) at least one letter and every letter in the script, and
@@ -113,8 +143,8 @@ class MetricReward:
         return item_scores(self.metric, [completion_text(c) for c in completions], refs, self.script)
 
 
-def _semantic(ctx: dict[str, Any], **kw: Any) -> RewardFunc:
-    return SemanticReward(kw.pop("embedder", ctx["embedder"]), tau=kw.pop("tau", ctx["tau"]),
+def _semantic(ctx: dict[str, Any], cls: type[SemanticReward] = SemanticReward, **kw: Any) -> RewardFunc:
+    return cls(kw.pop("embedder", ctx["embedder"]), tau=kw.pop("tau", ctx["tau"]),
                           reference_column=kw.pop("reference_column", ctx["reference_column"]),
                           device=kw.pop("device", ctx.get("device")), **kw)
 
@@ -146,6 +176,7 @@ REGISTRY: dict[str, Callable[..., RewardFunc]] = {
     "chrf": _metric("chrf"),
     "rouge_l": _metric("rouge_l"),
     "repetition": _repetition,
+    "semantic_contrast": lambda ctx, **kw: _semantic(ctx, cls=ContrastiveSemanticReward, **kw),
 }
 
 
