@@ -10,7 +10,7 @@ import yaml
 from semrl import SemrlError
 from semrl.core.config import load_config
 from semrl.ops.flows import DeviceSlots, cpu_step_limit, visible_gpus
-from semrl.training.trainers import reward_device
+from semrl.training.rewards import reward_device
 
 from conftest import REPO
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from semrl import SemrlError
-from semrl.core.config import RewardComponent
+from semrl.core.config import Config, RewardComponent
 from semrl.core.io import import_dotted
 from semrl.core.text import in_script, script_counts
 from semrl.models.chat import strip_thinking
@@ -230,6 +230,30 @@ def finite(func: RewardFunc) -> RewardFunc:
 
     checked.__name__ = name
     return checked
+
+
+def reward_device(cfg: Config) -> str:
+    """embedder.reward.device, else the trainer's device: this rank's GPU (cuda:LOCAL_RANK, within the GPUs
+    the flow gave the step) or the CPU. Never a fixed cuda:0, where every rank of a multi-GPU step would
+    put its reward model."""
+    import os
+
+    import torch
+
+    if cfg.embedder.reward.device:
+        return cfg.embedder.reward.device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+
+
+def grpo_rewards(cfg: Config, components: Iterable[RewardComponent | dict[str, Any]], script: str,
+                 tau: float) -> tuple[list[RewardFunc], list[float]]:
+    """GRPO's reward functions as the trainer calls them — the components built with this tau on
+    reward_device, each wrapped by `finite` — and their weights: one builder for the trainer
+    (semrl.training.trainers) and the reward-signal check before it (semrl.training.tau.group_check)."""
+    context = {"embedder": cfg.embedder.reward.out_dir, "tau": tau, "script": script,
+               "reference_column": cfg.rewards.reference_column, "device": reward_device(cfg)}
+    funcs, weights = build_rewards(components, context)
+    return [finite(f) for f in funcs], weights
 
 
 def score(funcs: list[RewardFunc], weights: list[float], prompts: list[Any], completions: list[Any],

@@ -118,7 +118,7 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
     from semrl.evaluation.metrics import item_scores
     from semrl.evaluation.stats import within_group
     from semrl.models.generation import generate
-    from semrl.training.rewards import build_rewards, finite, score
+    from semrl.training.rewards import grpo_rewards, score
 
     g, r = cfg.train.grpo, cfg.rewards
     if r.group_check_prompts == 0:
@@ -129,11 +129,9 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
     rows = [x for x in dev for _ in range(k)]
     outs = generate(model, tokenizer, [x["prompt"] for x in rows], cfg.train.max_target_tokens, do_sample=True,
                     temperature=g.temperature, top_p=g.top_p, seed=seed + 1, desc="reward signal in groups")
-    funcs, weights = build_rewards(r.components, {"embedder": cfg.embedder.reward.out_dir, "tau": tau,
-                                                  "script": task.script, "reference_column": r.reference_column})
+    funcs, weights = grpo_rewards(cfg, r.components, task.script, tau)  # a NaN stops here as in training
     columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows],  # as in GRPO
                "completion_ids": tokenizer(outs, add_special_tokens=False)["input_ids"]}  # re-encoded text
-    funcs = [finite(f) for f in funcs]  # a NaN stops here as it would in training, naming the function
     reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
     metric = item_scores(task.primary_metric, outs, [x["reference"] for x in rows], task.script)
     length = [float(len(o)) for o in outs]

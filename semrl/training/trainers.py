@@ -131,19 +131,6 @@ def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
 # ---------------------------------------------------------------- trainers
 
 
-def reward_device(cfg: Config) -> str:
-    """embedder.reward.device, else the trainer's device: this rank's GPU (cuda:LOCAL_RANK, within the GPUs
-    the flow gave the step) or the CPU. Never a fixed cuda:0, where every rank of a multi-GPU step would
-    put its reward model."""
-    import os
-
-    import torch
-
-    if cfg.embedder.reward.device:
-        return cfg.embedder.reward.device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-
-
 def vllm_args(hp) -> dict[str, Any]:
     """GRPOConfig's vLLM arguments: nothing unless train.grpo.use_vllm (HF generation is the default)."""
     if not hp.use_vllm:
@@ -209,13 +196,9 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
     from semrl.training.shared_prefix import SharedPrefixGRPOTrainer
 
-    from semrl.training.rewards import build_rewards, finite
+    from semrl.training.rewards import grpo_rewards
 
-    r = cfg.rewards
-    context = {"embedder": cfg.embedder.reward.out_dir, "tau": tau, "script": task.script,
-               "reference_column": r.reference_column, "device": reward_device(cfg)}
-    funcs, weights = build_rewards(method.rewards, context)
-    funcs = [finite(f) for f in funcs]
+    funcs, weights = grpo_rewards(cfg, method.rewards, task.script, tau)
     g = hp.num_generations
     args = GRPOConfig(
         **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,
@@ -227,5 +210,5 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
     )
     trainer_class = SharedPrefixGRPOTrainer if hp.shared_prefix else GRPOTrainer
     return trainer_class(model=str(init), reward_funcs=funcs, args=args,
-                       train_dataset=grpo_dataset(items, r.reference_column),
+                       train_dataset=grpo_dataset(items, cfg.rewards.reference_column),
                        processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
