@@ -38,6 +38,8 @@ def test_both_profiles_pass(in_repo, tmp_path):
     assert any("warning: fetch.tables cmhg: revision 'main' is not a commit" in f for f in facts)
     assert "methods: coldstart, sft, grpo, grpo_bleu_language, grpo_bleu_semantic_language, grpo_bleu_semantic, " \
            "transfer_from_sft, transfer_from_grpo" in facts  # the paper's reward ablations are branches there
+    # evaluation holds base, cold start, SFT, GRPO and 3 ablations: 7 x 4,022.5 M x 2 bytes (bf16)
+    assert "evaluation holds 7 models at once (base, cold start, 5 branches): ~52.43 GiB of weights" in facts
 
 
 def test_broken_profile_lists_every_problem(in_repo):
@@ -53,9 +55,10 @@ def test_broken_profile_lists_every_problem(in_repo):
     text = "\n".join(problems)
     for expected in ("['c_attn'] not in", "train.grpo (grpo): reward 'semantc'", "reward 'mypkg.missing'",
                      "cldr_pairs needs fetch.cldr", "cldr_dates needs fetch.cldr", "exceeds check.gpu_memory_gib",
-                     "fetch.tables[0] (pairs): columns lacks ['zh']", "(pairs): a URL needs sha256"):
+                     "fetch.tables[0] (pairs): columns lacks ['zh']", "(pairs): a URL needs sha256",
+                     "evaluation holds 4 models of a seed at once"):
         assert expected in text, expected
-    assert len(problems) == 8, problems
+    assert len(problems) == 9, problems
 
 
 def test_cli_check_exit_codes_and_profile_apply(tmp_path):

@@ -218,6 +218,14 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
             problems.append(f"estimated peak {est['total']} GiB ({est['per_step']} per step x flow.steps_per_gpu "
                             f"{cfg.flow.steps_per_gpu}) exceeds check.gpu_memory_gib {budget}: lower "
                             "flow.steps_per_gpu, prompts_per_step or max lengths, or enable gradient checkpointing")
+        # Evaluation holds a seed's models together (semrl.evaluation.evaluate.run): base, cold start, branches.
+        held = 2 + sum(m.is_branch for m in methods(cfg).values())
+        eval_gib = round(held * est["weights"], 2)
+        facts.append(f"evaluation holds {held} models at once (base, cold start, {held - 2} branches): "
+                     f"~{eval_gib} GiB of weights")
+        if eval_gib > budget:
+            problems.append(f"evaluation holds {held} models of a seed at once, ~{eval_gib} GiB of weights, beyond "
+                            f"check.gpu_memory_gib {budget}: enable fewer rewards.ablations or evaluate on a larger device")
     except SemrlError as e:
         problems.append(str(e))
     problems += hub_problems(cfg)

@@ -145,8 +145,8 @@ class MetricReward:
 
 def _semantic(ctx: dict[str, Any], cls: type[SemanticReward] = SemanticReward, **kw: Any) -> RewardFunc:
     return cls(kw.pop("embedder", ctx["embedder"]), tau=kw.pop("tau", ctx["tau"]),
-                          reference_column=kw.pop("reference_column", ctx["reference_column"]),
-                          device=kw.pop("device", ctx.get("device")), **kw)
+               reference_column=kw.pop("reference_column", ctx["reference_column"]),
+               device=kw.pop("device", ctx.get("device")), **kw)
 
 
 def _with_script(cls):
