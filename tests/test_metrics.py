@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from semrl.core.config import EvalConfig
 from semrl.evaluation.metrics import (
     answer_batches,
-    answer_nll_and_kl,
     item_scores,
     lm_probe,
     lm_probe_many,
     lm_probe_texts,
+    nll_and_kl,
     text_batches,
     cmrc_em,
     cmrc_f1,
@@ -140,7 +140,7 @@ def test_drift_against_a_direct_computation(tiny):
     base, tok, items = tiny
     model = perturbed(base)
     prompt = EvalConfig().cmrc_prompt
-    nll_m, nll_b, kls = answer_nll_and_kl(model, base, tok, items, prompt, max_context_tokens=48, batch_size=2)
+    nll_m, nll_b, kls = nll_and_kl(model, base, answer_batches(tok, items, prompt, max_context_tokens=48, batch_size=2))
     # Direct: one question at a time, no padding, positions picked by hand.
     for i, (ids, attn, mask) in enumerate(answer_batches(tok, items, prompt, 48, batch_size=1)):
         n = int(attn.sum())
@@ -156,7 +156,7 @@ def test_drift_against_a_direct_computation(tiny):
         assert nll_m[i] == pytest.approx(float(direct_m), rel=1e-4)
         assert nll_b[i] == pytest.approx(float(direct_b), rel=1e-4)
         assert kls[i] == pytest.approx(float(direct_kl), rel=1e-3, abs=1e-6)
-    same = answer_nll_and_kl(base, base, tok, items, prompt, 48, 2)
+    same = nll_and_kl(base, base, answer_batches(tok, items, prompt, 48, 2))
     assert drift_summary(*same)["nll_increase_mean"] == 0.0 and max(same[2]) < 1e-6
     assert drift_summary(nll_m, nll_b, kls)["kl_p90"] > 0
 
@@ -165,7 +165,7 @@ def test_drift_against_a_direct_computation(tiny):
 def test_drift_scores_only_the_answer_positions_in_chunks(tiny):
     """Memory safety for a large vocabulary: the LM head sees only the scored positions (never a
     [batch, length, vocab] tensor), a chunk at a time, and the chunking changes nothing."""
-    from semrl.evaluation.metrics import mean_nll, nll_and_kl
+    from semrl.evaluation.metrics import mean_nll
 
     base, tok, items = tiny
     model = perturbed(base)

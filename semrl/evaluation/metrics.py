@@ -337,12 +337,6 @@ def skill_probe(model, tokenizer, items: list[dict[str, Any]], prompt: str, batc
     return scores
 
 
-def answer_nll_and_kl(model, base, tokenizer, items: list[dict[str, Any]], prompt: str, max_context_tokens: int,
-                      batch_size: int = 8) -> tuple[list[float], list[float], list[float]]:
-    """Per question: mean NLL of the gold answer tokens under model and base, and KL(base || model) there."""
-    return nll_and_kl(model, base, answer_batches(tokenizer, items, prompt, max_context_tokens, batch_size))
-
-
 def lm_probe_texts(lines: list[str], n: int, min_chars: int, fill: list[str] = ()) -> list[str]:
     """The probe's texts: the first n held-out lines of at least min_chars characters, topped up to n from
     `fill` (distinct texts, same length rule) — a fixed set, so every variant is scored on the same items
