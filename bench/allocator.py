@@ -1,0 +1,108 @@
+"""Benchmark: glibc's allocator settings (semrl.core.env.ALLOCATOR_ENV) against its defaults, on training
+steps of the tiny profile's model shape (base.arch of params.yaml, random weights): wall, user and kernel
+CPU seconds and minor page faults per step, and whether both settings end at the same weights.
+
+Each setting runs in fresh processes (glibc reads the variables at start), `--procs` of them at once, as
+the flow's CPU step slots run one step per seed beside each other; the settings alternate `--repeats` times.
+
+    python bench/allocator.py --steps 15 --procs 3 --repeats 2 --json allocator.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from semrl.core.env import ALLOCATOR_ENV  # noqa: E402
+
+WORKER = r"""
+import hashlib, json, resource, sys, time
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+arch, steps, batch, seq = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = Qwen3ForCausalLM(Qwen3Config(vocab_size=arch["vocab_size"], hidden_size=arch["hidden_size"],
+    intermediate_size=arch["intermediate_size"], num_hidden_layers=arch["num_hidden_layers"],
+    num_attention_heads=arch["num_attention_heads"], num_key_value_heads=arch["num_key_value_heads"],
+    head_dim=arch["head_dim"], max_position_embeddings=arch["max_position"]))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+ids = torch.randint(0, arch["vocab_size"], (batch, seq))
+def step():  # a policy pass with its backward and update, then a no-grad pass (reference, decoding)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step(); opt.zero_grad()
+    with torch.no_grad():
+        model(input_ids=ids)
+for _ in range(2):
+    step()
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+for _ in range(steps):
+    step()
+r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+print(json.dumps({"wall": (t1 - t0) / steps, "user": (r1.ru_utime - r0.ru_utime) / steps,
+                  "sys": (r1.ru_stime - r0.ru_stime) / steps, "minflt": (r1.ru_minflt - r0.ru_minflt) / steps,
+                  "weights_sha256": digest}))
+"""
+
+
+def run(setting: str, arch: dict, args) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    if setting == "tuned":
+        env.update(ALLOCATOR_ENV)
+    cmd = [sys.executable, "-c", WORKER, json.dumps(arch), str(args.steps), str(args.batch), str(args.seq)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(args.procs)]
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate()
+        if p.returncode:
+            sys.exit(f"worker ({setting}) exited {p.returncode}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=32, help="sequences per step (GRPO: 8 prompts x 4 completions)")
+    ap.add_argument("--seq", type=int, default=72, help="tokens per sequence")
+    ap.add_argument("--procs", type=int, default=3, help="processes at once (the flow's CPU step slots)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    base = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))["base"]
+    arch = {**base["arch"], "vocab_size": base["tokenizer"]["vocab_size"]}
+    results: dict[str, list[dict]] = {"default": [], "tuned": []}
+    for r in range(args.repeats):
+        for setting in ("default", "tuned"):
+            rows = run(setting, arch, args)
+            results[setting] += rows
+            print(f"repeat {r + 1} {setting}: " + ", ".join(f"{x['wall']:.3f} s/step" for x in rows), flush=True)
+    summary = {}
+    for setting, rows in results.items():
+        summary[setting] = {k: round(statistics.median(x[k] for x in rows), 4) for k in ("wall", "user", "sys", "minflt")}
+    digests = {x["weights_sha256"] for rows in results.values() for x in rows}
+    print(f"\n{args.procs} process(es) at once, {args.batch} x {args.seq} tokens, median per step:")
+    print("| allocator | wall s | user s | kernel s | minor faults |\n|---|---|---|---|---|")
+    for setting, s in summary.items():
+        print(f"| {setting} | {s['wall']:.3f} | {s['user']:.3f} | {s['sys']:.3f} | {s['minflt']:.0f} |")
+    ratio = summary["tuned"]["wall"] / summary["default"]["wall"]
+    print(f"tuned / default wall: {ratio:.2f}; the same weights in every run: {len(digests) == 1}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "allocator_env": ALLOCATOR_ENV, "median": summary,
+                                               "wall_ratio": round(ratio, 3), "same_weights": len(digests) == 1,
+                                               "runs": results}, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
