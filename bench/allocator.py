@@ -1,6 +1,12 @@
-"""Benchmark: glibc's allocator settings (semrl.core.env.ALLOCATOR_ENV) against its defaults, on training
-steps of the tiny profile's model shape (base.arch of params.yaml, random weights): wall, user and kernel
-CPU seconds and minor page faults per step, and whether both settings end at the same weights.
+"""Benchmark: glibc's allocator kept from handing tensor memory back to the kernel, against its defaults,
+on training steps of the tiny profile's model shape (base.arch of params.yaml, random weights): wall, user
+and kernel CPU seconds and minor page faults per step, and whether both settings end at the same weights.
+
+glibc serves allocations above its mmap threshold (128 KiB, rising to at most 32 MiB) with fresh mmap'd
+pages and returns them on free, so a CPU training step page-faults its activations, logits and gradients
+back in every time. ALLOCATOR_ENV serves them from the heap and never trims it (both or neither: a trim
+threshold alone switches the dynamic mmap threshold off and makes it worse). Measured, not adopted as the
+default: README "Performance" says why.
 
 Each setting runs in fresh processes (glibc reads the variables at start), `--procs` of them at once, as
 the flow's CPU step slots run one step per seed beside each other; the settings alternate `--repeats` times.
@@ -20,9 +26,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from semrl.core.env import ALLOCATOR_ENV  # noqa: E402
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 WORKER = r"""
 import hashlib, json, resource, sys, time

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semrl.core.env import QUIET_ENV, tune_allocator
+from semrl.core.env import QUIET_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = {**QUIET_ENV, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # nothing downloads in tests
 os.environ.update(OFFLINE_ENV)
-tune_allocator()  # in-process models too (subprocesses read the variables)
 # Tests never write into a user's tracking server or Prefect API: every test repo has its own sqlite
 # store, and Prefect runs ephemeral with its state in a temporary PREFECT_HOME.
 os.environ.pop("MLFLOW_TRACKING_URI", None)

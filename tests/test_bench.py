@@ -55,3 +55,15 @@ def test_reward_signal_pilot_scores_every_variant(trained_repo, tmp_path):
     for r in data["results"]:
         assert all(v is None or -1 <= v <= 1 for v in r["seeds"]["0"].values()), r
     assert "bo-zh pairs only" in proc.stdout
+
+
+
+def test_allocator_benchmark_counts_page_faults_and_compares_weights(tmp_path):
+    """The allocator variables reach a fresh process (glibc reads them at start) and stop the per-step page
+    faults; both settings train to the same weights. Counts, not seconds."""
+    out = tmp_path / "allocator.json"
+    run([sys.executable, str(REPO / "bench" / "allocator.py"), "--steps", "2", "--procs", "1", "--repeats", "1",
+         "--json", str(out)], REPO)
+    result = json.loads(out.read_text())
+    assert result["same_weights"] is True and len(result["runs"]["tuned"]) == 1
+    assert result["median"]["tuned"]["minflt"] < result["median"]["default"]["minflt"] / 4

@@ -82,6 +82,28 @@ def git_commit() -> str:
         return "unknown"
 
 
+def machine() -> str:
+    """The CPU the numbers came from, e.g. "AMD EPYC, 2 cores, AVX2": the same code and seeds give
+    bit-identical weights on one machine but not across CPUs with other vector units (README
+    "Reproducibility"), so runs and reports say where they ran."""
+    import os
+    import platform
+
+    model, flags = None, set()
+    try:  # Linux; elsewhere what platform knows
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model is None:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    return ", ".join(x for x in (model, f"{os.cpu_count()} cores", vector) if x)
+
+
 def data_version(lock_path: str | Path = "dvc.lock") -> str:
     """Hash of the prepared data as DVC recorded it (the `prepare` stage's outputs in dvc.lock)."""
     try:
@@ -120,7 +142,7 @@ def run(config: Config, name: str, tags: dict[str, str] | None = None,
     commit = git_commit()
     all_tags = {"semrl.profile": config.profile, "semrl.git_commit": commit,
                 "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-                "semrl.data_version": data_version(), **(tags or {})}
+                "semrl.data_version": data_version(), "semrl.machine": machine(), **(tags or {})}
 
     # While the run is being created or ended a SIGTERM is held back (raising inside MLflow's store calls
     # would leave the run RUNNING with nobody to end it); it takes effect right after.
