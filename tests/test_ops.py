@@ -216,7 +216,9 @@ def test_a_worker_runs_the_deployment_and_status_explains_late_runs(project):
             os.environ.pop(key, None)
     assert f"pooled-{due.name}" in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
     pooled = semrl(["status"], repo, env).stdout.split("deployment  experiment/pooled")[1].split("deployment  ")[0]
-    assert "Late" not in pooled
+    # No run is Late any more. (Once the run-once worker's heartbeat lapses, status may again note that
+    # *future* runs "will go Late" with no worker: that depends on how long the run took, not a late run.)
+    assert "scheduled run(s) Late" not in pooled, pooled
 
 
 def test_a_failing_branch_fails_alone_and_is_not_retried(live, tmp_path):
