@@ -23,24 +23,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 WORKER = r"""
 import hashlib, json, resource, sys, time
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
-arch, steps, batch, seq = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+from transformers import Qwen3ForCausalLM
+from semrl.core.config import load_config
+from semrl.models.base import qwen3_config
+params, steps, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+base = load_config(params).base
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = Qwen3ForCausalLM(Qwen3Config(vocab_size=arch["vocab_size"], hidden_size=arch["hidden_size"],
-    intermediate_size=arch["intermediate_size"], num_hidden_layers=arch["num_hidden_layers"],
-    num_attention_heads=arch["num_attention_heads"], num_key_value_heads=arch["num_key_value_heads"],
-    head_dim=arch["head_dim"], max_position_embeddings=arch["max_position"]))
+model = Qwen3ForCausalLM(qwen3_config(base.arch, base.tokenizer.vocab_size))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-ids = torch.randint(0, arch["vocab_size"], (batch, seq))
+ids = torch.randint(0, base.tokenizer.vocab_size, (batch, seq))
 def step():  # a policy pass with its backward and update, then a no-grad pass (reference, decoding)
     model(input_ids=ids, labels=ids).loss.backward()
     opt.step(); opt.zero_grad()
@@ -59,11 +57,12 @@ print(json.dumps({"wall": (t1 - t0) / steps, "user": (r1.ru_utime - r0.ru_utime)
 """
 
 
-def run(setting: str, arch: dict, args) -> list[dict]:
+def run(setting: str, args) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), env.get("PYTHONPATH")) if x)
     if setting == "tuned":
         env.update(ALLOCATOR_ENV)
-    cmd = [sys.executable, "-c", WORKER, json.dumps(arch), str(args.steps), str(args.batch), str(args.seq)]
+    cmd = [sys.executable, "-c", WORKER, args.params, str(args.steps), str(args.batch), str(args.seq)]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(args.procs)]
     out = []
     for p in procs:
@@ -84,12 +83,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    base = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))["base"]
-    arch = {**base["arch"], "vocab_size": base["tokenizer"]["vocab_size"]}
     results: dict[str, list[dict]] = {"default": [], "tuned": []}
     for r in range(args.repeats):
         for setting in ("default", "tuned"):
-            rows = run(setting, arch, args)
+            rows = run(setting, args)
             results[setting] += rows
             print(f"repeat {r + 1} {setting}: " + ", ".join(f"{x['wall']:.3f} s/step" for x in rows), flush=True)
     summary = {}

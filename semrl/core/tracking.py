@@ -86,7 +86,6 @@ def machine() -> str:
     """The CPU the numbers came from, e.g. "AMD EPYC, 2 cores, AVX2": the same code and seeds give
     bit-identical weights on one machine but not across CPUs with other vector units (README
     "Reproducibility"), so runs and reports say where they ran."""
-    import os
     import platform
 
     model, flags = None, set()
