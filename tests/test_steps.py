@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, run
+from conftest import REPO, child_env, run
 
 SCRIPT = '''
 import json, os, signal, sys
@@ -107,4 +107,51 @@ if __name__ == "__main__":
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(one, range(1200)))
     print(json.dumps({str(c): codes.count(c) for c in set(codes)}))
+'''
+
+
+def test_a_flow_that_gives_up_on_its_prefect_server_keeps_its_record_for_mark_crashed(tmp_path):
+    """The Prefect server stops answering: the watcher stops the steps, and a stopped step makes the flow's
+    body raise at once. The body's unwinding must not remove the flow's record while the watcher still
+    exits: without it the next `semrl status` cannot mark the run (Running on the server) Crashed. The step
+    here takes a second to end after SIGTERM, as a training step does, so the body unwinds first."""
+    proc = subprocess.run([sys.executable, "-c", GIVE_UP], cwd=tmp_path, env=child_env(), capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "has not answered for 1 s" in proc.stderr and "1 running step(s) stopped" in proc.stderr, proc.stderr
+    assert "body unwound" in proc.stdout, proc.stdout  # the race this guards against did happen
+    [record] = (tmp_path / ".semrl" / "run" / "flows").glob("*.json")
+    assert json.loads(record.read_text())["flow_run_id"] == "run-that-died"
+
+
+GIVE_UP = '''
+import http.server, os, pathlib, threading, time
+from semrl.ops import liveness, steps
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{server.server_address[1]}/api"
+try:
+    with liveness.watch_prefect_api(1, "run-that-died"):
+        step = threading.Thread(target=steps.run_command, args=(
+            ["bash", "-c", "trap 'sleep 1; exit 143' TERM; sleep 120 & wait"], dict(os.environ),
+            pathlib.Path("step.log")), daemon=True)
+        step.start()
+        server.shutdown()
+        server.server_close()
+        steps.STOPPING.wait()
+        print("body unwound", flush=True)
+        raise RuntimeError("a step was stopped")
+except RuntimeError:
+    time.sleep(60)  # as Prefect's engine, retrying to report the failure to the dead server, until the exit
 '''

@@ -60,6 +60,9 @@ def watch_prefect_api(grace_s: float, flow_run_id: str | None, mlflow_run_id: st
     # A plain client: Prefect's own retries a refused connection for a minute before answering.
     client = httpx.Client(base_url=url, headers=headers, timeout=API_POLL_S)
     done = threading.Event()
+    # Set before the steps are stopped: a stopped step makes the body raise, and its unwinding (the finally
+    # below) must keep the record, or `mark_crashed` never learns that this run, Running on the server, died.
+    giving_up = threading.Event()
 
     def poll() -> None:
         down_since = None
@@ -72,6 +75,7 @@ def watch_prefect_api(grace_s: float, flow_run_id: str | None, mlflow_run_id: st
                 problem = e
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since >= grace_s and not done.is_set():
+                giving_up.set()
                 _give_up(url, grace_s, problem, mlflow_run_id)
 
     watcher = threading.Thread(target=poll, name="prefect-api-watch", daemon=True)
@@ -81,7 +85,7 @@ def watch_prefect_api(grace_s: float, flow_run_id: str | None, mlflow_run_id: st
             yield
         finally:
             done.set()
-            if record is not None:
+            if record is not None and not giving_up.is_set():
                 record.unlink(missing_ok=True)
 
 
