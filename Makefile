@@ -53,8 +53,13 @@ run: $(STAMP)
 	$(if $(PROFILE),PATH="$(CURDIR)/$(BIN):$$PATH" semrl check $(PROFILE) && PATH="$(CURDIR)/$(BIN):$$PATH" semrl profile $(PROFILE) --run,PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" semrl where
 
+# Two pytest workers (pytest-xdist): the suite's training steps run one torch thread each (train.torch_threads)
+# and much of the rest waits on servers and subprocesses, so one worker left half of 2 cores idle. Each worker
+# builds its own session fixtures (the smoke project); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

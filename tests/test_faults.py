@@ -227,14 +227,14 @@ def test_a_sigterm_lost_in_a_finaliser_is_sent_again_and_the_run_ends_killed(tmp
         with tracking.run(cfg, "lost-sigterm"):
             Finaliser()
             print("trained on after the first SIGTERM", flush=True)
-            for _ in range(300):
+            for _ in range(900):  # 90 s: a lost signal shows as a run this long, whatever the machine's speed
                 time.sleep(0.1)
     """))
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=child_env(), capture_output=True, text=True,
                           timeout=120)
     assert "Exception ignored" in proc.stderr and "trained on after the first SIGTERM" in proc.stdout, proc.stderr[-2000:]
-    assert proc.returncode != 0 and time.time() - t0 < 25, proc.stderr[-2000:]
+    assert proc.returncode != 0 and time.time() - t0 < 60, proc.stderr[-2000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     [r] = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
     assert r.info.status == "KILLED"
