@@ -28,19 +28,23 @@ def semrl(args, cwd, env=None, check=True):
 
 
 @pytest.fixture(scope="module")
-def live(trained_repo):
-    """trained_repo with `semrl up` run on free ports; `semrl down` afterwards."""
-    params = yaml.safe_load((trained_repo / "params.yaml").read_text())
+def live(trained_repo, tmp_path_factory):
+    """A copy of trained_repo with `semrl up` run on free ports; `semrl down` afterwards. A copy: these tests
+    change its params and run flows that write models and flow records into it, and the other modules' tests
+    read the trained repo as its fixture left it, in whatever order the pytest workers run them."""
+    repo = tmp_path_factory.mktemp("live") / "repo"
+    shutil.copytree(trained_repo, repo, symlinks=True, ignore=shutil.ignore_patterns(".semrl"))  # no server state
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["servers"] = {"host": "127.0.0.1", "prefect_port": free_port(), "mlflow_port": free_port()}
-    (trained_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     t0 = time.time()
-    out = semrl(["up"], trained_repo).stdout
+    out = semrl(["up"], repo).stdout
     print(f"servers up in {time.time() - t0:.1f} s:\n{out}")
     urls = {"prefect": f"http://127.0.0.1:{params['servers']['prefect_port']}",
             "mlflow": f"http://127.0.0.1:{params['servers']['mlflow_port']}"}
     env = {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"]}
-    yield trained_repo, urls, env
-    semrl(["down"], trained_repo)
+    yield repo, urls, env
+    semrl(["down"], repo)
 
 
 def test_up_is_idempotent_and_status_reports_health(live, monkeypatch):
