@@ -17,6 +17,9 @@ export DVC_NO_ANALYTICS := 1
 # offline machines): the paper profile downloads Qwen3-4B and its embedders. `semrl check` names a model
 # that offline mode would fail to load.
 ifneq ($(SEMRL_DATA_MIRROR),)
+# A relative mirror (`SEMRL_DATA_MIRROR=../shared/corpora make run`) means the directory make was called from;
+# stages and tests run in other directories, so it is made absolute once, here.
+export SEMRL_DATA_MIRROR := $(abspath $(SEMRL_DATA_MIRROR))
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 endif
@@ -54,12 +57,14 @@ run: $(STAMP)
 	@PATH="$(CURDIR)/$(BIN):$$PATH" semrl where
 
 # Two pytest workers (pytest-xdist): the suite's training steps run one torch thread each (train.torch_threads)
-# and much of the rest waits on servers and subprocesses, so one worker left half of 2 cores idle. Each worker
-# builds its own session fixtures (the smoke project); TEST_WORKERS=0 runs in one process.
+# and much of the rest waits on servers and subprocesses, so one worker left half of 2 cores idle. The smoke
+# project is built once and shared by the workers (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+# TIERS picks pytest markers: `make test TIERS=unit` (no corpus, ~2 min), `TIERS="unit or pipeline"`; all by default.
 TEST_WORKERS ?= 2
+TIERS ?=
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n $(TEST_WORKERS) $(if $(TIERS),-m "$(TIERS)") $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,11 +1,21 @@
-"""Shared fixtures: the real corpora (from the offline mirror), a DVC-reproduced copy of the repo, and
-small raw trees cut from the real files for bad-input tests."""
+"""Shared fixtures and the suite's tiers. The real corpora (from the offline mirror, fetched lazily by the
+fixtures that need them), the smoke project built once per test session and shared by every pytest-xdist
+worker (each worker works on its own copy), and small raw trees cut from the real files for bad-input tests.
+
+Tiers (pytest markers, README "Tests"): `unit` — no corpus, no servers, no subprocess training: pure functions
+and tiny in-memory models; `pipeline` — the smoke project, stages, flows, servers; `faults` — injected
+failures on the trained smoke project. A test that asks for a project fixture is `pipeline` unless marked
+`faults`; an unmarked test that asks for none is `unit`. A `unit` test that asks for a project fixture is a
+collection error."""
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -13,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from semrl.core.env import QUIET_ENV
 
@@ -24,9 +35,18 @@ os.environ.update(OFFLINE_ENV)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="semrl-prefect-")
+# A relative SEMRL_DATA_MIRROR (`SEMRL_DATA_MIRROR=../shared/corpora pytest`) means the directory pytest was
+# started from; tests run commands in other directories, so it is made absolute once, here (make does the
+# same for `make test`, against the directory make was called from).
+if os.environ.get("SEMRL_DATA_MIRROR") and not os.path.isabs(os.environ["SEMRL_DATA_MIRROR"]):
+    os.environ["SEMRL_DATA_MIRROR"] = os.path.abspath(os.environ["SEMRL_DATA_MIRROR"])
 
-
+TIERS = ("unit", "pipeline", "faults")
+# Fixtures that need the corpora or the smoke project: a test asking for one is not `unit`.
+PROJECT_FIXTURES = frozenset({"mirror", "prepared_project", "smoke_project", "trained_project", "repo_copy",
+                              "smoke_repo", "trained_repo", "small", "smoke_mt"})
 CORPUS_CACHE_ENV = "SEMRL_CORPUS_CACHE"  # where the suite keeps the pinned corpora it fetched itself
+TEST_CACHE_ENV = "SEMRL_TEST_CACHE"  # set: built smoke projects are kept there across sessions, keyed by inputs
 
 
 def corpus_cache() -> Path:
@@ -44,28 +64,29 @@ def mirror_dir() -> Path | None:
     return None
 
 
-def pytest_configure(config):
-    """The suite runs on the real corpora, always: without a mirror it fetches the pinned sources once into
-    its cache (sha256-verified); offline (SEMRL_OFFLINE=1, or the fetch fails) it stops with one line —
-    it never passes by skipping what needs the data."""
-    if mirror_dir() is not None:
-        return
-    cache = corpus_cache()
-    why = "SEMRL_OFFLINE is set"
-    if not os.environ.get("SEMRL_OFFLINE"):
-        from semrl.core.config import FetchConfig
-        from semrl.data.fetch import build_mirror
-        from semrl.data.sources import read_sources
+def tier_of(item) -> str:
+    marked = [t for t in TIERS if item.get_closest_marker(t)]
+    if marked:
+        return marked[0]
+    return "pipeline" if PROJECT_FIXTURES & set(item.fixturenames) else "unit"
 
-        print(f"\nsemrl tests: no corpus mirror; fetching the pinned sources of data/sources.tsv once into {cache}")
-        try:
-            r = build_mirror(read_sources(REPO / "data" / "sources.tsv"), cache, FetchConfig(retries=2, timeout_s=20))
-            print(f"semrl tests: corpus cache ready ({r.fetched} fetched, {r.up_to_date} already there)")
-            return
-        except Exception as e:  # one line, whatever failed
-            why = f"fetching them failed: {str(e).splitlines()[0]}"
-    raise pytest.UsageError(f"semrl tests: no corpus mirror (SEMRL_DATA_MIRROR, ../shared/corpora) and no cache at "
-                            f"{cache}; {why}. Run once online, or point SEMRL_DATA_MIRROR at a mirror.")
+
+def pytest_collection_modifyitems(config, items):
+    """Every test gets its tier, and the fast tiers run first: the quickest feedback, and the second xdist
+    worker works through unit tests while the first builds the shared smoke project."""
+    problems = []
+    for item in items:
+        marked = [t for t in TIERS if item.get_closest_marker(t)]
+        if len(marked) > 1:
+            problems.append(f"{item.nodeid}: in more than one tier ({', '.join(marked)})")
+        elif marked == ["unit"] and PROJECT_FIXTURES & set(item.fixturenames):
+            problems.append(f"{item.nodeid}: marked unit but asks for "
+                            f"{', '.join(sorted(PROJECT_FIXTURES & set(item.fixturenames)))}")
+        if not marked:
+            item.add_marker(tier_of(item))
+    if problems:
+        raise pytest.UsageError("semrl tests: tier markers are wrong:\n" + "\n".join(problems))
+    items.sort(key=lambda item: TIERS.index(tier_of(item)))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -95,11 +116,49 @@ def pytest_unconfigure(config):
     logging.raiseExceptions = False
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """Where the workers of one session meet: SEMRL_TEST_CACHE when set (kept across sessions), else the
+    session's temporary root (xdist gives each worker a folder below it)."""
+    if os.environ.get(TEST_CACHE_ENV):
+        root = Path(os.environ[TEST_CACHE_ENV])
+    else:
+        base = tmp_path_factory.getbasetemp()
+        root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+_MIRROR_FAILURE: list[str] = []  # one fetch attempt per process: later tests get the same one line
+
+
 @pytest.fixture(scope="session")
-def mirror() -> Path:
-    m = mirror_dir()
-    assert m is not None, "pytest_configure guarantees a mirror"
-    return m
+def mirror(tmp_path_factory) -> Path:
+    """The corpus mirror. Without one the suite fetches the pinned sources once into its cache (sha256-verified,
+    one worker at a time); offline (SEMRL_OFFLINE=1, or the fetch fails) each test that needs the corpora
+    errors with one line — it never passes by skipping what needs the data."""
+    found = mirror_dir()
+    if found is not None:
+        return found
+    cache = corpus_cache()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    why = "SEMRL_OFFLINE is set"
+    if not os.environ.get("SEMRL_OFFLINE") and not _MIRROR_FAILURE:
+        from semrl.core.config import FetchConfig
+        from semrl.data.fetch import build_mirror
+        from semrl.data.sources import read_sources
+
+        with FileLock(str(cache) + ".lock"):
+            if mirror_dir() is not None:  # another worker fetched it meanwhile
+                return mirror_dir()
+            print(f"\nsemrl tests: no corpus mirror; fetching the pinned sources of data/sources.tsv once into {cache}")
+            try:
+                build_mirror(read_sources(REPO / "data" / "sources.tsv"), cache, FetchConfig(retries=2, timeout_s=20))
+                return cache
+            except Exception as e:  # one line, whatever failed
+                _MIRROR_FAILURE.append(f"fetching them failed: {str(e).splitlines()[0]}")
+    why = _MIRROR_FAILURE[0] if _MIRROR_FAILURE else why
+    pytest.fail(f"semrl tests: no corpus mirror (SEMRL_DATA_MIRROR, ../shared/corpora) and no cache at {cache}; "
+                f"{why}. Run once online, or point SEMRL_DATA_MIRROR at a mirror.", pytrace=False)
 
 
 def child_env(extra: dict | None = None) -> dict:
@@ -123,31 +182,130 @@ def run_stage(stage: str, params_path: Path, env: dict | None = None) -> subproc
                           capture_output=True, text=True, env=env)
 
 
-@pytest.fixture(scope="session")
-def repo_copy(tmp_path_factory, mirror) -> Path:
-    """A fresh copy of the tracked project (as a clean clone has it) with `dvc repro prepare` run against
-    the mirror."""
-    dest = tmp_path_factory.mktemp("repo")
+# ---------------------------------------------------------------- the smoke project, built once a session
+
+
+def project_files() -> list[str]:
+    """The tracked project as a clean clone has it (plus files not yet committed, not ignored)."""
     files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout.split("\n")
-    for rel in filter(None, files):
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
+    return [rel for rel in filter(None, files) if (REPO / rel).is_file()]
+
+
+@functools.cache
+def _inputs_key(mirror: Path) -> str:
+    """What a built project depends on: every project file but the tests (copied fresh into each copy), the
+    corpus manifest, and the interpreter and training stack."""
+    import torch
+    import transformers
+    import trl
+
+    h = hashlib.sha256(f"{sys.version}|{torch.__version__}|{transformers.__version__}|{trl.__version__}".encode())
+    for rel in sorted(project_files()):
+        if not rel.startswith("tests/"):
+            h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes() + b"\0")
+    h.update((mirror / "MANIFEST.tsv").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def built(tmp_path_factory, mirror: Path, name: str, build) -> Path:
+    """The project `name`, built once by whichever worker comes first (the others wait on its lock) in the
+    shared folder, keyed by its inputs; `build(dest)` makes it."""
+    root = shared_dir(tmp_path_factory) / "projects"
+    root.mkdir(exist_ok=True)
+    dest = root / f"{name}-{_inputs_key(mirror)}"
+    done = dest.with_name(dest.name + ".built")
+    with FileLock(str(dest) + ".lock"):
+        if not done.is_file():
+            if dest.exists():  # a half-built one from a killed session
+                shutil.rmtree(dest)
+            build(dest)
+            done.write_text("")
+    return dest
+
+
+def relocate_tracking(db: Path, old: Path, new: Path) -> None:
+    """MLflow keeps absolute artifact paths (experiments, runs, model versions) in its store: a copied project
+    would write its runs' artifacts into the original. Every text column naming `old` is made to name `new`."""
+    con = sqlite3.connect(db)
+    try:
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+            for column in con.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if any(t in (column[2] or "").upper() for t in ("CHAR", "TEXT")):
+                    col = column[1]
+                    con.execute(f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE "{col}" LIKE ?',
+                                (f"{old}/", f"{new}/", f"%{old}/%"))
+        con.commit()
+    finally:
+        con.close()
+
+
+def copy_project(src: Path, dest: Path, ignore=None) -> Path:
+    """A working copy of a built project: its own files, MLflow store pointing at its own artifacts, and the
+    tests as they are now (a built project is keyed without them)."""
+    shutil.copytree(src, dest, symlinks=True, ignore=ignore)
+    if (dest / "mlflow.db").is_file():
+        relocate_tracking(dest / "mlflow.db", src, dest)
+    shutil.rmtree(dest / "tests", ignore_errors=True)
+    shutil.copytree(REPO / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _build_prepared(dest: Path, mirror: Path) -> None:
+    for rel in project_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest / rel)
     run(["git", "init", "-q"], dest)
     run(["dvc", "repro", "prepare"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
-    return dest
+
+
+def _build_smoke(dest: Path, prepared: Path, mirror: Path) -> None:
+    from semrl.core.config import apply_overlay
+
+    copy_project(prepared, dest)
+    apply_overlay(dest / "params.yaml", dest / "configs" / "smoke.yaml")
+    run(["dvc", "repro", "embedder"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
+
+
+def _build_trained(dest: Path, smoke: Path, mirror: Path) -> None:
+    copy_project(smoke, dest)
+    run(["dvc", "repro", "sft@mt", "grpo@mt"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
 
 
 @pytest.fixture(scope="session")
-def smoke_repo(tmp_path_factory, repo_copy, mirror) -> Path:
-    """repo_copy with the smoke overlay applied and `dvc repro embedder` run (base + both embedders)."""
-    from semrl.core.config import apply_overlay
+def prepared_project(tmp_path_factory, mirror) -> Path:
+    """The shared build of the tracked project with `dvc repro prepare` run (read-only: tests use copies)."""
+    return built(tmp_path_factory, mirror, "prepared", lambda d: _build_prepared(d, mirror))
 
-    dest = tmp_path_factory.mktemp("smoke") / "repo"
-    shutil.copytree(repo_copy, dest, symlinks=True)
-    apply_overlay(dest / "params.yaml", dest / "configs" / "smoke.yaml")
-    run(["dvc", "repro", "embedder"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
-    return dest
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory, prepared_project, mirror) -> Path:
+    """The shared build with the smoke overlay and `dvc repro embedder` (base + both embedders)."""
+    return built(tmp_path_factory, mirror, "smoke", lambda d: _build_smoke(d, prepared_project, mirror))
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory, smoke_project, mirror) -> Path:
+    """The shared smoke build after `dvc repro sft@mt grpo@mt`: coldstart@mt, sft@mt and grpo@mt, each a
+    Prefect flow run of its method's seeds."""
+    return built(tmp_path_factory, mirror, "trained", lambda d: _build_trained(d, smoke_project, mirror))
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory, prepared_project) -> Path:
+    """This worker's copy of the tracked project (as a clean clone has it) with `dvc repro prepare` run."""
+    return copy_project(prepared_project, tmp_path_factory.mktemp("repo") / "repo")
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory, smoke_project) -> Path:
+    """This worker's copy of the smoke project: repo_copy with the smoke overlay and `dvc repro embedder`."""
+    return copy_project(smoke_project, tmp_path_factory.mktemp("smoke") / "repo")
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory, trained_project) -> Path:
+    """This worker's copy of the trained smoke project (`dvc repro sft@mt grpo@mt` done)."""
+    return copy_project(trained_project, tmp_path_factory.mktemp("trained") / "repo")
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +329,6 @@ def smoke_mt(smoke_repo):
         os.chdir(here)
 
 
-@pytest.fixture(scope="session")
-def trained_repo(smoke_repo, mirror) -> Path:
-    """smoke_repo after `dvc repro sft@mt grpo@mt`: the stages coldstart@mt, sft@mt and grpo@mt, each a
-    Prefect flow run of its method's seeds."""
-    run(["dvc", "repro", "sft@mt", "grpo@mt"], smoke_repo, {"SEMRL_DATA_MIRROR": str(mirror)})
-    return smoke_repo
-
-
 def mlflow_runs(repo: Path) -> dict:
     """name -> the newest MLflow run of that name in a test repo's store."""
     import mlflow
@@ -198,9 +348,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def small(tmp_path, repo_copy, params):
+def small(tmp_path, prepared_project, params):
     """A small raw tree cut from the real corpora plus params pointing at it; tests then break it."""
-    src, raw = repo_copy / "data" / "raw", tmp_path / "raw"
+    src, raw = prepared_project / "data" / "raw", tmp_path / "raw"
     pairs = sorted((src / "lotsawa" / "text-pairs").glob("*-bo.txt"))[:6]
     for bo in pairs:
         for f in (bo, bo.with_name(bo.name.replace("-bo.txt", "-zh.txt"))):

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, child_env, run
+from conftest import REPO, child_env, copy_project, run
 
 
 def free_port() -> int:
@@ -28,12 +28,11 @@ def semrl(args, cwd, env=None, check=True):
 
 
 @pytest.fixture(scope="module")
-def live(trained_repo, tmp_path_factory):
-    """A copy of trained_repo with `semrl up` run on free ports; `semrl down` afterwards. A copy: these tests
-    change its params and run flows that write models and flow records into it, and the other modules' tests
-    read the trained repo as its fixture left it, in whatever order the pytest workers run them."""
-    repo = tmp_path_factory.mktemp("live") / "repo"
-    shutil.copytree(trained_repo, repo, symlinks=True, ignore=shutil.ignore_patterns(".semrl"))  # no server state
+def live(trained_project, tmp_path_factory):
+    """A copy of the trained smoke project with `semrl up` run on free ports; `semrl down` afterwards. A copy:
+    these tests change its params and run flows that write models and flow records into it."""
+    repo = copy_project(trained_project, tmp_path_factory.mktemp("live") / "repo",
+                        ignore=shutil.ignore_patterns(".semrl"))  # no server state
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["servers"] = {"host": "127.0.0.1", "prefect_port": free_port(), "mlflow_port": free_port()}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
@@ -132,7 +131,7 @@ def project(live, tmp_path_factory):
     the project's last commit (the trained repo itself stays uncommitted for the other tests)."""
     repo, urls, env = live
     dest = tmp_path_factory.mktemp("deployed") / "repo"
-    shutil.copytree(repo, dest, symlinks=True, ignore=shutil.ignore_patterns(".semrl"))
+    copy_project(repo, dest, ignore=shutil.ignore_patterns(".semrl"))
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=semrl", "-c", "user.email=semrl@localhost", "commit", "-qm", "baseline"], dest)
     return dest, urls, env

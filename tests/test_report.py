@@ -63,7 +63,13 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     # Two seeds: every paired comparison has an interval; the verdict is whatever the data say.
     assert "| sft − grpo | chrf | all | 2 × " in md and "one seed: no estimate" not in md
     assert "| coldstart − base | skill_acc | all | 2 × 8 |" in md
-    assert "Both branches learnt the task" in md and ("no flag" in md or "possible" in md)
+    assert "Both branches learnt the task" in md
+    # The hacking flags the report shows are exactly those of its evaluation (their rules: test_metrics, on
+    # constructed results); either outcome is the data's, but it must be the one this evaluation gives.
+    from semrl.evaluation.report import hacking_flags
+
+    flags = hacking_flags(ev)
+    assert flags and all(line in md for line in flags), flags
     # What GRPO climbed: the reward's order inside each prompt's group, per source and seed (2 seeds here).
     climb = next(line for line in md.splitlines() if line.startswith("- What GRPO had to climb"))
     assert re.search(r"as chrF does in \S+ (\d+%|–) / (\d+%|–)[;\s]", climb), climb

@@ -18,6 +18,8 @@ import yaml
 
 from conftest import REPO, run
 
+pytestmark = pytest.mark.pipeline  # starts MLflow and Prefect servers
+
 
 def free_port() -> int:
     with socket.socket() as s:

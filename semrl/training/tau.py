@@ -58,7 +58,11 @@ def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[
         sub = lambda v: [v[i] for i in idx]
         by_source[source] = {"n": len(idx), "spearman_similarity": rho(sub(sims), sub(quality)),
                              "spearman_eval_similarity": rho(sub(eval_sims), sub(quality))}
+    # The samples themselves, so every number here can be checked and re-analysed (JSON keeps floats exactly).
+    samples = {"source": [x["source"] for x in dev], "similarity": [float(v) for v in sims],
+               "eval_similarity": [float(v) for v in eval_sims], task.primary_metric: [float(v) for v in quality]}
     return {"tau": round(tau, 6), "tau_setting": r.tau, "dev_samples": len(dev), "similarity_against": against,
+            "samples": samples,
             "by_source": by_source, "within_group": group_check(cfg, task, model, tokenizer, dev_all, tau, seed),
             "dev_similarity_mean": round(float(np.mean(sims)), 6), "dev_similarity_std": round(float(np.std(sims)), 6),
             f"dev_{task.primary_metric}_mean": round(float(np.mean(quality)), 6),
@@ -146,4 +150,6 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
                 "metric_vs_length": within_group([(b, c) for _, b, c in gs])}
 
     return {"prompts": len(dev), "generations": k, "all": check([x for gs in groups.values() for x in gs]),
-            "by_source": {source: check(gs) for source, gs in sorted(groups.items())}}
+            "by_source": {source: check(gs) for source, gs in sorted(groups.items())},
+            "groups": [{"source": source, "reward": list(a), "metric": list(b), "length": list(c)}
+                       for source, gs in sorted(groups.items()) for a, b, c in gs]}
