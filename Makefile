@@ -59,12 +59,13 @@ run: $(STAMP)
 # Two pytest workers (pytest-xdist): the suite's training steps run one torch thread each (train.torch_threads)
 # and much of the rest waits on servers and subprocesses, so one worker left half of 2 cores idle. The smoke
 # project is built once and shared by the workers (tests/conftest.py); TEST_WORKERS=0 runs in one process.
-# TIERS picks pytest markers: `make test TIERS=unit` (no corpus, ~2 min), `TIERS="unit or pipeline"`; all by default.
+# TIERS picks the tiers (pytest markers; README "Tests"): unit and pipeline by default; `make test TIERS=unit`
+# for the fast tier alone, `make test TIERS=all` adds the fault-injection tier (CI runs all three).
 TEST_WORKERS ?= 2
-TIERS ?=
+TIERS ?= unit or pipeline
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n $(TEST_WORKERS) $(if $(TIERS),-m "$(TIERS)") $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n $(TEST_WORKERS) $(if $(filter all,$(TIERS)),,-m "$(TIERS)") $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

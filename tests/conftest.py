@@ -45,6 +45,7 @@ TIERS = ("unit", "pipeline", "faults")
 # Fixtures that need the corpora or the smoke project: a test asking for one is not `unit`.
 PROJECT_FIXTURES = frozenset({"mirror", "prepared_project", "smoke_project", "trained_project", "repo_copy",
                               "smoke_repo", "trained_repo", "small", "smoke_mt"})
+TRAINED = frozenset({"trained_project", "trained_repo"})
 CORPUS_CACHE_ENV = "SEMRL_CORPUS_CACHE"  # where the suite keeps the pinned corpora it fetched itself
 TEST_CACHE_ENV = "SEMRL_TEST_CACHE"  # set: built smoke projects are kept there across sessions, keyed by inputs
 
@@ -72,8 +73,8 @@ def tier_of(item) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test gets its tier, and the fast tiers run first: the quickest feedback, and the second xdist
-    worker works through unit tests while the first builds the shared smoke project."""
+    """Every test gets its tier, and the fast tiers run first: the quickest feedback, and the other xdist
+    workers work through unit tests while the first builds the shared smoke project."""
     problems = []
     for item in items:
         marked = [t for t in TIERS if item.get_closest_marker(t)]
@@ -86,7 +87,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(tier_of(item))
     if problems:
         raise pytest.UsageError("semrl tests: tier markers are wrong:\n" + "\n".join(problems))
-    items.sort(key=lambda item: TIERS.index(tier_of(item)))
+    # Within a tier, tests of the prepared or smoke project before those of the trained one: they run on the
+    # other workers while the first to need the trained project builds it.
+    items.sort(key=lambda item: (TIERS.index(tier_of(item)), bool(TRAINED & set(item.fixturenames))))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -207,12 +210,17 @@ def _inputs_key(mirror: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def built(tmp_path_factory, mirror: Path, name: str, build) -> Path:
-    """The project `name`, built once by whichever worker comes first (the others wait on its lock) in the
-    shared folder, keyed by its inputs; `build(dest)` makes it."""
+def project_dir(tmp_path_factory, mirror: Path, name: str) -> Path:
+    """Where the shared project `name` is built (keyed by its inputs)."""
     root = shared_dir(tmp_path_factory) / "projects"
     root.mkdir(exist_ok=True)
-    dest = root / f"{name}-{_inputs_key(mirror)}"
+    return root / f"{name}-{_inputs_key(mirror)}"
+
+
+def built(tmp_path_factory, mirror: Path, name: str, build) -> Path:
+    """The project `name`, built once by whichever process comes first (the others wait on its lock) in the
+    shared folder, keyed by its inputs; `build(dest)` makes it."""
+    dest = project_dir(tmp_path_factory, mirror, name)
     done = dest.with_name(dest.name + ".built")
     with FileLock(str(dest) + ".lock"):
         if not done.is_file():
@@ -269,6 +277,33 @@ def _build_smoke(dest: Path, prepared: Path, mirror: Path) -> None:
 def _build_trained(dest: Path, smoke: Path, mirror: Path) -> None:
     copy_project(smoke, dest)
     run(["dvc", "repro", "sft@mt", "grpo@mt"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
+
+
+def pytest_collection_finish(session):
+    """Start building the shared projects this session will need at once, in the background of one process (the
+    first xdist worker, or pytest alone), while the workers run unit tests; the fixtures then wait on the build's
+    locks. A failed build leaves no marker, and the fixture that needs it builds again and reports the error."""
+    import threading
+
+    needed = {name for item in session.items for name in item.fixturenames} & PROJECT_FIXTURES - {"mirror"}
+    found = mirror_dir()
+    if not needed or found is None or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        return
+    factory = session.config._tmp_path_factory
+    steps = [("prepared", lambda d: _build_prepared(d, found))]
+    if needed - {"prepared_project", "repo_copy", "small"}:
+        steps.append(("smoke", lambda d: _build_smoke(d, project_dir(factory, found, "prepared"), found)))
+    if needed & TRAINED:
+        steps.append(("trained", lambda d: _build_trained(d, project_dir(factory, found, "smoke"), found)))
+
+    def build_all():
+        for name, build in steps:
+            try:
+                built(factory, found, name, build)
+            except Exception:  # the fixture that needs it builds again and fails with the error
+                return
+
+    threading.Thread(target=build_all, name="semrl-smoke-build", daemon=True).start()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 import json
 import sys
 
+import pytest
+
 from conftest import REPO, run
 
 
@@ -57,6 +59,7 @@ def test_reward_signal_pilot_scores_every_variant(trained_repo, tmp_path):
     assert "bo-zh pairs only" in proc.stdout
 
 
+@pytest.mark.pipeline  # trains in subprocesses
 def test_allocator_benchmark_counts_page_faults_and_compares_weights(tmp_path):
     """The allocator variables reach a fresh process (glibc reads them at start) and stop the per-step page
     faults; both settings train to the same weights. Counts, not seconds."""

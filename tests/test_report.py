@@ -5,12 +5,25 @@ import re
 import sys
 
 import mlflow
+import pytest
 
-from conftest import mlflow_runs, read_jsonl, run
+from conftest import built, copy_project, mlflow_runs, read_jsonl, run
 
 
-def test_evaluate_and_report_stages(trained_repo, mirror):
-    run(["dvc", "repro", "report"], trained_repo, {"SEMRL_DATA_MIRROR": str(mirror)})
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, trained_project, mirror):
+    """This worker's copy of the trained smoke project after `dvc repro report` (evaluate@mt and the report),
+    built once a session like the trained project, so that every test here reads the same report whichever
+    worker runs it."""
+    def report(dest):
+        copy_project(trained_project, dest)
+        run(["dvc", "repro", "report"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
+
+    return copy_project(built(tmp_path_factory, mirror, "reported", report), tmp_path_factory.mktemp("reported") / "repo")
+
+
+def test_evaluate_and_report_stages(reported):
+    trained_repo = reported
     reports = trained_repo / "reports"
 
     ev = json.loads((reports / "eval" / "mt.json").read_text())
@@ -135,7 +148,8 @@ def test_evaluate_and_report_stages(trained_repo, mirror):
     assert "up to date" in run(["dvc", "status", "report"], trained_repo).stdout
 
 
-def test_runs_compare_and_the_champion_loads_through_a_real_server(trained_repo):
+def test_runs_compare_and_the_champion_loads_through_a_real_server(reported):
+    trained_repo = reported
     """`semrl up` serves the store `tracking:` names; through it, two training runs compared show their
     evaluation, and `models:/semrl-mt-grpo@champion` loads with MLflow's transformers flavour and generates."""
     import socket
@@ -170,7 +184,8 @@ def test_runs_compare_and_the_champion_loads_through_a_real_server(trained_repo)
         run([*cli, "down"], trained_repo)
 
 
-def test_the_prefect_artifact_keeps_the_answer_and_main_tables(trained_repo):
+def test_the_prefect_artifact_keeps_the_answer_and_main_tables(reported):
+    trained_repo = reported
     from semrl.ops.flows import report_summary
 
     md = (trained_repo / "reports" / "alignment_tax.md").read_text()
@@ -180,7 +195,8 @@ def test_the_prefect_artifact_keeps_the_answer_and_main_tables(trained_repo):
     assert "![" not in summary and len(summary) < len(md)
 
 
-def test_report_without_cmrc_generation(trained_repo, tmp_path):
+def test_report_without_cmrc_generation(reported, tmp_path):
+    trained_repo = reported
     """The tiny default (eval.cmrc_generate: false): no CMRC EM/F1 in the evaluation, the report still has
     its trade-off plot, on the tax measures there are."""
     import shutil
