@@ -19,7 +19,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -165,77 +164,11 @@ def mirror(tmp_path_factory) -> Path:
                 f"{why}. Run once online, or point SEMRL_DATA_MIRROR at a mirror.", pytrace=False)
 
 
-# One Prefect server per test process, started when the session needs the smoke project: the flows its tests'
-# children run talk to it instead of each starting Prefect's ephemeral server, which costs ~10 s of CPU per flow
-# process on this 2-core class (a trivial flow: 12.0 s ephemeral, 2.4 s against a running server). Same
-# database as before (this process's PREFECT_HOME), one process at a time using it: the same state as the
-# ephemeral servers shared. Tests marked `own_prefect` (they start, stop or discover servers themselves) get
-# no such default.
-_PREFECT: dict = {}
-_PREFECT_LOCK = threading.Lock()
-_CHILD_PREFECT = [True]  # off while an `own_prefect` test runs
-
-
-def start_worker_prefect() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    log = Path(os.environ["PREFECT_HOME"]) / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"),
-                            start_new_session=True)
-    _PREFECT.update(proc=proc, url=f"http://127.0.0.1:{port}/api", log=log)
-
-
-def worker_prefect_url() -> str | None:
-    """The URL of this process's Prefect server once it answers (None when none was started)."""
-    import time
-    import urllib.request
-
-    if not _PREFECT:
-        return None
-    with _PREFECT_LOCK:
-        deadline = time.time() + 180
-        while not _PREFECT.get("healthy"):
-            if _PREFECT["proc"].poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the suite's Prefect server did not start: {_PREFECT['log']}")
-            try:
-                urllib.request.urlopen(_PREFECT["url"] + "/health", timeout=2)
-                _PREFECT["healthy"] = True
-            except OSError:
-                time.sleep(0.5)
-    return _PREFECT["url"]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    _CHILD_PREFECT[0] = item.get_closest_marker("own_prefect") is None
-
-
-def pytest_sessionfinish(session):
-    import signal
-
-    if _PREFECT:
-        try:
-            os.killpg(_PREFECT["proc"].pid, signal.SIGTERM)
-            _PREFECT["proc"].wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(_PREFECT["proc"].pid, signal.SIGKILL)
-
-
 def child_env(extra: dict | None = None) -> dict:
     """The environment for a child process. mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI into this
-    process, so a child would log wherever the last test pointed: children get only what a test passes —
-    and, unless it passes its own PREFECT_API_URL, the suite's Prefect server. A value of None removes a key."""
+    process, so a child would log wherever the last test pointed: children get only what a test passes."""
     inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    env = {**inherited, **OFFLINE_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    if _CHILD_PREFECT[0] and "PREFECT_API_URL" not in (extra or {}) and (url := worker_prefect_url()):
-        env["PREFECT_API_URL"] = url
-    env.update(extra or {})
-    return {k: v for k, v in env.items() if v is not None}
+    return {**inherited, **OFFLINE_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra or {})}
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -265,11 +198,11 @@ def project_files() -> list[str]:
 def _inputs_key(mirror: Path) -> str:
     """What a built project depends on: every project file but the tests (copied fresh into each copy), the
     corpus manifest, and the interpreter and training stack."""
-    from importlib.metadata import version  # not the packages themselves: importing them from the build thread
-    # while a test imports them races their lazy module loaders
+    import torch
+    import transformers
+    import trl
 
-    stack = "|".join(version(name) for name in ("torch", "transformers", "trl", "peft", "dvc", "prefect", "mlflow"))
-    h = hashlib.sha256(f"{sys.version}|{stack}".encode())
+    h = hashlib.sha256(f"{sys.version}|{torch.__version__}|{transformers.__version__}|{trl.__version__}".encode())
     for rel in sorted(project_files()):
         if not rel.startswith("tests/"):
             h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes() + b"\0")
@@ -347,17 +280,13 @@ def _build_trained(dest: Path, smoke: Path, mirror: Path) -> None:
 
 
 def pytest_collection_finish(session):
-    """Start what this session's project tests need: each test process its Prefect server (child_env), and one
-    process (the first xdist worker, or pytest alone) the shared projects' build, in the background while the
-    workers run unit tests; the fixtures then wait on the build's locks. A failed build leaves no marker, and
-    the fixture that needs it builds again and reports the error. SEMRL_TEST_EPHEMERAL_PREFECT=1: no server,
-    every flow on Prefect's ephemeral server as a user without one has it."""
+    """Start building the shared projects this session will need at once, in the background of one process (the
+    first xdist worker, or pytest alone), while the workers run unit tests; the fixtures then wait on the build's
+    locks. A failed build leaves no marker, and the fixture that needs it builds again and reports the error."""
     import threading
 
     needed = {name for item in session.items for name in item.fixturenames} & PROJECT_FIXTURES - {"mirror"}
     found = mirror_dir()
-    if needed and not os.environ.get("SEMRL_TEST_EPHEMERAL_PREFECT"):
-        start_worker_prefect()  # every test process that will run project tests
     if not needed or found is None or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
         return
     factory = session.config._tmp_path_factory

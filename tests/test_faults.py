@@ -20,7 +20,7 @@ import yaml
 from conftest import REPO, child_env, run
 from test_methods import variant
 
-pytestmark = [pytest.mark.faults, pytest.mark.own_prefect]  # kills servers and flows
+pytestmark = pytest.mark.faults
 
 
 def semrl_proc(args, cwd, env=None, limit_fsize=None):

@@ -16,8 +16,6 @@ import yaml
 
 from conftest import REPO, child_env, copy_project, run
 
-pytestmark = pytest.mark.own_prefect  # `semrl up` servers, discovered by the commands
-
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -148,7 +148,6 @@ def test_evaluate_and_report_stages(reported):
     assert "up to date" in run(["dvc", "status", "report"], trained_repo).stdout
 
 
-@pytest.mark.own_prefect  # `semrl up` servers
 def test_runs_compare_and_the_champion_loads_through_a_real_server(reported):
     trained_repo = reported
     """`semrl up` serves the store `tracking:` names; through it, two training runs compared show their

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO, run
 
-pytestmark = [pytest.mark.pipeline, pytest.mark.own_prefect]  # starts MLflow and Prefect servers
+pytestmark = pytest.mark.pipeline  # starts MLflow and Prefect servers
 
 
 def free_port() -> int:
