@@ -198,11 +198,11 @@ def project_files() -> list[str]:
 def _inputs_key(mirror: Path) -> str:
     """What a built project depends on: every project file but the tests (copied fresh into each copy), the
     corpus manifest, and the interpreter and training stack."""
-    import torch
-    import transformers
-    import trl
+    from importlib.metadata import version  # not the packages themselves: importing them from the build thread
+    # while a test imports them races their lazy module loaders
 
-    h = hashlib.sha256(f"{sys.version}|{torch.__version__}|{transformers.__version__}|{trl.__version__}".encode())
+    stack = "|".join(version(name) for name in ("torch", "transformers", "trl", "peft", "dvc", "prefect", "mlflow"))
+    h = hashlib.sha256(f"{sys.version}|{stack}".encode())
     for rel in sorted(project_files()):
         if not rel.startswith("tests/"):
             h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes() + b"\0")

@@ -4,6 +4,7 @@ at best); the same GRPO run with its rewards shuffled across the batch (the nois
 zeroed does not rise. Built by the project's own trainer builder (`make_trainer`: TRL's SFTTrainer, our
 shared-prefix GRPO trainer, rewards from the registry by dotted path) on a two-layer Qwen3 made here from
 scratch with its own tokenizer: no corpus, no subprocess — the unit tier."""
+import os
 import random
 
 import numpy as np
@@ -96,12 +97,25 @@ def toy(tmp_path_factory):
 
 
 def train(tmp_path, tok, init, method_name: str, reward: str = "target_share"):
+    """One training run in an MLflow run of its own, in tmp_path's store (the trainer's metrics callback logs
+    to the active run, as in a pipeline step; without one MLflow would open a run in the working directory and
+    leave it active for the next test of this process)."""
+    import mlflow
+
     torch.manual_seed(0)
     cfg = toy_config(tmp_path, reward, init)
     method, task = get_method(cfg, method_name), get_task(cfg, "mt")
     items = toy_items(320 if method.trainer == "sft" else 96, seed=2)
     trainer = make_trainer(cfg, task, method, 0, items, init, tmp_path / "ckpt", tok, tau=0.0)
-    trainer.train()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("toy", artifact_location=str(tmp_path / "mlartifacts")))
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run.info.run_id):
+            trainer.train()
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exports it: later children must not see it
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == trainer.state.global_step  # logged per step
     return trainer
 
 
