@@ -258,7 +258,7 @@ def copy_project(src: Path, dest: Path, ignore=None) -> Path:
     return dest
 
 
-def _build_prepared(dest: Path, mirror: Path) -> None:
+def _build_prepared(dest: Path, source: None, mirror: Path) -> None:
     for rel in project_files():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest / rel)
@@ -290,39 +290,47 @@ def pytest_collection_finish(session):
     if not needed or found is None or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
         return
     factory = session.config._tmp_path_factory
-    steps = [("prepared", lambda d: _build_prepared(d, found))]
-    if needed - {"prepared_project", "repo_copy", "small"}:
-        steps.append(("smoke", lambda d: _build_smoke(d, project_dir(factory, found, "prepared"), found)))
-    if needed & TRAINED:
-        steps.append(("trained", lambda d: _build_trained(d, project_dir(factory, found, "smoke"), found)))
+    prepared_only = needed <= {"prepared_project", "repo_copy", "small"}
+    last = "trained" if needed & TRAINED else "prepared" if prepared_only else "smoke"
 
     def build_all():
-        for name, build in steps:
-            try:
-                built(factory, found, name, build)
-            except Exception:  # the fixture that needs it builds again and fails with the error
-                return
+        try:
+            ensure_project(factory, found, last)
+        except Exception:  # the fixture that needs it builds again and fails with the error
+            pass
 
     threading.Thread(target=build_all, name="semrl-smoke-build", daemon=True).start()
+
+
+# Each shared project: the one it is copied from, and what then makes it.
+PROJECT_BUILDS = {"prepared": (None, _build_prepared), "smoke": ("prepared", _build_smoke),
+                  "trained": ("smoke", _build_trained)}
+
+
+def ensure_project(tmp_path_factory, mirror: Path, name: str) -> Path:
+    """The shared project `name`, with the ones before it, each built once (`built`)."""
+    source, build = PROJECT_BUILDS[name]
+    src = ensure_project(tmp_path_factory, mirror, source) if source else None
+    return built(tmp_path_factory, mirror, name, lambda dest: build(dest, src, mirror))
 
 
 @pytest.fixture(scope="session")
 def prepared_project(tmp_path_factory, mirror) -> Path:
     """The shared build of the tracked project with `dvc repro prepare` run (read-only: tests use copies)."""
-    return built(tmp_path_factory, mirror, "prepared", lambda d: _build_prepared(d, mirror))
+    return ensure_project(tmp_path_factory, mirror, "prepared")
 
 
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory, prepared_project, mirror) -> Path:
     """The shared build with the smoke overlay and `dvc repro embedder` (base + both embedders)."""
-    return built(tmp_path_factory, mirror, "smoke", lambda d: _build_smoke(d, prepared_project, mirror))
+    return ensure_project(tmp_path_factory, mirror, "smoke")
 
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory, smoke_project, mirror) -> Path:
     """The shared smoke build after `dvc repro sft@mt grpo@mt`: coldstart@mt, sft@mt and grpo@mt, each a
     Prefect flow run of its method's seeds."""
-    return built(tmp_path_factory, mirror, "trained", lambda d: _build_trained(d, smoke_project, mirror))
+    return ensure_project(tmp_path_factory, mirror, "trained")
 
 
 @pytest.fixture(scope="session")
