@@ -206,7 +206,8 @@ def test_offline_without_mirror_unit_tests_run_and_corpus_tests_stop_with_one_li
     from conftest import child_env
 
     env = child_env({"SEMRL_DATA_MIRROR": "", "SEMRL_SHARED_CORPORA": str(tmp_path / "none"),
-                     "SEMRL_CORPUS_CACHE": str(tmp_path / "cache"), "SEMRL_OFFLINE": "1"})
+                     "SEMRL_CORPUS_CACHE": str(tmp_path / "cache"), "SEMRL_OFFLINE": "1",
+                     "COLUMNS": "1000"})  # pytest's short summary truncates to the terminal's width, CI's is unset
     pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--durations=0"]
     unit = subprocess.run([*pytest_cmd, "tests/test_text.py"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -215,7 +216,9 @@ def test_offline_without_mirror_unit_tests_run_and_corpus_tests_stop_with_one_li
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     out = needs.stdout + needs.stderr
     assert needs.returncode == 1 and "1 error" in out, out
-    [line] = [line for line in out.splitlines() if "semrl tests: no corpus mirror" in line]
+    # the error itself, then pytest's short summary repeating it: one line each
+    line, summary = [line for line in out.splitlines() if "semrl tests: no corpus mirror" in line]
+    assert summary.startswith("ERROR tests/test_fetch.py::") and summary.endswith(line), out
     assert "SEMRL_OFFLINE is set" in line and str(tmp_path / "cache") in line
     assert not (tmp_path / "cache").exists()  # offline: nothing fetched, nothing half-written
 
