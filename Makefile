@@ -53,8 +53,8 @@ $(STAMP): pyproject.toml
 PROFILE ?=
 
 run: $(STAMP)
-	$(if $(PROFILE),PATH="$(CURDIR)/$(BIN):$$PATH" semrl check $(PROFILE) && PATH="$(CURDIR)/$(BIN):$$PATH" semrl profile $(PROFILE) --run,PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro)
-	@PATH="$(CURDIR)/$(BIN):$$PATH" semrl where
+	$(if $(PROFILE),PATH="$(abspath $(BIN)):$$PATH" semrl check $(PROFILE) && PATH="$(abspath $(BIN)):$$PATH" semrl profile $(PROFILE) --run,PATH="$(abspath $(BIN)):$$PATH" dvc repro)
+	@PATH="$(abspath $(BIN)):$$PATH" semrl where
 
 # Two pytest workers (pytest-xdist): the suite's training steps run one torch thread each (train.torch_threads)
 # and much of the rest waits on servers and subprocesses, so one worker left half of 2 cores idle. The smoke
@@ -65,7 +65,7 @@ TEST_WORKERS ?= 2
 TIERS ?= unit or pipeline
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n $(TEST_WORKERS) $(if $(filter all,$(TIERS)),,-m "$(TIERS)") $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -n $(TEST_WORKERS) $(if $(filter all,$(TIERS)),,-m "$(TIERS)") $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

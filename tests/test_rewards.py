@@ -170,3 +170,43 @@ def test_registry_errors_are_clear(data):
     funcs, _ = build_rewards([{"name": "semantic", "reference_column": "target"}], ctx)
     with pytest.raises(SemrlError, match="column 'target' missing"):
         funcs[0](None, ["ཀ"], reference=["ཀ"])
+
+
+def test_reward_diagnostics_split_what_the_input_decides_from_what_it_does_not():
+    """Known cases: a group whose reward is constant has no spread (its advantages are all zero); a group whose
+    variation is all in g(y) (input-independent) adds to g's share, one whose variation is all in h to h's."""
+    from semrl.training.tau import reward_diagnostics
+
+    flat = ([1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5])
+    all_g = ([0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0])  # R = g: the input changes nothing
+    all_h = ([0.0, 1.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5])  # g constant: every difference is the input's
+    assert reward_diagnostics([flat, all_g, all_h]) == {"zero_spread_groups": round(1 / 3, 4),
+                                                        "input_dependent_share": 0.5}
+    assert reward_diagnostics([all_h])["input_dependent_share"] == 1.0
+    assert reward_diagnostics([all_g])["input_dependent_share"] == 0.0
+    assert reward_diagnostics([flat]) == {"zero_spread_groups": 1.0, "input_dependent_share": None}
+
+
+def test_the_language_reward_is_input_independent_and_chrf_is_not():
+    """g(y), the reward against other prompts' references: the language reward pays the same whatever the
+    input (h = 0 exactly); chrF against the own reference is mostly the input's (copying the reference)."""
+    from semrl.training.rewards import build_rewards, score
+    from semrl.training.tau import input_independent_part, reward_diagnostics
+
+    refs = ["བོད་ཀྱི་ལོ་རྒྱུས།", "ཟླ་བ་གཉིས་པའི་ཚེས་༢༡", "སློབ་གྲྭ་ཆེན་པོ།", "རི་བོ་དང་མཚོ།", "མི་རིགས་ཀྱི་སྐད་ཡིག",
+            "ཉི་མ་ཤར་བ།"]
+    rows = [{"prompt": f"p{i}", "input": f"in{i}", "reference": ref, "source": "s"} for i, ref in enumerate(refs)
+            for _ in range(2)]
+    outs = [x for ref in refs for x in (ref, "abc")]  # per group: the own reference, then a text in another script
+    columns = {"reference": [x["reference"] for x in rows], "input": [x["input"] for x in rows],
+               "completion_ids": [[0]] * len(rows)}
+    for name, share in (("language", 0.0), ("chrf", None)):
+        funcs, weights = build_rewards([{"name": name}], {"script": "bo", "reference_column": "reference"})
+        reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
+        general = input_independent_part(funcs, weights, rows, outs, columns, "reference", 2)
+        groups = [(reward[i:i + 2], general[i:i + 2]) for i in range(0, len(rows), 2)]
+        found = reward_diagnostics(groups)["input_dependent_share"]
+        if share is not None:
+            assert general == reward and found == share
+        else:
+            assert found > 0.8, found  # the own reference scores 1, against the others far less

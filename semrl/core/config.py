@@ -278,6 +278,9 @@ class RewardsConfig(Section):
     # GRPO samples, does the reward order a prompt's completions as the task metric does? (0: off)
     group_check_prompts: int = Field(32, ge=0)
     reference_column: str = "reference"
+    # The noise-floor control (bench/grpo_discriminate.py): each batch's rewards permuted across its completions,
+    # groups too, before the advantages: same rewards, no link to the completion. Never on in a real run.
+    shuffle: bool = False
     components: list[RewardComponent] = [RewardComponent(name="semantic", weight=1.5),
                                          RewardComponent(name="language", weight=1.0, min_share=0.5)]
     ablations: dict[str, Ablation] = {
@@ -321,9 +324,26 @@ class SFTStage(StageConfig):
     batch_size: int = Field(8, ge=1)
 
 
+class ColdStartGate(Section):
+    """The cold start trains until it reads its input (semrl.training.gate): every `every` steps it decodes
+    `dev_samples` dev rows per data source (greedy, eval.max_new_tokens) and stops once, on every source whose
+    references are at least `min_distinct` distinct, at least `min_distinct` of its outputs are distinct, and on
+    every synthetic source its primary metric beats both copy baselines (the input, the input's lead) — or at
+    `max_steps`, the cap. Its learning-rate schedule spans the cap. A branch starts only from a cold start
+    that passed (train.coldstart.gate.require)."""
+
+    enabled: bool = False
+    every: int = Field(40, ge=1)
+    max_steps: int = Field(400, ge=1)
+    dev_samples: int = Field(48, ge=2)
+    min_distinct: float = Field(0.8, ge=0, le=1)
+    require: bool = True  # false: branches start from a cold start that failed the gate (the gate is recorded)
+
+
 class ColdStartStage(SFTStage):
     samples: int = Field(300, ge=1)
     lr: float = Field(1.0e-4, gt=0)  # pilot: 1e-3 erased the base's general skill (bench/results)
+    gate: ColdStartGate = ColdStartGate()
 
 
 class GRPOStage(StageConfig):
@@ -337,7 +357,10 @@ class GRPOStage(StageConfig):
     beta: float = Field(0.04, ge=0)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
     epsilon: float = Field(0.2, gt=0)
-    scale_rewards: str = "group"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    # The completion budget of GRPO's samples (and of tau's calibration samples); null: train.max_target_tokens.
+    # Evaluation decodes eval.max_new_tokens: a budget below it leaves long references no end-of-sequence to learn.
+    max_completion_tokens: int | None = Field(None, ge=1)
     # DAPO's fix for rambling: a completion cut at max_target_tokens (no EOS) is left out of the loss, so a
     # repetition loop that runs to the budget is never reinforced (TRL's mask_truncated_completions).
     mask_truncated_completions: bool = False
@@ -391,6 +414,12 @@ class TrainConfig(Section):
     sft: SFTStage = SFTStage(max_steps=80)
     grpo: GRPOStage = GRPOStage()
     trajectory: TrajectoryConfig = TrajectoryConfig()
+
+    @property
+    def completion_tokens(self) -> int:
+        """GRPO's completion budget: grpo.max_completion_tokens, else max_target_tokens. Its samples and tau's
+        calibration samples are drawn with it."""
+        return self.grpo.max_completion_tokens or self.max_target_tokens
 
     @model_validator(mode="after")
     def _matched_budgets(self) -> "TrainConfig":

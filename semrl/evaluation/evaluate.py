@@ -49,18 +49,6 @@ def test_rows(task: Task, tokenizer, cfg: Config) -> list[dict[str, str]]:
     return per_source(task.examples("test", tokenizer, cfg.train.max_input_tokens), cfg.eval.test_samples)
 
 
-def trivial_baselines(task: Task, rows: list[dict[str, str]], train_refs: list[str]) -> dict[str, list[str]]:
-    """Outputs that need no model: the input copied whole, and its lead — the input's first k metric
-    tokens, k the median length of the training references (for headlines: a lead sentence often restates
-    the title). A model that does not beat these has not learned the task."""
-    from semrl.core.text import metric_tokens
-
-    lengths = sorted(len(metric_tokens(r, task.script).split()) for r in train_refs) or [1]
-    k = lengths[len(lengths) // 2]
-    lead = [" ".join(metric_tokens(x["input"], task.script).split()[:k]) for x in rows]
-    return {"copy_input": [x["input"] for x in rows], "copy_lead": lead}
-
-
 def scored(task: Task, outputs: list[str], rows: list[dict[str, str]], reward_emb, eval_emb) -> tuple[dict, dict]:
     """(metrics over all rows plus `by_source`, per-item scores of every task metric)."""
     from semrl.evaluation.metrics import item_scores
@@ -215,7 +203,9 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
             row.update(general[method][0])
         del models
     train_refs = [x["reference"] for x in task.examples("train", tokenizer, cfg.train.max_input_tokens)]
-    for name, outs in trivial_baselines(task, test, train_refs).items():
+    from semrl.evaluation.metrics import trivial_baselines
+
+    for name, outs in trivial_baselines(task.script, test, train_refs).items():
         metrics, per_item = scored(task, outs, test, reward_emb, eval_emb)
         results[f"{name}/-"] = {"task": task_name, "method": name, "seed": None, "baseline": True, **metrics}
         items[f"{name}/-"] = per_item

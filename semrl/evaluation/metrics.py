@@ -69,6 +69,16 @@ def item_scores(metric: str, hypotheses: list[str], references: list[str], lang:
     raise ValueError(f"item_scores: unknown metric {metric!r} (known: {', '.join(TASK_METRICS)})")
 
 
+def trivial_baselines(script: str, rows: list[dict[str, str]], train_refs: list[str]) -> dict[str, list[str]]:
+    """Outputs that need no model: the input copied whole, and its lead — the input's first k metric
+    tokens, k the median length of the training references (for headlines: a lead sentence often restates
+    the title). A model that does not beat these has not learned the task."""
+    lengths = sorted(len(metric_tokens(r, script).split()) for r in train_refs) or [1]
+    k = lengths[len(lengths) // 2]
+    lead = [" ".join(metric_tokens(x["input"], script).split()[:k]) for x in rows]
+    return {"copy_input": [x["input"] for x in rows], "copy_lead": lead}
+
+
 def output_stats(outputs: list[str], script: str) -> dict[str, float]:
     n = max(1, len(outputs))
     return {

@@ -23,8 +23,9 @@ from semrl import SemrlError
 from semrl.core.checkpoints import folder_fingerprint, last_complete_checkpoint, require_whole_model, step_of
 from semrl.core.config import Config
 from semrl.core.io import atomic_write_text, process_start
-from semrl.core.methods import Method, get_method, output_dir, run_name
+from semrl.core.methods import COLDSTART, Method, get_method, output_dir, run_name
 from semrl.core.tasks import Task, get_task
+from semrl.training.gate import CHECKS_FILE, GATE_FILE, gate_summary, read_checks, require_passed
 from semrl.training.tau import TAU_FILE, grpo_tau
 from semrl.training.trajectory import TRAJECTORY_FILE
 from semrl.training.trainers import init_model_dir, make_trainer, method_items, model_init_kwargs, rank, world_size
@@ -146,6 +147,8 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
     init = init_model_dir(cfg, task.name, method, seed)
     if init.is_dir():  # a named hub model (paper base) is the hub's to verify
         require_whole_model(init, "base" if method.init == "base" else f"{method.init}@{method.init_task or task.name}")
+    if method.is_branch:
+        require_passed(cfg, init, task.name, method.name, seed)
     tokenizer = AutoTokenizer.from_pretrained(init)
     train_items = task.examples("train", tokenizer, cfg.train.max_input_tokens)
     items = method_items(cfg, method, train_items, seed)
@@ -215,6 +218,11 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         if tau is not None:
             summary["tau"] = tau
         tokenizer.save_pretrained(out / "model")
+        if method.name == COLDSTART and cfg.train.coldstart.gate.enabled:
+            gate = gate_summary(cfg, read_checks(ckpt / CHECKS_FILE), summary["steps"])
+            summary["gate"] = {k: gate[k] for k in ("passed", "passed_at_step", "steps", "cap")}
+            atomic_write_text(out / GATE_FILE, json.dumps(gate, indent=2) + "\n")
+            mlflow.log_metrics({"gate/passed": float(gate["passed"]), "gate/steps": summary["steps"]})
         if (ckpt / TRAJECTORY_FILE).is_file():
             atomic_write_text(out / TRAJECTORY_FILE, (ckpt / TRAJECTORY_FILE).read_text(encoding="utf-8"))
         if signal is not None:  # the tau it used and (auto) the reward-signal check of its calibration
@@ -222,7 +230,7 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
             mlflow.log_metrics({k: v for k, v in signal.items() if isinstance(v, (int, float))})
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({"resumed_from_step": resumed, "train_seconds": summary["train_seconds"]})
-        for extra in (TAU_FILE, TRAJECTORY_FILE, "summary.json"):
+        for extra in (TAU_FILE, TRAJECTORY_FILE, GATE_FILE, "summary.json"):
             if (out / extra).is_file():
                 mlflow.log_artifact(str(out / extra), artifact_path="outputs")
         logged_model = tracking.log_model(*loadable_model(cfg, method, merged, init, out), name="model")

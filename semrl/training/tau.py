@@ -37,7 +37,7 @@ def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[
     dev_all = task.examples("dev", tokenizer, cfg.train.max_input_tokens)
     n_sources = len({x["source"] for x in dev_all}) or 1
     dev = per_source(dev_all, -(-r.tau_dev_samples // n_sources))[: r.tau_dev_samples]
-    outs = generate(model, tokenizer, [x["prompt"] for x in dev], cfg.train.max_target_tokens,
+    outs = generate(model, tokenizer, [x["prompt"] for x in dev], cfg.train.completion_tokens,
                     do_sample=True, temperature=g.temperature, top_p=g.top_p, seed=seed, desc="calibrate tau")
     refs = [x["reference"] for x in dev]
     semantic = next((c for c in r.components if c.name == "semantic"), None)
@@ -84,7 +84,7 @@ def grpo_tau(cfg: Config, task: Task, seed: int, init: Path, tokenizer, model_kw
 
     g = cfg.train.grpo
     key_src = json.dumps([cfg.rewards.model_dump(mode="json"), cfg.tasks[task.name].model_dump(mode="json"),
-                          g.temperature, g.top_p, cfg.train.max_input_tokens, cfg.train.max_target_tokens, seed,
+                          g.temperature, g.top_p, cfg.train.max_input_tokens, cfg.train.completion_tokens, g.num_generations, seed,
                           data_version(), folder_fingerprint(init), folder_fingerprint(cfg.embedder.reward.out_dir),
                           folder_fingerprint(cfg.embedder.eval.out_dir)], sort_keys=True, default=str)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
@@ -131,25 +131,81 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
     dev = per_source(dev_all, -(-r.group_check_prompts // n_sources))[: r.group_check_prompts]
     k = g.num_generations
     rows = [x for x in dev for _ in range(k)]
-    outs = generate(model, tokenizer, [x["prompt"] for x in rows], cfg.train.max_target_tokens, do_sample=True,
+    outs = generate(model, tokenizer, [x["prompt"] for x in rows], cfg.train.completion_tokens, do_sample=True,
                     temperature=g.temperature, top_p=g.top_p, seed=seed + 1, desc="reward signal in groups")
     funcs, weights = grpo_rewards(cfg, r.components, task.script, tau)  # a NaN stops here as in training
     columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows],  # as in GRPO
                "completion_ids": tokenizer(outs, add_special_tokens=False)["input_ids"]}  # re-encoded text
     reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
+    general = input_independent_part(funcs, weights, rows, outs, columns, r.reference_column, k)
     metric = item_scores(task.primary_metric, outs, [x["reference"] for x in rows], task.script)
     length = [float(len(o)) for o in outs]
     groups = defaultdict(list)
     for i in range(0, len(rows), k):
         part = slice(i, i + k)
-        groups[rows[i]["source"]].append((reward[part], metric[part], length[part]))
+        groups[rows[i]["source"]].append((reward[part], metric[part], length[part], general[part]))
 
     def check(gs):
-        return {"reward_vs_metric": within_group([(a, b) for a, b, _ in gs]),
-                "reward_vs_length": within_group([(a, c) for a, _, c in gs]),
-                "metric_vs_length": within_group([(b, c) for _, b, c in gs])}
+        return {"reward_vs_metric": within_group([(a, b) for a, b, _, _ in gs]),
+                "reward_vs_length": within_group([(a, c) for a, _, c, _ in gs]),
+                "metric_vs_length": within_group([(b, c) for _, b, c, _ in gs]),
+                **reward_diagnostics([(a, g) for a, _, _, g in gs])}
 
     return {"prompts": len(dev), "generations": k, "all": check([x for gs in groups.values() for x in gs]),
             "by_source": {source: check(gs) for source, gs in sorted(groups.items())},
-            "groups": [{"source": source, "reward": list(a), "metric": list(b), "length": list(c)}
-                       for source, gs in sorted(groups.items()) for a, b, c in gs]}
+            "groups": [{"source": source, "reward": list(a), "metric": list(b), "length": list(c),
+                        "input_independent": list(g)}
+                       for source, gs in sorted(groups.items()) for a, b, c, g in gs]}
+
+
+OTHER_REFERENCES = 8  # other prompts' references a completion is scored against for its input-independent part
+
+
+def input_independent_part(funcs, weights, rows: list[dict], outs: list[str], columns: dict, reference_column: str,
+                           k: int) -> list[float]:
+    """g(y): each completion's reward (every component, weighted) averaged over the references and inputs of up
+    to OTHER_REFERENCES other prompts of its data source — what the reward pays whatever the input. The rest,
+    h = R - g, is what depends on this completion's own input; only h can teach the task (a reward with h = 0
+    is earned by one good-looking output for every prompt)."""
+    from semrl.training.rewards import score
+
+    starts = list(range(0, len(rows), k))
+    idx, others = [], []
+    for s in starts:
+        same = [t for t in starts if rows[t]["source"] == rows[s]["source"]]  # s among them
+        pos = same.index(s)
+        pick = [same[(pos + j) % len(same)] for j in range(1, min(OTHER_REFERENCES + 1, len(same)))]  # the next ones
+        for i in range(s, s + k):
+            for t in pick:
+                idx.append(i)
+                others.append(t)
+    if not idx:
+        return [float("nan")] * len(outs)
+    swapped = {reference_column: [rows[t]["reference"] for t in others], "input": [rows[t]["input"] for t in others],
+               "completion_ids": [columns["completion_ids"][i] for i in idx]}
+    values = score(funcs, weights, [rows[t]["prompt"] for t in others], [outs[i] for i in idx], **swapped)["total"]
+    sums, counts = np.zeros(len(outs)), np.zeros(len(outs))
+    np.add.at(sums, idx, values)
+    np.add.at(counts, idx, 1)
+    return [float(v) for v in np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)]
+
+
+def reward_diagnostics(groups) -> dict[str, Any]:
+    """What GRPO's advantages can see in a reward, over groups of (reward, input-independent part g) per
+    completion: the share of groups whose reward has no spread (their advantages are all zero: no gradient),
+    and h's share of the within-group variance, h = R - g the input-dependent part (sum over groups of the
+    squared deviations from the group mean, h's over g's plus h's; the cross term left out, so the share is of
+    the two parts' own variation). Goals (issue 30): zero-spread groups <= 30 %, h share >= 0.5."""
+    flat, var_g, var_h, n = 0, 0.0, 0.0, 0
+    for reward, general in groups:
+        reward, general = np.asarray(reward, dtype=float), np.asarray(general, dtype=float)
+        n += 1
+        if np.ptp(reward) < 1e-9:
+            flat += 1
+        if np.isnan(general).any():
+            continue
+        h = reward - general
+        var_g += float(((general - general.mean()) ** 2).sum())
+        var_h += float(((h - h.mean()) ** 2).sum())
+    return {"zero_spread_groups": round(flat / n, 4) if n else None,
+            "input_dependent_share": round(var_h / (var_g + var_h), 4) if var_g + var_h > 0 else None}

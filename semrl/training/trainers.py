@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from semrl.core.config import Config, StageConfig
-from semrl.core.methods import Method, output_dir
+from semrl.core.methods import COLDSTART, Method, output_dir
 from semrl.core.tasks import Task
 from semrl.models.chat import render_prompts, template_kwargs
 
@@ -131,6 +131,25 @@ def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
 # ---------------------------------------------------------------- trainers
 
 
+def with_shuffled_rewards(trainer_class, seed: int):
+    """The noise-floor control (rewards.shuffle): each batch's rewards — every component by the same
+    permutation — moved to other completions, groups too, before the advantages are computed. The rewards'
+    values and mean are unchanged; only their link to the completion that earned them is gone, so whatever
+    such a run still "learns" does not come from the reward. The permutation comes from a generator seeded
+    alike on every rank (the rewards are gathered from all ranks before each takes its slice)."""
+    import torch
+
+    class ShuffledRewards(trainer_class):
+        def _calculate_rewards(self, *args, **kwargs):
+            rewards = super()._calculate_rewards(*args, **kwargs)
+            if not hasattr(self, "_reward_shuffle"):
+                self._reward_shuffle = torch.Generator().manual_seed(seed)
+            return rewards[torch.randperm(rewards.size(0), generator=self._reward_shuffle).to(rewards.device)]
+
+    ShuffledRewards.__name__ = f"ShuffledRewards{trainer_class.__name__}"
+    return ShuffledRewards
+
+
 def vllm_args(hp) -> dict[str, Any]:
     """GRPOConfig's vLLM arguments: nothing unless train.grpo.use_vllm (HF generation is the default)."""
     if not hp.use_vllm:
@@ -180,6 +199,11 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         from semrl.training.trajectory import TRAJECTORY_FILE, trajectory_callback
 
         callbacks.append(trajectory_callback(cfg, task, tokenizer, ckpt / TRAJECTORY_FILE))
+    gated = method.name == COLDSTART and cfg.train.coldstart.gate.enabled
+    if gated:  # trains until it reads its input, or to the gate's cap (semrl.training.gate)
+        from semrl.training.gate import CHECKS_FILE, gate_callback
+
+        callbacks.append(gate_callback(cfg, task, tokenizer, [x["reference"] for x in items], ckpt / CHECKS_FILE))
     if method.trainer == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -187,7 +211,10 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         # tokens depends on the tokenizer) plus the target budget, so no example loses its completion.
         prompts = render_prompts(tokenizer, [x["prompt"] for x in items])
         longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
-        args = SFTConfig(**common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=hp.batch_size,
+        common = common_args(cfg, hp, ckpt, seed)
+        if gated:
+            common["max_steps"] = cfg.train.coldstart.gate.max_steps  # the schedule spans the cap
+        args = SFTConfig(**common, per_device_train_batch_size=hp.batch_size,
                          max_length=longest + cfg.train.max_target_tokens, model_init_kwargs=init_kwargs)
         return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items, template_kwargs(tokenizer)),
                           processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
@@ -202,13 +229,15 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
     g = hp.num_generations
     args = GRPOConfig(
         **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,
-        num_generations=g, max_completion_length=cfg.train.max_target_tokens, temperature=hp.temperature,
+        num_generations=g, max_completion_length=cfg.train.completion_tokens, temperature=hp.temperature,
         top_p=hp.top_p, beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, reward_weights=weights,
         scale_rewards=hp.scale_rewards,
         mask_truncated_completions=hp.mask_truncated_completions, model_init_kwargs=init_kwargs, **vllm_args(hp),
         chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
     trainer_class = SharedPrefixGRPOTrainer if hp.shared_prefix else GRPOTrainer
+    if cfg.rewards.shuffle:
+        trainer_class = with_shuffled_rewards(trainer_class, seed)
     return trainer_class(model=str(init), reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(items, cfg.rewards.reference_column),
                        processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
