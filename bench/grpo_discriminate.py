@@ -1,7 +1,8 @@
 """The discriminating experiment of issue 30: why does GRPO not learn at tiny scale? Arms on dev, per seed,
 budgets matched (every GRPO arm: train.grpo.max_steps optimiser steps x prompts_per_step prompts; more
 generations per prompt where an arm says so), each scored against its cold start and the noise floor with
-paired intervals over seeds x dev items (semrl.evaluation.stats.paired_bootstrap).
+paired intervals over seeds x dev items (semrl.evaluation.stats.paired_bootstrap). The dev rows the cold-start
+gate reads (the first train.coldstart.gate.dev_samples per source) are not among those scored.
 
     arm  cold start  GRPO settings                                    reward
     D    default     today's (G 4, T 0.8, top-p 0.9, grpo loss, std-scaled per group, 32 tokens)   the paper's R
@@ -81,9 +82,16 @@ def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
 
 
 def dev_rows(cfg, task, tokenizer, n: int) -> list[dict]:
-    from semrl.core.tasks import per_source
+    """Up to n dev rows per source, after the first train.coldstart.gate.dev_samples of each: the gate chose
+    when the gated cold start stopped by those, so the arms are scored on others."""
+    from collections import Counter
 
-    return per_source(task.examples("dev", tokenizer, cfg.train.max_input_tokens), n)
+    skip, seen, rows = cfg.train.coldstart.gate.dev_samples, Counter(), []
+    for x in task.examples("dev", tokenizer, cfg.train.max_input_tokens):
+        seen[x["source"]] += 1
+        if skip < seen[x["source"]] <= skip + n:
+            rows.append(x)
+    return rows
 
 
 def job(args) -> None:

@@ -3,10 +3,11 @@ fixtures that need them), the smoke project built once per test session and shar
 worker (each worker works on its own copy), and small raw trees cut from the real files for bad-input tests.
 
 Tiers (pytest markers, README "Tests"): `unit` — no corpus, no servers, no subprocess training: pure functions
-and tiny in-memory models; `pipeline` — the smoke project, stages, flows, servers; `faults` — injected
+and tiny in-memory models; `pipeline` — the smoke project, stages, flows, servers; `bench` — the benchmark
+scripts run on the smoke project (they print what they promise; tools, not the pipeline); `faults` — injected
 failures on the trained smoke project. A test that asks for a project fixture is `pipeline` unless marked
-`faults`; an unmarked test that asks for none is `unit`. A `unit` test that asks for a project fixture is a
-collection error."""
+`bench` or `faults`; an unmarked test that asks for none is `unit`. A `unit` test that asks for a project
+fixture is a collection error. `make test` runs unit and pipeline; CI runs every tier."""
 from __future__ import annotations
 
 import copy
@@ -41,7 +42,7 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="semrl-prefect-")
 if os.environ.get("SEMRL_DATA_MIRROR") and not os.path.isabs(os.environ["SEMRL_DATA_MIRROR"]):
     os.environ["SEMRL_DATA_MIRROR"] = os.path.abspath(os.environ["SEMRL_DATA_MIRROR"])
 
-TIERS = ("unit", "pipeline", "faults")
+TIERS = ("unit", "pipeline", "bench", "faults")
 # Fixtures that need the corpora or the smoke project: a test asking for one is not `unit`.
 PROJECT_FIXTURES = frozenset({"mirror", "prepared_project", "smoke_project", "trained_project", "repo_copy",
                               "smoke_repo", "trained_repo", "small", "smoke_mt"})

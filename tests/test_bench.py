@@ -1,10 +1,13 @@
-"""The benchmark scripts run on the smoke model and print what they promise (they are not timed tests)."""
+"""The benchmark scripts run on the smoke model and print what they promise (they are not timed tests). The
+`bench` tier: CI runs it, `make test` does not (README "Tests")."""
 import json
 import sys
 
 import pytest
 
 from conftest import REPO, run
+
+pytestmark = pytest.mark.bench
 
 
 def test_train_speed_reports_every_branch_and_gpu_smoke_refuses_without_cuda(trained_repo, tmp_path):
@@ -59,7 +62,6 @@ def test_reward_signal_pilot_scores_every_variant(trained_repo, tmp_path):
     assert "bo-zh pairs only" in proc.stdout
 
 
-@pytest.mark.pipeline  # trains in subprocesses
 def test_allocator_benchmark_counts_page_faults_and_compares_weights(tmp_path):
     """The allocator variables reach a fresh process (glibc reads them at start) and stop the per-step page
     faults; both settings train to the same weights. Counts, not seconds."""
@@ -69,3 +71,23 @@ def test_allocator_benchmark_counts_page_faults_and_compares_weights(tmp_path):
     result = json.loads(out.read_text())
     assert result["same_weights"] is True and len(result["runs"]["tuned"]) == 1
     assert result["median"]["tuned"]["minflt"] < result["median"]["default"]["minflt"] / 4
+
+
+def test_grpo_discriminating_experiment_pairs_each_arm_with_its_cold_start_and_noise_floor(trained_repo, tmp_path):
+    """bench/grpo_discriminate.py with two arms on one seed: the default GRPO (D) and its noise floor (N,
+    rewards shuffled), both from the default cold start (C0); paired differences per dev source."""
+    out = tmp_path / "d.json"
+    proc = run([sys.executable, str(REPO / "bench" / "grpo_discriminate.py"), "run", "--workspace", str(trained_repo),
+                "--task", "mt", "--seeds", "0", "--arms", "D,N", "--dev-rows", "4", "--work", str(tmp_path / "work"),
+                "--out", str(out)], REPO)
+    result = json.loads(out.read_text())
+    assert list(result["arms"]) == ["C0", "D", "N"]
+    sources = sorted(result["arms"]["C0"]["by_source"])
+    assert sources == ["cldr_dates", "lotsawa"]
+    assert {(c["a"], c["b"], c["source"]) for c in result["comparisons"]} == {
+        (a, b, s) for a, b in (("D", "C0"), ("D", "N"), ("N", "C0")) for s in ["all", *sources]}
+    runs = {name: json.loads((tmp_path / "work" / name / "seed0.json").read_text()) for name in ("D", "N")}
+    # Same cold start, same seed: the first batch is the same completions; a permutation keeps its mean reward.
+    assert runs["D"]["history"]["reward"][0] == runs["N"]["history"]["reward"][0]
+    assert runs["D"]["summary"]["steps"] == runs["N"]["summary"]["steps"] == 3
+    assert "| D |" in proc.stdout and "| D − N | all |" in proc.stdout
