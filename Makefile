@@ -60,7 +60,7 @@ run: $(STAMP)
 # and much of the rest waits on servers and subprocesses, so one worker left half of 2 cores idle. The smoke
 # project is built once and shared by the workers (tests/conftest.py); TEST_WORKERS=0 runs in one process.
 # TIERS picks the tiers (pytest markers; README "Tests"): unit and pipeline by default; `make test TIERS=unit`
-# for the fast tier alone, `make test TIERS=all` adds the fault-injection tier (CI runs all three).
+# for the fast tier alone, `make test TIERS=all` adds the benchmark-script and fault-injection tiers (CI runs all).
 TEST_WORKERS ?= 2
 TIERS ?= unit or pipeline
 
