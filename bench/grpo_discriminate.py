@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 WIDE = {"num_generations": 8, "temperature": 1.0, "top_p": 1.0, "loss_type": "dr_grpo", "scale_rewards": "none"}
 ORACLE = {"mt": "chrf", "mt_bo2zh": "chrf", "headline": "rouge_l"}
+GATED_CAP = 400  # the gated cold start's schedule: it stops at the first gate check it passes, else here
 COLD_STARTS = {"C0": False, "CG": True}  # name: gated
 ARMS = {  # name: (cold start, GRPO overrides, reward: paper | shuffled | oracle)
     "D": ("C0", {}, "paper"),
@@ -66,11 +67,14 @@ def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
              torch_threads=1, save_steps=100_000)
     t["trajectory"]["every"] = 0  # scored on dev at the end instead
     p["tracking"].update(uri=f"sqlite:///{work / name / 'mlflow.db'}", artifact_root=str(work / name / "mlartifacts"))
+    gate = t["coldstart"].setdefault("gate", {})  # a workspace's params may predate the gate: its defaults
     if name in COLD_STARTS:
-        t["coldstart"]["gate"]["enabled"] = COLD_STARTS[name]
+        gate["enabled"] = COLD_STARTS[name]
+        if COLD_STARTS[name]:
+            t["coldstart"]["max_steps"] = GATED_CAP
         return p
     cold, grpo, reward = ARMS[name]
-    t["coldstart"]["gate"].update(enabled=COLD_STARTS[cold], require=False)  # the gate's outcome is reported
+    gate.update(enabled=COLD_STARTS[cold], require=False)  # the gate's outcome is reported
     t["grpo"].update(grpo)
     if "num_generations" in grpo:
         t["grpo"]["max_completion_tokens"] = p["eval"]["max_new_tokens"]
@@ -212,10 +216,12 @@ def run(args) -> None:
     arms = args.arms.split(",")
     colds = sorted({ARMS[a][0] for a in arms})
     with ThreadPoolExecutor(args.jobs) as pool:  # cold starts first: every arm starts from one
-        list(pool.map(lambda cs: spawn(args, *cs), [(c, s) for s in seeds for c in colds]))
+        cold = [(c, s) for s in seeds for c in colds]
+        failed = {cs for cs, status in zip(cold, pool.map(lambda cs: spawn(args, *cs), cold)) if "FAILED" in status}
         # the slow arms (more generations) first, so the pool ends with short jobs
         order = sorted(arms, key=lambda a: -ARMS[a][1].get("num_generations", 4))
-        list(pool.map(lambda js: spawn(args, *js), [(a, s) for s in seeds for a in order]))
+        todo = [(a, s) for s in seeds for a in order if (ARMS[a][0], s) not in failed]
+        list(pool.map(lambda js: spawn(args, *js), todo))
     summarise(args, seeds, colds + arms)
 
 

@@ -181,7 +181,7 @@ def test_tau_when_every_cold_start_output_is_empty_is_zero_not_nan(trained_repo)
 
 def test_sigterm_to_the_flow_stops_every_step_and_marks_their_runs_killed(trained_repo, tmp_path):
     path, _ = variant(trained_repo, tmp_path, train__seeds=[0, 1], train__coldstart__max_steps=5000,
-                      train__trajectory__every=0)
+                      train__coldstart__gate__enabled=False, train__trajectory__every=0)  # no gate: it runs till killed
     proc = semrl_proc(["flow", "--task", "mt", "--params", str(path)], trained_repo)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     deadline = time.time() + 180
@@ -401,8 +401,8 @@ def test_a_killed_flow_and_a_dead_prefect_server_leave_no_step_running_and_are_m
             time.sleep(1)
         raise AssertionError(f"cold start run {n} never ran")
 
-    path, _ = variant(trained_repo, tmp_path, train__coldstart__max_steps=5000, train__trajectory__every=0,
-                      flow__api_grace_s=10)
+    path, _ = variant(trained_repo, tmp_path, train__coldstart__max_steps=5000, train__coldstart__gate__enabled=False,
+                      train__trajectory__every=0, flow__api_grace_s=10)
     flow = ["flow", "--task", "mt", "--params", str(path)]
     srv = prefect_server()
     try:

@@ -196,7 +196,7 @@ def toy_split(tmp_path, synthetic: bool) -> None:
                                         "synthetic": synthetic}, ensure_ascii=False) + "\n" for r in rows))
 
 
-GATE = {"enabled": True, "every": 10, "max_steps": 40, "dev_samples": 16}
+GATE = {"enabled": True, "every": 10, "dev_samples": 16}  # within the cold start's SFT_STEPS (40)
 
 
 def gated(tmp_path, toy, synthetic: bool, min_distinct: float):
@@ -206,7 +206,8 @@ def gated(tmp_path, toy, synthetic: bool, min_distinct: float):
     toy_split(tmp_path, synthetic)
     trainer = train(tmp_path, tok, random_init, "coldstart", gate={**GATE, "min_distinct": min_distinct})
     cfg = toy_config(tmp_path, "target_share", random_init, gate={**GATE, "min_distinct": min_distinct})
-    return trainer, cfg, gate_summary(cfg, read_checks(tmp_path / "ckpt" / CHECKS_FILE), trainer.state.global_step)
+    return trainer, cfg, gate_summary(cfg, read_checks(tmp_path / "ckpt" / CHECKS_FILE), trainer.state.global_step,
+                                      trainer.state.max_steps)
 
 
 def test_the_gate_stops_the_cold_start_at_the_first_check_that_passes(toy, tmp_path):

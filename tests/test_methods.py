@@ -84,8 +84,6 @@ def test_other_tasks_an_ablation_branch_a_numeric_tau_and_two_seeds(trained_repo
     rows = json.loads((tmp_path / "reports" / "metrics.json").read_text())["tasks"]["headline"]
     assert set(rows) >= {"base", "coldstart", "sft", "grpo", "grpo_bleu_semantic"}
     assert "rouge_l" in rows["sft"] and "task_gain" in rows["sft"]
-    verdicts = [line for line in md.splitlines() if line.startswith("- rouge_l:")]
-    assert verdicts and "one seed" not in verdicts[0]  # two seeds: a CI-based verdict, whatever it says
     # Paired comparisons over 2 seeds x 8 items: an interval from the t and from the bootstrap, a verdict
     # that is one of the allowed outcomes (not asserted: who wins is the experiment's to say).
     paired_rows = [line for line in md.splitlines() if line.startswith("| sft − grpo | rouge_l | all | 2 × 8 |")]

@@ -68,9 +68,19 @@ def test_evaluate_and_report_stages(reported):
     assert traj["grpo/0"][-1]["reward"] is not None and traj["sft/0"][-1]["reward"] is None
 
     md = (reports / "alignment_tax.md").read_text()
-    for heading in ("### Cold start vs GRPO", "### Strong SFT vs GRPO", "### Preference", "### Verdicts",
+    for heading in ("### Cold start vs GRPO", "### Strong SFT vs GRPO", "### Preference",
                     "### Drift on general Chinese text", "### Paired comparisons", "## Trade-off"):
         assert heading in md
+    assert "### Verdicts" not in md and "CIs overlap" not in md  # one verdict rule: the paired one
+    # The cold-start gate per seed (the smoke profile turns it on), as each cold start recorded it.
+    ev = json.loads((reported / "reports" / "eval" / "mt.json").read_text())
+    for seed in ("0", "1"):
+        gate = json.loads((reported / "models" / "mt" / "coldstart" / f"seed{seed}" / "gate.json").read_text())
+        summary = json.loads((reported / "models" / "mt" / "coldstart" / f"seed{seed}" / "summary.json").read_text())
+        assert ev["gate"][seed]["steps"] == gate["steps"] == summary["steps"] and ev["gate"][seed]["passed"] == gate["passed"]
+        assert ev["gate"][seed]["checked_steps"] == [c["step"] for c in gate["checks"]]
+        assert any(line.startswith(f"| {seed} | ") and f"| {gate['steps']} | cldr_dates |" in line for line in md.splitlines())
+    assert "### Cold-start gate" in md and "input-dependent |" in md
     for heading in ("## The answer at this scale", "### General skill (chat format)", "task gain vs tax along training"):
         assert heading in md
     # Two seeds: every paired comparison has an interval; the verdict is whatever the data say.

@@ -329,12 +329,11 @@ class ColdStartGate(Section):
     `dev_samples` dev rows per data source (greedy, eval.max_new_tokens) and stops once, on every source whose
     references are at least `min_distinct` distinct, at least `min_distinct` of its outputs are distinct, and on
     every synthetic source its primary metric beats both copy baselines (the input, the input's lead) — or at
-    `max_steps`, the cap. Its learning-rate schedule spans the cap. A branch starts only from a cold start
-    that passed (train.coldstart.gate.require)."""
+    the end of its own schedule (coldstart.max_steps, else its epochs): the cap, which the learning-rate
+    schedule spans. A branch starts only from a cold start that passed (train.coldstart.gate.require)."""
 
     enabled: bool = False
     every: int = Field(40, ge=1)
-    max_steps: int = Field(400, ge=1)
     dev_samples: int = Field(48, ge=2)
     min_distinct: float = Field(0.8, ge=0, le=1)
     require: bool = True  # false: branches start from a cold start that failed the gate (the gate is recorded)

@@ -112,6 +112,21 @@ def reward_signal(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
             if method == "grpo" and (path.parent / TAU_FILE).is_file()}
 
 
+def cold_start_gates(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
+    """Each seed's cold-start gate (semrl.training.gate) as its cold start kept it: passed or not, at which
+    step, and the last check's numbers per data source (the outputs stay in the model folder's gate.json)."""
+    from semrl.training.gate import GATE_FILE
+
+    found = {}
+    for method, seed, path in variants(cfg, task):
+        if method == "coldstart" and (path.parent / GATE_FILE).is_file():
+            gate = json.loads((path.parent / GATE_FILE).read_text(encoding="utf-8"))
+            last = gate.get("last") or {}
+            found[str(seed)] = {**{k: v for k, v in gate.items() if k not in ("checks", "last")},
+                                "by_source": last.get("by_source", {}), "checked_steps": [c["step"] for c in gate["checks"]]}
+    return found
+
+
 def skill_set(cfg: Config) -> list[dict[str, Any]]:
     """The skill probe's items: riddles the base learnt in chat format (the tiny base is taught the first
     `base.train.skill_riddles` of its training riddles; a named base is asked the same ones)."""
@@ -221,6 +236,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
               "reference_distinct_rate": output_stats(refs, task.script)["distinct_rate"],
               "results": [results[k] for k in order], "preference": pref,
               "trajectories": trajectories(cfg, task_name), "reward_signal": reward_signal(cfg, task_name),
+              "gate": cold_start_gates(cfg, task_name),
               "items": {"ids": [x["id"] for x in test], "sources": [x["source"] for x in test],
                         "synthetic_sources": sorted({x["source"] for x in test if x["synthetic"]}),
                         "variants": {k: items[k] for k in order}}}

@@ -71,21 +71,23 @@ def _table(df, columns: list[tuple[str, str]], digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def compare(df, a: str, b: str, col: str) -> str:
-    """A verdict that never calls noise a win: needs ≥ 2 seeds on both sides and disjoint 95 % CIs."""
-    ra, rb = df[df.method == a], df[df.method == b]
-    if ra.empty or rb.empty or col not in ra or col not in rb:
-        return f"{col}: not available"
-    ra, rb = ra.iloc[0], rb.iloc[0]
-    if min(ra["n_seeds"], rb["n_seeds"]) < 2:
-        return (f"{col}: {a} {ra[col]:.4f} vs {b} {rb[col]:.4f} — one seed, no estimate of the noise: "
-                "not a significant difference")
-    lo_a, hi_a = ra[col] - ra[f"{col}_ci"], ra[col] + ra[f"{col}_ci"]
-    lo_b, hi_b = rb[col] - rb[f"{col}_ci"], rb[col] + rb[f"{col}_ci"]
-    if hi_a < lo_b or hi_b < lo_a:
-        better = a if ra[col] > rb[col] else b
-        return f"{col}: {better} is higher ({ra[col]:.4f} vs {rb[col]:.4f}; 95 % CIs do not overlap)"
-    return f"{col}: {a} {ra[col]:.4f} vs {b} {rb[col]:.4f} — within the noise (95 % CIs overlap)"
+def transfer_difference(results: list[dict[str, Any]], key: str) -> str:
+    """from sft − from grpo on `key`, paired by seed (both fine-tune the same seed's models on the same target
+    examples and are scored on the same test items): the mean per-seed difference with its paired t-interval.
+    The report's one verdict rule: a paired interval, never overlapping independent ones."""
+    from semrl.evaluation.stats import paired_t
+
+    by = {(r["source"], r["seed"]): r[key] for r in results if key in r}
+    seeds = sorted(s for (src, s) in by if src == "sft" and ("grpo", s) in by)
+    if not seeds:
+        return f"{key}: not available"
+    a, b = [by[("sft", s)] for s in seeds], [by[("grpo", s)] for s in seeds]
+    if len(seeds) < 2:
+        return f"{key}: from sft − from grpo {a[0] - b[0]:+.4f} — one seed, no interval"
+    t = paired_t(a, b)
+    reading = "higher" if t.low > 0 else "lower" if t.high < 0 else "no difference shown (95 % interval holds 0)"
+    return (f"{key}: from sft − from grpo {t.estimate:+.4f}, paired t 95 % CI [{t.low:+.4f}, {t.high:+.4f}] over "
+            f"{len(seeds)} seeds — {reading}")
 
 
 # Per-item keys of reports/eval/<task>.json the paired comparisons read, and the scale a flag needs.
@@ -414,6 +416,34 @@ def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
     return lines + [""] + group_signal_lines(task, signal)
 
 
+def gate_lines(task: Task, ev: dict[str, Any]) -> list[str]:
+    """The cold-start gate per seed (semrl.training.gate): did the cold start read its input before the
+    branches started from it?"""
+    gates = ev.get("gate") or {}
+    if not gates:
+        return ["Off (`train.coldstart.gate.enabled: false`): the branches start from a cold start nobody checked "
+                "for reading its input.", ""]
+    m = METRIC_LABELS.get(task.primary_metric, task.primary_metric)
+    first = next(iter(gates.values()))
+    lines = [f"Checked every {first['every']} steps up to {first['cap']} on {first['dev_samples_per_source']} dev rows "
+             f"per source (greedy): distinct outputs ≥ {first['min_distinct']:.0%} on each source whose references "
+             f"are that distinct, and on synthetic sources {m} above both copy baselines. A branch starts only from "
+             "a cold start that passed (`train.coldstart.gate.require`).", "",
+             f"| seed | passed | at step | steps | source | distinct (references) | {m} | copy_input / copy_lead |",
+             "|---|---|---|---|---|---|---|---|"]
+    for seed, g in sorted(gates.items(), key=lambda kv: int(kv[0])):
+        for i, (source, s) in enumerate(g["by_source"].items()):
+            failed = ("**no: precondition failed**, no branch" if g.get("require", True)
+                      else "**no** (the branches started anyway: `require: false`)")
+            head = (f"| {seed} | {'yes' if g['passed'] else failed} | {g['passed_at_step'] or '–'} | {g['steps']} |"
+                    if i == 0 else "| | | | |")
+            copy = (f"{s[f'copy_input_{task.primary_metric}']:.3f} / {s[f'copy_lead_{task.primary_metric}']:.3f}"
+                    if s.get("synthetic") else "–")
+            lines.append(f"{head} {source} | {s['distinct_rate']:.2f} ({s['reference_distinct_rate']:.2f}) | "
+                         f"{s[task.primary_metric]:.3f} | {copy} |")
+    return lines + [""]
+
+
 def group_signal_lines(task: Task, signal: dict[str, dict[str, Any]]) -> list[str]:
     """The same question inside a prompt's group of completions, the only differences GRPO's advantages
     see (semrl.training.tau.group_check): a pooled correlation can come from differences between prompts."""
@@ -428,12 +458,18 @@ def group_signal_lines(task: Task, signal: dict[str, dict[str, Any]]) -> list[st
              f"samples, the reward as configured): pair agreement is the share of a prompt's completion pairs that "
              f"the first ranks as the second does (50 % = a coin; pairs compared in brackets), ρ̄ the mean "
              f"within-group Spearman. A reward that prefers longer completions more than {m} does invites length "
-             "hacking.", "",
-             f"| seed | source | reward ~ {m}: agreement | ρ̄ | reward ~ length | {m} ~ length |", "|---|---|---|---|---|---|"]
+             "hacking. *Zero spread*: groups whose completions all earn the same reward (their advantages are "
+             "zero: no gradient; goal ≤ 30 %). *Input-dependent*: the share of the reward's within-group variation "
+             "that depends on the prompt's own input — the reward minus its mean against other prompts' references "
+             "(goal ≥ 0.5; what one output good for every prompt cannot earn). Goal for agreement: ≥ 65 %.", "",
+             f"| seed | source | reward ~ {m}: agreement | ρ̄ | reward ~ length | {m} ~ length | zero spread | "
+             "input-dependent |", "|---|---|---|---|---|---|---|---|"]
+    share = lambda v: "–" if v is None else f"{v:.0%}"
     for seed, info in sorted(checked.items(), key=lambda kv: int(kv[0])):
         for source, c in [("all", info["all"]), *info["by_source"].items()]:
             lines.append(f"| {seed} | {source} | {pct(c['reward_vs_metric'])} | {rho(c['reward_vs_metric'])} | "
-                         f"{pct(c['reward_vs_length'])} | {pct(c['metric_vs_length'])} |")
+                         f"{pct(c['reward_vs_length'])} | {pct(c['metric_vs_length'])} | "
+                         f"{share(c.get('zero_spread_groups'))} | {share(c.get('input_dependent_share'))} |")
     return lines + [""]
 
 
@@ -499,7 +535,7 @@ def transfer_section(path: Path, tasks: dict[str, Task]) -> list[str]:
     md += [f"{ev['source_task']} models fine-tuned on {ev['results'][0]['samples']} {ev['target_task']} examples "
            f"(paper: 1,000 headlines; sim 0.5690 from RL vs 0.5456 from SFT).", "",
            _table(df, metric + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)")]), "",
-           f"- {compare(df, 'from sft', 'from grpo', 'sim_eval')}", ""]
+           f"- {transfer_difference(ev['results'], 'sim_eval')}", ""]
     return md
 
 
@@ -559,6 +595,7 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
                   ("lm_kl_vs_base_mean", "KL vs base"), ("lm_nll_increase_vs_coldstart_mean", "ΔNLL vs cold start"),
                   ("lm_kl_vs_coldstart_mean", "KL vs cold start")]),
           "", "### General skill (chat format)", "", *skill_lines(ev, g),
+          "### Cold-start gate", "", *gate_lines(task, ev),
           "### Reward signal (cold start, dev)", "", *reward_signal_lines(task, ev),
           "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
           f"References: {ev.get('reference_mean_length_chars', float('nan')):.1f} characters on average"
@@ -577,9 +614,7 @@ def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, o
            f"needs both): SFT wins {p.get('sft_rate', 0):.1%}, GRPO wins {p.get('grpo_rate', 0):.1%}, ties "
            f"{p.get('tie_rate', 0):.1%} (of which the judge flipped with the order: "
            f"{p.get('order_inconsistent_rate', 0):.1%}).",
-           "", "### Verdicts", ""]
-    md += [f"- {compare(g, 'sft', 'grpo', col)}" for col in [task.primary_metric, "sim_eval", "cmrc_avg",
-                                                              "nll_increase_mean"]]
+           ""]
     if pairs:
         md += ["", "### Paired comparisons", "",
                "Per seed, strong SFT and GRPO start from the same cold start and are scored on the same items, "

@@ -5,7 +5,7 @@ its outputs distinct on MT test, round 3) gives GRPO nothing input-dependent to 
 learns nothing forgets nothing. So, with train.coldstart.gate.enabled, the cold start is checked every
 `every` steps on fixed dev rows (greedy, as evaluation decodes): on each source whose references are distinct,
 enough distinct outputs; on each synthetic source, its primary metric above both copy baselines. It stops at
-the first check that passes, or at the cap. Every check goes to gate.json beside the model (and MLflow), and
+the first check that passes, or at the end of its schedule (coldstart.max_steps or epochs: the cap). Every check goes to gate.json beside the model (and MLflow), and
 a branch starts only from a cold start that passed (`require_passed`).
 """
 from __future__ import annotations
@@ -100,13 +100,15 @@ def read_checks(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def gate_summary(cfg: Config, checks: list[dict], steps: int) -> dict[str, Any]:
-    """gate.json: whether the cold start passed, at which step, and every check on the way."""
+def gate_summary(cfg: Config, checks: list[dict], steps: int, cap: int) -> dict[str, Any]:
+    """gate.json: whether the cold start passed, at which step (of `cap`, its schedule's last), and every check
+    on the way."""
     g = cfg.train.coldstart.gate
     passed = [c for c in checks if c["passed"]]
     return {"enabled": True, "passed": bool(passed), "passed_at_step": passed[0]["step"] if passed else None,
-            "steps": steps, "cap": g.max_steps, "every": g.every, "dev_samples_per_source": g.dev_samples,
-            "min_distinct": g.min_distinct, "last": checks[-1] if checks else None, "checks": checks}
+            "steps": steps, "cap": cap, "every": g.every, "dev_samples_per_source": g.dev_samples,
+            "min_distinct": g.min_distinct, "require": g.require, "last": checks[-1] if checks else None,
+            "checks": checks}
 
 
 def require_passed(cfg: Config, init: Path, task: str, method: str, seed: int) -> None:

@@ -219,7 +219,7 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
             summary["tau"] = tau
         tokenizer.save_pretrained(out / "model")
         if method.name == COLDSTART and cfg.train.coldstart.gate.enabled:
-            gate = gate_summary(cfg, read_checks(ckpt / CHECKS_FILE), summary["steps"])
+            gate = gate_summary(cfg, read_checks(ckpt / CHECKS_FILE), summary["steps"], trainer.state.max_steps)
             summary["gate"] = {k: gate[k] for k in ("passed", "passed_at_step", "steps", "cap")}
             atomic_write_text(out / GATE_FILE, json.dumps(gate, indent=2) + "\n")
             mlflow.log_metrics({"gate/passed": float(gate["passed"]), "gate/steps": summary["steps"]})

@@ -200,7 +200,7 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
         callbacks.append(trajectory_callback(cfg, task, tokenizer, ckpt / TRAJECTORY_FILE))
     gated = method.name == COLDSTART and cfg.train.coldstart.gate.enabled
-    if gated:  # trains until it reads its input, or to the gate's cap (semrl.training.gate)
+    if gated:  # trains until it reads its input, or to the end of its schedule (semrl.training.gate)
         from semrl.training.gate import CHECKS_FILE, gate_callback
 
         callbacks.append(gate_callback(cfg, task, tokenizer, [x["reference"] for x in items], ckpt / CHECKS_FILE))
@@ -211,10 +211,7 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         # tokens depends on the tokenizer) plus the target budget, so no example loses its completion.
         prompts = render_prompts(tokenizer, [x["prompt"] for x in items])
         longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
-        common = common_args(cfg, hp, ckpt, seed)
-        if gated:
-            common["max_steps"] = cfg.train.coldstart.gate.max_steps  # the schedule spans the cap
-        args = SFTConfig(**common, per_device_train_batch_size=hp.batch_size,
+        args = SFTConfig(**common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=hp.batch_size,
                          max_length=longest + cfg.train.max_target_tokens, model_init_kwargs=init_kwargs)
         return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items, template_kwargs(tokenizer)),
                           processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
