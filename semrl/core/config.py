@@ -266,8 +266,13 @@ class RewardComponent(BaseModel):
 
 
 class Ablation(Section):
+    """An extra GRPO branch: its own reward components (None: rewards.components), or the same reward with
+    `shuffle` (the noise floor: each batch's rewards permuted across its completions before the advantages,
+    so a branch that still moves, moves without the reward's signal)."""
+
     enabled: bool = False
-    components: list[RewardComponent]
+    components: list[RewardComponent] | None = None
+    shuffle: bool = False
 
 
 class RewardsConfig(Section):
@@ -291,6 +296,7 @@ class RewardsConfig(Section):
                                                        RewardComponent(name="language", weight=1.0)]),
         "bleu_semantic": Ablation(components=[RewardComponent(name="bleu", weight=1.0),
                                               RewardComponent(name="semantic", weight=1.5)]),
+        "noise_floor": Ablation(shuffle=True),
     }
 
     @field_validator("tau")

@@ -29,6 +29,7 @@ class Method:
     init_task: str | None = None  # the task whose `init` model it starts from (None: its own task)
     group: str | None = None  # its own output folder models/<group>/<task>/ (a DVC output of its own stage)
     lora: bool = False  # trains a LoRA adapter (train.lora) rather than every weight
+    shuffled: bool = False  # GRPO's noise floor: rewards permuted across each batch (rewards.ablations.noise_floor)
 
     @property
     def is_branch(self) -> bool:
@@ -55,8 +56,9 @@ def methods(cfg: Config) -> dict[str, Method]:
         Method("grpo", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(cfg.rewards.components),
                lora=grpo_lora),
     ]
-    found += [Method(f"grpo_{name}", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(a.components),
-                     ablation=True, lora=grpo_lora)
+    found += [Method(f"grpo_{name}", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo,
+                     tuple(cfg.rewards.components if a.components is None else a.components), ablation=True,
+                     lora=grpo_lora, shuffled=a.shuffle)
               for name, a in cfg.rewards.ablations.items() if a.enabled]
     found += [Method(f"transfer_from_{source}", "sft", source, "fewshot", "transfer", cfg.transfer,
                      init_task=cfg.transfer.source_task, group="transfer", lora=lora) for source in cfg.transfer.sources]

@@ -233,7 +233,7 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
     trainer_class = SharedPrefixGRPOTrainer if hp.shared_prefix else GRPOTrainer
-    if cfg.rewards.shuffle:
+    if method.shuffled or cfg.rewards.shuffle:
         trainer_class = with_shuffled_rewards(trainer_class, seed)
     return trainer_class(model=str(init), reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(items, cfg.rewards.reference_column),
