@@ -286,6 +286,8 @@ def pytest_collection_finish(session):
     locks. A failed build leaves no marker, and the fixture that needs it builds again and reports the error."""
     import threading
 
+    if session.config.option.collectonly:  # nothing will run: nothing to build (its build would outlive pytest)
+        return
     needed = {name for item in session.items for name in item.fixturenames} & PROJECT_FIXTURES - {"mirror"}
     found = mirror_dir()
     if not needed or found is None or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":

@@ -107,18 +107,22 @@ class LanguageReward:
     script means (semrl.core.text.in_script) at least one letter and every letter in the script, and
     (min_share) target-script letters make up at least that share of its non-space characters: digits and
     punctuation are allowed, but "ཀ 123 !!!" (one letter in seven characters) is not Tibetan text. 0 keeps
-    the paper's rule alone."""
+    the paper's rule alone. graded=True (not the paper's): the target script's share of the non-space
+    characters instead of 0/1, so a mostly-Tibetan completion is not paid like a perfect one."""
 
     __name__ = "language"
 
-    def __init__(self, script: str, min_share: float = 0.5):
+    def __init__(self, script: str, min_share: float = 0.5, graded: bool = False):
         if script not in ("bo", "zh"):
             raise SemrlError(f"language reward: script must be 'bo' or 'zh', got {script!r}")
         if not 0.0 <= float(min_share) <= 1.0:
             raise SemrlError(f"language reward: min_share must be in [0, 1], got {min_share}")
-        self.script, self.min_share = script, float(min_share)
+        self.script, self.min_share, self.graded = script, float(min_share), bool(graded)
 
     def value(self, text: str) -> float:
+        if self.graded:  # NOT the paper's 0/1: the share of the non-space characters in the target script
+            chars = sum(not c.isspace() for c in text)
+            return script_counts(text)[self.script] / chars if chars else 0.0
         if not in_script(text, self.script):
             return 0.0
         chars = sum(not c.isspace() for c in text)

@@ -117,23 +117,36 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
     against the metric (semrl.evaluation.stats.within_group), and how the reward and the metric each rank
     them against their length (a reward that prefers longer completions where the metric does not invites
     length hacking). Pooled correlations (calibrate_tau) can come from differences between prompts alone."""
+    if cfg.rewards.group_check_prompts == 0:
+        return None
+    rows, outs = group_samples(cfg, task, model, tokenizer, dev_all, seed)
+    return group_signal(cfg, task, tokenizer, rows, outs, cfg.rewards.components, tau)
+
+
+def group_samples(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], seed: int) -> tuple[list[dict], list[str]]:
+    """rewards.group_check_prompts dev prompts (each source its share), each sampled num_generations times as
+    GRPO samples them: (one row per completion, the completions), a prompt's group consecutive."""
+    from semrl.models.generation import generate
+
+    g, r = cfg.train.grpo, cfg.rewards
+    n_sources = len({x["source"] for x in dev_all}) or 1
+    dev = per_source(dev_all, -(-r.group_check_prompts // n_sources))[: r.group_check_prompts]
+    rows = [x for x in dev for _ in range(g.num_generations)]
+    outs = generate(model, tokenizer, [x["prompt"] for x in rows], cfg.train.completion_tokens, do_sample=True,
+                    temperature=g.temperature, top_p=g.top_p, seed=seed + 1, desc="reward signal in groups")
+    return rows, outs
+
+
+def group_signal(cfg: Config, task: Task, tokenizer, rows: list[dict], outs: list[str], components, tau: float) -> dict:
+    """The group check of one reward (`components`, with this tau) on sampled groups (group_samples)."""
     from collections import defaultdict
 
     from semrl.evaluation.metrics import item_scores
     from semrl.evaluation.stats import within_group
-    from semrl.models.generation import generate
     from semrl.training.rewards import grpo_rewards, score
 
-    g, r = cfg.train.grpo, cfg.rewards
-    if r.group_check_prompts == 0:
-        return None
-    n_sources = len({x["source"] for x in dev_all}) or 1
-    dev = per_source(dev_all, -(-r.group_check_prompts // n_sources))[: r.group_check_prompts]
-    k = g.num_generations
-    rows = [x for x in dev for _ in range(k)]
-    outs = generate(model, tokenizer, [x["prompt"] for x in rows], cfg.train.completion_tokens, do_sample=True,
-                    temperature=g.temperature, top_p=g.top_p, seed=seed + 1, desc="reward signal in groups")
-    funcs, weights = grpo_rewards(cfg, r.components, task.script, tau)  # a NaN stops here as in training
+    r, k = cfg.rewards, cfg.train.grpo.num_generations
+    funcs, weights = grpo_rewards(cfg, components, task.script, tau)  # a NaN stops here as in training
     columns = {r.reference_column: [x["reference"] for x in rows], "input": [x["input"] for x in rows],  # as in GRPO
                "completion_ids": tokenizer(outs, add_special_tokens=False)["input_ids"]}  # re-encoded text
     reward = score(funcs, weights, [x["prompt"] for x in rows], outs, **columns)["total"]
@@ -151,7 +164,7 @@ def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], 
                 "metric_vs_length": within_group([(b, c) for _, b, c, _ in gs]),
                 **reward_diagnostics([(a, g) for a, _, _, g in gs])}
 
-    return {"prompts": len(dev), "generations": k, "all": check([x for gs in groups.values() for x in gs]),
+    return {"prompts": len(rows) // k, "generations": k, "all": check([x for gs in groups.values() for x in gs]),
             "by_source": {source: check(gs) for source, gs in sorted(groups.items())},
             "groups": [{"source": source, "reward": list(a), "metric": list(b), "length": list(c),
                         "input_independent": list(g)}
