@@ -243,6 +243,38 @@ def test_a_sigterm_lost_in_a_finaliser_is_sent_again_and_the_run_ends_killed(tmp
     assert r.info.status == "KILLED"
 
 
+def test_work_a_sigterm_started_is_not_cut_short_by_the_repeated_sigterm(tmp_path):
+    """The run's handler sends SIGTERM again every REPEAT_SIGTERM_S until the run ends; the flow's stopping of
+    its steps (up to KILL_GRACE_S) runs under sigterm_ignored, else a repeat cut it short (seen in CI: the steps
+    were never reported stopped)."""
+    import textwrap
+
+    script = tmp_path / "stop_whole.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, time
+        from semrl.core import tracking
+        from semrl.core.config import load_config
+        cfg = load_config({str(REPO / "params.yaml")!r})
+        cfg.tracking.uri = "sqlite:///{tmp_path}/mlflow.db"
+        cfg.tracking.artifact_root = {str(tmp_path / "art")!r}
+        with tracking.run(cfg, "stop-whole"):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(60)
+            except BaseException:
+                with tracking.sigterm_ignored():
+                    time.sleep(3 * tracking.REPEAT_SIGTERM_S)  # at least two repeats land here
+                    print("stopping finished", flush=True)
+                raise
+    """))
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert "stopping finished" in proc.stdout and proc.returncode != 0, proc.stderr[-2000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    [r] = mlflow.search_runs(experiment_names=["semrl"], output_format="list")
+    assert r.info.status == "KILLED"
+
+
 def test_kill_9_while_writing_prepared_data_leaves_nothing_half_written(repo_copy, tmp_path):
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
     params["prepare"]["out_dir"] = str(tmp_path / "prepared")

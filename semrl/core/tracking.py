@@ -188,6 +188,21 @@ def run(config: Config, name: str, tags: dict[str, str] | None = None,
 REPEAT_SIGTERM_S = 2.0
 
 
+@contextlib.contextmanager
+def sigterm_ignored():
+    """While the body runs, SIGTERM is ignored (main thread only; elsewhere a no-op): for work that a SIGTERM
+    started and must finish, such as stopping the steps. The handler above repeats the signal every
+    REPEAT_SIGTERM_S; a repeat landing in that work cut it short (seen in CI: the flow's stop never reported)."""
+    if not _main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _repeat_sigterm(held: dict) -> None:
     """Python discards an exception raised while a finaliser or a weakref callback runs ("Exception ignored
     in ..."): a SIGTERM landing there was lost and the step trained on until the flow's SIGKILL, its run left

@@ -332,7 +332,8 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
             with watch_prefect_api(cfg.flow.api_grace_s, flow_run.get_id(), parent_id):
                 wait(futures + evals + report)
         except BaseException:  # SIGTERM or Ctrl-C: the steps end too (their runs KILLED), no orphan keeps training
-            print(f"stopping: {steps.stop_all()} running step(s) sent SIGTERM", file=sys.stderr)
+            with tracking.sigterm_ignored():  # the run's handler repeats SIGTERM; stopping must not be cut short
+                print(f"stopping: {steps.stop_all()} running step(s) sent SIGTERM", file=sys.stderr)
             raise
         _SLOTS.pop(parent_id, None)
         results, failures = [], []
