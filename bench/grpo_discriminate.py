@@ -12,6 +12,7 @@ gate reads (the first train.coldstart.gate.dev_samples per source) are not among
     S+   gated       as W+                                            the paper's R
     N+   gated       as W+                                            the paper's R, shuffled across the batch
     O+   gated       as W+                                            oracle: the task metric (chrF / ROUGE-L)
+    S+_lr3e-5, N+_lr3e-5, O+_lr3e-5, and _lr1e-5: S+, N+, O+ at a lower GRPO learning rate (the rest: 1e-4)
 
 Reading: D ~ N: no usable signal; S beats D: the cold start was the cause; W+ beats D: the settings; O+ fails:
 capacity. Each (seed, arm) runs in a process of its own (`job`), one torch thread, `--jobs` at a time; its
@@ -49,6 +50,20 @@ ARMS = {  # name: (cold start, GRPO overrides, reward: paper | shuffled | oracle
     "N+": ("CG", WIDE, "shuffled"),
     "O+": ("CG", WIDE, "oracle"),
 }
+# The second experiment: the "+" arms at lower GRPO learning rates (the first ran all arms at train.grpo.lr 1e-4,
+# where the noise floor alone cost 0.074 chrF: update noise, not the reward, dominated).
+for _lr in ("3e-5", "1e-5"):
+    for _arm in ("S+", "N+", "O+"):
+        _cold, _over, _reward = ARMS[_arm]
+        ARMS[f"{_arm}_lr{_lr}"] = (_cold, {**_over, "lr": float(_lr)}, _reward)
+
+
+def noise_floor_of(name: str) -> str | None:
+    """The arm with the same cold start and GRPO settings whose rewards are shuffled (None for a floor itself)."""
+    cold, over, reward = ARMS[name]
+    if reward == "shuffled":
+        return None
+    return next((n for n, (c, o, r) in ARMS.items() if r == "shuffled" and c == cold and o == over), None)
 
 
 def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
@@ -78,11 +93,18 @@ def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
     t["grpo"].update(grpo)
     if "num_generations" in grpo:
         t["grpo"]["max_completion_tokens"] = p["eval"]["max_new_tokens"]
-    if reward == "shuffled":
-        p["rewards"]["shuffle"] = True
+    if reward == "shuffled":  # trained as the grpo_noise_floor branch (job: arm_method)
+        p["rewards"]["ablations"]["noise_floor"] = {"enabled": True, "components": None, "shuffle": True}
     if reward == "oracle":
         p["rewards"]["components"] = [{"name": ORACLE[task], "weight": 1.0}]
     return p
+
+
+def arm_method(name: str) -> str:
+    """The pipeline method an arm trains: the cold start, GRPO, or GRPO's noise-floor branch."""
+    if name in COLD_STARTS:
+        return "coldstart"
+    return "grpo_noise_floor" if ARMS[name][2] == "shuffled" else "grpo"
 
 
 def dev_rows(cfg, task, tokenizer, n: int) -> list[dict]:
@@ -110,8 +132,8 @@ def job(args) -> None:
     torch.set_num_threads(1)
     work, name, seed = args.work, args.name, args.seed
     cfg = Config.model_validate(arm_params(args.workspace.resolve(), work, args.task, seed, name))
-    method = "coldstart" if name in COLD_STARTS else "grpo"
-    if method == "grpo":  # the arm starts from its cold start: linked into its own output tree
+    method = arm_method(name)
+    if method != "coldstart":  # the arm starts from its cold start: linked into its own output tree
         cold = output_dir(cfg, args.task, get_method(cfg, "coldstart"), seed)
         src = work / ARMS[name][0] / "models" / args.task / "coldstart" / f"seed{seed}"
         cold.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +145,7 @@ def job(args) -> None:
     out_dir = output_dir(cfg, args.task, get_method(cfg, method), seed)
     result = {"name": name, "seed": seed, "task": args.task, "train_s": round(train_s, 1), "summary": summary,
               **score_model(cfg, get_task(cfg, args.task), out_dir / "model", args.dev_rows)}
-    if method == "grpo":  # the training reward and its parts, per logged step (from the arm's MLflow run)
+    if method != "coldstart":  # the training reward and its parts, per logged step (from the arm's MLflow run)
         import mlflow
 
         client = mlflow.MlflowClient(cfg.tracking.uri)
@@ -144,7 +166,6 @@ def score_model(cfg, task, model_dir: Path, n_rows: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from semrl.evaluation.metrics import TASK_METRICS, item_scores, output_stats
     from semrl.models.generation import generate
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -232,7 +253,7 @@ def load(args, name: str, seeds: list[int]) -> list[dict] | None:
 
 def summarise(args, seeds: list[int], names: list[str]) -> dict:
     """The table: per arm, its dev score per source and overall (mean over seeds), and paired differences
-    against its cold start and its noise floor (N for default cold starts' arms, N+ for the gated ones')."""
+    against its cold start and its noise floor (noise_floor_of: same cold start and settings, rewards shuffled)."""
     import numpy as np
 
     from semrl.evaluation.stats import paired_bootstrap
@@ -272,11 +293,10 @@ def summarise(args, seeds: list[int], names: list[str]) -> dict:
     for name in names:
         if name not in ARMS:
             continue
-        cold = ARMS[name][0]
-        floor = "N" if cold == "C0" else "N+"
+        floor = noise_floor_of(name)
         for source in [None, *sources]:
-            compare(name, cold, source)
-            if name != floor:
+            compare(name, ARMS[name][0], source)
+            if floor:
                 compare(name, floor, source)
     for source in [None, *sources]:
         compare("CG", "C0", source)

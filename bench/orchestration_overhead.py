@@ -119,13 +119,15 @@ def ours(repo: Path, params_path: Path, scratch: Path, task: str, seed: int, war
     from mlflow.tracking import MlflowClient
 
     from semrl.ops import steps
+    from semrl.ops.flows import STEPS
 
     for sub in ("checkpoints", f"models/{task}/grpo"):
         shutil.rmtree(scratch / sub, ignore_errors=True)  # a fresh run each time, never a resume
     args = ["train", "--task", task, "--method", "grpo", "--seed", str(seed), "--params", str(params_path)]
     start = time.perf_counter()
     if warm:
-        code = steps.run_cli(args, dict(os.environ))
+        code = steps.run_call(STEPS["train"], {"params": str(params_path), "task": task, "method": "grpo",
+                                               "seed": seed}, dict(os.environ))
         if code != 0:
             sys.exit(f"our flow step exited {code}")
     else:

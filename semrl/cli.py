@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
 
 import typer
 
 from semrl import SemrlError
+from semrl.core.entry import config, run_step
 
 app = typer.Typer(help="semrl: low-resource language expansion with semantic-reward RL, and its alignment tax.",
                   no_args_is_help=True, add_completion=False)
@@ -21,77 +21,26 @@ PREFECT_COMMANDS = {"flow", "serve", "deploy", "worker", "status"}  # the comman
 @app.callback()
 def _use_running_servers(ctx: typer.Context) -> None:
     """Every command (and so every DVC stage) runs in the quiet environment (semrl.core.env) and logs to
-    `semrl up`'s MLflow server when it runs; a command that runs flows says where its flow runs go."""
-    import os
-
+    `semrl up`'s MLflow server when it runs; a command that runs flows says where its flow runs go. Nothing
+    here imports flow, server-lifecycle or liveness code: those belong to the commands that use them."""
     from semrl.core.config import load_config
+    from semrl.core.entry import use_running_mlflow
     from semrl.core.env import apply_quiet_env
-    from semrl.core.servers import auth_env, discover, use_prefect
-    from semrl.ops.liveness import watch_flow_process
+    from semrl.core.servers import use_prefect
 
     apply_quiet_env()
-    watch_flow_process()  # a step whose flow is killed stops too (its run KILLED), not an orphan
-    if Path("params.yaml").is_file():
+    use_running_mlflow()
+    if ctx.invoked_subcommand in PREFECT_COMMANDS and Path("params.yaml").is_file():
         try:
             cfg = load_config("params.yaml")
         except SemrlError:
             return  # the command itself reports a broken params file
-        found = discover(cfg.servers, ("mlflow",))
-        os.environ.update({**found, **(auth_env() if found else {})})
-        for var, url in found.items():  # never silent: where the runs and flow runs go
-            print(f"semrl: {var}={url} (the running `semrl up` server; `semrl down` or set {var} to change)",
-                  file=sys.stderr)
-        if ctx.invoked_subcommand in PREFECT_COMMANDS:
-            print(f"semrl: {use_prefect(cfg.servers)}", file=sys.stderr)
+        print(f"semrl: {use_prefect(cfg.servers)}", file=sys.stderr)
 
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(1)
-
-
-def config(path: Path):
-    """The validated config of a params file (every problem at once, as `error:` lines)."""
-    from semrl.core.config import load_config
-
-    return run_step(lambda: load_config(path))
-
-
-def run_step(step: Callable[[], object]) -> object:
-    """Run a step, turning user-facing errors into `error:` lines and a non-zero exit, not tracebacks."""
-    from semrl.core.tracking import Terminated
-
-    try:
-        return step()
-    except SemrlError as e:
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        raise SystemExit(1)
-    except OSError as e:
-        import errno
-
-        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise
-        print(f"error: {e.filename or 'a file'}: cannot write ({e.strerror}: disk full or a file size limit); free "
-              "space and rerun (training resumes from its last complete checkpoint)", file=sys.stderr)
-        raise SystemExit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130)
-    except Terminated:
-        print("terminated (SIGTERM); the MLflow run is closed KILLED, a rerun resumes from the last checkpoint",
-              file=sys.stderr)
-        raise SystemExit(143)
-    except Exception as e:
-        if e.__class__.__name__ != "MlflowException" or "mlflow" not in type(e).__module__:
-            raise
-        import os
-
-        where = os.environ.get("MLFLOW_TRACKING_URI", "the tracking store")
-        print(f"error: MLflow at {where} failed: {str(e).splitlines()[0][:300]}", file=sys.stderr)
-        print("error: the step stopped rather than train without its metrics; rerun it once MLflow answers "
-              "(training resumes from its last checkpoint; a run left RUNNING is then closed KILLED)", file=sys.stderr)
-        raise SystemExit(1)
 
 
 @app.command()
@@ -141,8 +90,7 @@ def train(
     """Train one (task, method, seed) into models/<task>/<method>/seed<k>/, resuming from its last checkpoint."""
     from semrl.training import run as train_mod
 
-    summary = run_step(lambda: train_mod.train_one(config(params), task, method, seed))
-    print("train: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    run_step(lambda: train_mod.step(str(params), task, method, seed))
 
 
 @app.command()
@@ -188,24 +136,16 @@ def evaluate(task: str = typer.Option("mt"), params: Path = PARAMS_OPTION) -> No
     """Evaluate base, cold start, strong SFT, GRPO (and ablations) on the task and on CMRC 2018 dev."""
     from semrl.evaluation import evaluate as evaluate_mod
 
-    report = run_step(lambda: evaluate_mod.run(config(params), task))
-    for r in report["results"]:
-        print(f"evaluate {r['task']}-{r['method']}-s{r['seed']}: " +
-              ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
+    run_step(lambda: evaluate_mod.step(str(params), task))
 
 
 @app.command()
 def transfer(params: Path = PARAMS_OPTION) -> None:
     """Few-shot transfer: fine-tune the source task's SFT and GRPO models on a few target-task examples,
     then score them on the target task's test split."""
-    from semrl.evaluation.evaluate import evaluate_transfer
-    from semrl.training.transfer import train_transfer
+    from semrl.training import transfer as transfer_mod
 
-    cfg = config(params)
-    run_step(lambda: train_transfer(cfg))
-    report = run_step(lambda: evaluate_transfer(cfg))
-    for r in report["results"]:
-        print(f"transfer {r['method']}-s{r['seed']}: sim_reward {r['sim_reward']:.4f}, sim_eval {r['sim_eval']:.4f}")
+    run_step(lambda: transfer_mod.step(str(params)))
 
 
 @app.command()
@@ -213,8 +153,7 @@ def report(params: Path = PARAMS_OPTION) -> None:
     """Write the alignment-tax report (reports/), its plots and the MLflow `report` run."""
     from semrl.evaluation import report as report_mod
 
-    run_step(lambda: report_mod.run(config(params)))
-    print("report: reports/alignment_tax.md, reports/alignment_tax.csv, reports/metrics.json, reports/plots/")
+    run_step(lambda: report_mod.step(str(params)))
 
 
 @app.command()

@@ -90,4 +90,5 @@ def test_grpo_discriminating_experiment_pairs_each_arm_with_its_cold_start_and_n
     # Same cold start, same seed: the first batch is the same completions; a permutation keeps its mean reward.
     assert runs["D"]["history"]["reward"][0] == runs["N"]["history"]["reward"][0]
     assert runs["D"]["summary"]["steps"] == runs["N"]["summary"]["steps"] == 3
+    assert (runs["D"]["summary"]["method"], runs["N"]["summary"]["method"]) == ("grpo", "grpo_noise_floor")
     assert "| D |" in proc.stdout and "| D − N | all |" in proc.stdout

@@ -9,8 +9,18 @@ import yaml
 
 from conftest import REPO
 
-# `semrl flow` (stages coldstart/sft/grpo@<task>) runs each step as `semrl train` in a process of its own.
-SPAWNS = {"flow": ["train"]}
+
+
+def flow_steps() -> dict[str, str]:
+    """semrl.ops.flows.STEPS, read from the source: step name -> "module:function"."""
+    tree = ast.parse((REPO / "semrl" / "ops" / "flows.py").read_text(encoding="utf-8"))
+    [node] = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "STEPS"]
+    return ast.literal_eval(node.value)
+
+
+# `semrl flow` (stages coldstart/sft/grpo@<task>) runs each training step, a library function, in a process of
+# its own (semrl.ops.steps).
+SPAWNS = {"flow": [flow_steps()["train"].split(":")[0]]}
 
 
 def module_file(name: str) -> Path | None:
@@ -49,15 +59,13 @@ def closure(modules: set[str]) -> set[Path]:
 
 
 def command_modules(command: str) -> set[str]:
-    """What `semrl <command>` imports: the CLI module's top level, its callback and helpers, the command."""
+    """What `semrl <command>` imports: the CLI module's top level, its callback, the command (and the modules
+    of the steps its flow spawns)."""
     tree = ast.parse((REPO / "semrl" / "cli.py").read_text(encoding="utf-8"))
     top = [n for n in tree.body if not isinstance(n, ast.FunctionDef)]
     commands = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    used = [commands[command], commands["_use_running_servers"], commands["config"], commands["run_step"]]
-    names = semrl_imports(top + used)
-    for spawned in SPAWNS.get(command, []):
-        names |= command_modules(spawned)
-    return names
+    used = [commands[command], commands["_use_running_servers"]]
+    return semrl_imports(top + used) | set(SPAWNS.get(command, []))
 
 
 def stages() -> list[tuple[str, str, list[str]]]:
@@ -111,3 +119,20 @@ def test_the_lock_holds_only_stages_the_pipeline_defines():
     names outputs no stage produces any more."""
     lock = yaml.safe_load((REPO / "dvc.lock").read_text(encoding="utf-8"))["stages"]
     assert set(lock) <= stage_names(), f"dvc.lock holds stages dvc.yaml lacks: {sorted(set(lock) - stage_names())}"
+
+
+def test_an_operations_change_leaves_the_data_and_model_stages_up_to_date():
+    """Flows, servers' liveness and deployments (semrl/ops) are not code the data and model stages run: a
+    change there must not make fetch, prepare, base or embedder stale."""
+    for name, command, _ in stages():
+        if name in ("fetch", "prepare", "base", "embedder"):
+            ops = sorted(str(f.relative_to(REPO)) for f in closure(command_modules(command)) if "ops" in f.parts)
+            assert not ops, f"stage {name} runs operations code: {ops}"
+
+
+def test_evaluation_never_imports_training():
+    """One direction between the two: training scores with evaluation's metrics; evaluation reads what
+    training wrote through the names in semrl.core.artifacts."""
+    for path in sorted((REPO / "semrl" / "evaluation").glob("*.py")):
+        found = {m for m in semrl_imports([ast.parse(path.read_text(encoding="utf-8"))]) if m.startswith("semrl.training")}
+        assert not found, f"{path.relative_to(REPO)} imports {sorted(found)}"

@@ -24,7 +24,7 @@ SYLLABLES = ["ཀ་", "ཁ་", "ག་", "ང་", "ཅ་", "ཆ་", "ཇ་
 TARGET = SYLLABLES[0]
 SFT_STEPS, GRPO_STEPS, WINDOW = 40, 24, 6  # GRPO: mean reward of the first and the last WINDOW steps
 # Stated margins, measured on a 2-core AMD EPYC: SFT's loss 5.22 -> 1.73 (mean of the first and last three
-# steps); GRPO's mean reward 0.197 -> 0.665; shuffled rewards (rewards.shuffle) 0.058 -> 0.078 (a random walk:
+# steps); GRPO's mean reward 0.197 -> 0.665; shuffled rewards (grpo_noise_floor) 0.058 -> 0.078 (a random walk:
 # 24 steps of lr 2e-3 on noise); zeroed advantages 0.127 -> 0.123.
 SFT_LOSS_RATIO = 0.5  # the last three steps' loss at most half the first three's
 GRPO_RISE = 0.3  # the real reward: last window's mean at least this much above the first window's
@@ -51,7 +51,7 @@ def target_share(prompts, completions, **columns):
     return out
 
 
-def toy_config(tmp_path, reward: str, base, shuffle: bool = False, gate: dict | None = None) -> Config:
+def toy_config(tmp_path, reward: str, base, gate: dict | None = None) -> Config:
     cfg = Config.model_validate({
         "base": {"out_dir": str(base)},
         "prepare": {"out_dir": str(tmp_path / "prepared")},  # the gate's dev rows (toy_split)
@@ -64,8 +64,8 @@ def toy_config(tmp_path, reward: str, base, shuffle: bool = False, gate: dict | 
                   "grpo": {"max_steps": GRPO_STEPS, "lr": 2e-3, "num_generations": 8, "prompts_per_step": 4,
                            "temperature": 1.0, "top_p": 1.0},
                   "trajectory": {"every": 0}},
-        "rewards": {"tau": 0.0, "components": [{"name": f"test_learning.{reward}", "weight": 1.0}], "ablations": {},
-                    "shuffle": shuffle},
+        "rewards": {"tau": 0.0, "components": [{"name": f"test_learning.{reward}", "weight": 1.0}],
+                    "ablations": {"noise_floor": {"enabled": True, "shuffle": True}}},  # grpo_noise_floor
     })
     cfg.tasks["mt"].prompt, cfg.tasks["mt"].primary_metric = "抄写：{input}", "chrf"  # as toy_items prompt
     return cfg
@@ -160,8 +160,9 @@ def test_grpo_reward_rises_toward_a_known_optimum(grpo_rise):
 
 
 def test_grpo_with_rewards_shuffled_across_the_batch_does_not_rise(toy, cold_start, tmp_path, grpo_rise):
-    """rewards.shuffle, the experiment's noise-floor arm: every batch's rewards permuted across its completions."""
-    history = train(tmp_path, toy[0], cold_start[1], "grpo", shuffle=True).state.log_history
+    """The noise-floor branch (rewards.ablations.noise_floor, the experiment's N arms): every batch's rewards
+    permuted across its completions."""
+    history = train(tmp_path, toy[0], cold_start[1], "grpo_noise_floor").state.log_history
     first, last = rise(history)
     print(f"noise floor: mean reward {first:.3f} -> {last:.3f}")
     assert last - first <= FLOOR_RISE, (first, last)
@@ -229,7 +230,8 @@ def test_a_cold_start_that_fails_its_gate_runs_to_the_cap_and_no_branch_starts_f
     import json
 
     from semrl import SemrlError
-    from semrl.training.gate import GATE_FILE, require_passed
+    from semrl.core.artifacts import GATE_FILE
+    from semrl.training.gate import require_passed
 
     trainer, cfg, gate = gated(tmp_path, toy, synthetic=True, min_distinct=0.8)
     assert trainer.state.global_step == 40 and not gate["passed"]

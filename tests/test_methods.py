@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 
 import mlflow
-import pytest
 import yaml
 from safetensors.torch import load_file
 

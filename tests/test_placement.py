@@ -5,7 +5,6 @@ import threading
 import time
 
 import pytest
-import yaml
 
 from semrl import SemrlError
 from semrl.core.config import load_config

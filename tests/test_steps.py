@@ -1,5 +1,6 @@
 """Flow steps start warm: each runs in a process of its own, forked from a server that imported the ML stack
-once, and reports its exit status as a fresh `python -m semrl.cli` would (Prefect's retry rule reads it)."""
+once, and reports its exit status as a fresh `python -m semrl.cli` would (Prefect's retry rule reads it). A step is
+a plain library function (semrl.ops.flows.STEPS), not the CLI."""
 import json
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from conftest import REPO, child_env, run
 SCRIPT = '''
 import json, os, signal, sys
 from semrl.ops import steps
+from semrl.ops.flows import STEPS
 
 def preloaded():
     import sys
@@ -27,10 +29,11 @@ if __name__ == "__main__":
         p.start()
         p.join()
         codes[name] = p.exitcode
-    codes["where"] = steps.run_cli(["where"], dict(os.environ))
-    codes["bad_method"] = steps.run_cli(["train", "--method", "no_such_method", "--params", "params.yaml"],
-                                        dict(os.environ))
-    codes["bad_command"] = steps.run_cli(["no-such-command"], dict(os.environ))
+    codes["fine"] = steps.run_call("semrl.core.config:load_config", {"path": "params.yaml"}, dict(os.environ))
+    codes["bad_method"] = steps.run_call(STEPS["train"], {"params": "params.yaml", "task": "mt",
+                                                          "method": "no_such_method", "seed": 0}, dict(os.environ))
+    codes["bad_target"] = steps.run_call("semrl.no_such_module:step", {}, dict(os.environ))
+    codes["crashed"] = steps.run_call("semrl.core.io:read_jsonl", {"path": "no/such/file.jsonl"}, dict(os.environ))
     print(json.dumps(codes))
 '''
 
@@ -42,10 +45,12 @@ def test_steps_fork_warm_and_report_exit_codes(tmp_path):
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
     assert codes["preloaded"] == 0          # the step's process starts with torch, transformers, TRL imported
     assert codes["killed"] == -9            # killed by a signal: negative, as subprocess reports it (retried)
-    assert codes["where"] == 0
+    assert codes["fine"] == 0               # a plain function, not the CLI
     assert codes["bad_method"] == 1         # a user error: `error:` line, exit 1 (not retried)
-    assert codes["bad_command"] == 2        # the CLI's usage error
-    assert "unknown method" in proc.stderr.lower() or "no_such_method" in proc.stderr
+    assert codes["bad_target"] == 1         # a step that does not exist: named in an `error:` line
+    assert codes["crashed"] == 1            # an unexpected exception: its traceback in the log, exit 1
+    assert "error: unknown method 'no_such_method'" in proc.stderr
+    assert "error: 'semrl.no_such_module:step': cannot import" in proc.stderr
 
 
 def test_supervise_forwards_lines_and_stops_a_step_at_its_timeout(tmp_path, capfdbinary):

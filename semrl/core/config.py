@@ -283,9 +283,6 @@ class RewardsConfig(Section):
     # GRPO samples, does the reward order a prompt's completions as the task metric does? (0: off)
     group_check_prompts: int = Field(32, ge=0)
     reference_column: str = "reference"
-    # The noise-floor control (bench/grpo_discriminate.py): each batch's rewards permuted across its completions,
-    # groups too, before the advantages: same rewards, no link to the completion. Never on in a real run.
-    shuffle: bool = False
     components: list[RewardComponent] = [RewardComponent(name="semantic", weight=1.5),
                                          RewardComponent(name="language", weight=1.0, min_share=0.5)]
     ablations: dict[str, Ablation] = {

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from semrl import SemrlError
+from semrl.core.artifacts import GATE_FILE, SUMMARY_FILE, TAU_FILE, TRAJECTORY_FILE, read_points
 from semrl.core.config import Config, EvalConfig
 from semrl.core.io import atomic_write_text, read_jsonl, write_jsonl
 from semrl.core.methods import COLDSTART, methods, output_dir, transfer_methods
@@ -93,7 +94,6 @@ def general_competence(models: dict[str, Any], base, tokenizer, cmrc: list[dict]
 
 def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
     """The branches' points along training ("method/seed" -> points), as the training runs wrote them."""
-    from semrl.training.trajectory import TRAJECTORY_FILE, read_points
 
     found = {}
     for method, seed, path in variants(cfg, task):
@@ -105,7 +105,6 @@ def trajectories(cfg: Config, task: str) -> dict[str, list[dict[str, Any]]]:
 def reward_signal(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
     """Each seed's reward-signal check (seed -> what the tau calibration on its cold-start model measured,
     as its GRPO run kept it)."""
-    from semrl.training.tau import TAU_FILE
 
     return {str(seed): json.loads((path.parent / TAU_FILE).read_text(encoding="utf-8"))
             for method, seed, path in variants(cfg, task)
@@ -115,7 +114,6 @@ def reward_signal(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
 def cold_start_gates(cfg: Config, task: str) -> dict[str, dict[str, Any]]:
     """Each seed's cold-start gate (semrl.training.gate) as its cold start kept it: passed or not, at which
     step, and the last check's numbers per data source (the outputs stay in the model folder's gate.json)."""
-    from semrl.training.gate import GATE_FILE
 
     found = {}
     for method, seed, path in variants(cfg, task):
@@ -251,7 +249,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
 
 def training_runs(cfg: Config, task: str, method: str, seed: int) -> list[str]:
     """The MLflow run ids that trained a variant (its summary.json), oldest first; [] if it has none."""
-    path = output_dir(cfg, task, method, seed) / "summary.json"
+    path = output_dir(cfg, task, method, seed) / SUMMARY_FILE
     if not path.is_file():
         return []
     summary = json.loads(path.read_text(encoding="utf-8"))
@@ -353,4 +351,15 @@ def evaluate_transfer(cfg: Config) -> dict[str, Any]:
                             **task_metrics(target, outs, [x["reference"] for x in test], reward_emb, eval_emb)})
     report = {"enabled": True, "source_task": t.source_task, "target_task": target.name, "results": results}
     atomic_write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return report
+
+
+def step(params: str, task: str) -> dict[str, Any]:
+    """The pipeline step `evaluate` as a flow's step process and `semrl evaluate` run it."""
+    from semrl.core.config import load_config
+
+    report = run(load_config(params), task)
+    for r in report["results"]:
+        print(f"evaluate {r['task']}-{r['method']}-s{r['seed']}: " +
+              ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
     return report

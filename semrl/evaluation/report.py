@@ -509,7 +509,7 @@ def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = 
             f"- {say(grpo_gain, 'GRPO − cold start, task')}",
             f"- {say(find('sft', 'grpo', m), 'strong SFT − GRPO, task')}",
             f"- {say(find('grpo', NOISE_FLOOR, m), 'GRPO − its noise floor (the same GRPO, rewards shuffled across each batch), task') if find('grpo', NOISE_FLOOR, m) else 'GRPO − its noise floor: not run (`rewards.ablations.noise_floor.enabled`); without it a GRPO gain is not shown to come from the reward'}",
-            *([f"- per data source:", *per_source] if per_source else []),
+            *(["- per data source:", *per_source] if per_source else []),
             f"- {say(find('sft', 'grpo', 'lm_nll_increase_vs_coldstart'), 'strong SFT − GRPO, LM tax (ΔNLL since the cold start; > 0: SFT forgot more)')}",
             f"- {say(find('sft', 'grpo', 'skill_acc'), 'strong SFT − GRPO, general skill (riddle accuracy; < 0: SFT forgot more)')}",
             *baseline_lines(find, m),
@@ -761,3 +761,12 @@ def run(cfg: Config) -> dict[str, Any]:
     atomic_write_text(out / "run_meta.json", json.dumps(meta, indent=2) + "\n")
     log_report(cfg, df, metrics, out, linked)
     return metrics
+
+
+def step(params: str) -> dict[str, Any]:
+    """The pipeline step `report` as a flow's step process and `semrl report` run it."""
+    from semrl.core.config import load_config
+
+    out = run(load_config(params))
+    print("report: reports/alignment_tax.md, reports/alignment_tax.csv, reports/metrics.json, reports/plots/")
+    return out

@@ -30,6 +30,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from semrl import SemrlError
+from semrl.core.artifacts import SUMMARY_FILE
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
 from semrl.core.methods import (COLDSTART, TRAINING_STAGES, branches, get_method, output_dir, run_name, stage_dir,
@@ -166,13 +167,21 @@ def step_logger() -> logging.Logger:
     return log
 
 
-def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = (), group: Any = None) -> dict[str, Any]:
-    """Run one step, on a device or CPU slot where the flow has them (DeviceSlots); its output goes to the
-    terminal, to .semrl/logs/steps/<flow run>/<label>.log and to the Prefect run's logs; past
-    flow.step_timeout_s it is stopped. When it ran (after any wait for a slot) and where."""
+# The pipeline's steps as the flow runs them: plain library functions, each in a process of its own
+# (semrl.ops.steps), never the CLI. `semrl <name>` runs the same functions.
+STEPS = {"train": "semrl.training.run:step", "evaluate": "semrl.evaluation.evaluate:step",
+         "transfer": "semrl.training.transfer:step", "report": "semrl.evaluation.report:step"}
+
+
+def _run_step(name: str, kwargs: dict[str, Any], parent_run_id: str, label: str, priority: tuple = (),
+              group: Any = None) -> dict[str, Any]:
+    """Run one step (STEPS[name] with kwargs, whose `params` is the params file), on a device or CPU slot
+    where the flow has them (DeviceSlots); its output goes to the terminal, to
+    .semrl/logs/steps/<flow run>/<label>.log and to the Prefect run's logs; past flow.step_timeout_s it is
+    stopped. When it ran (after any wait for a slot) and where."""
     from prefect.runtime import flow_run
 
-    cfg = load_config(args[args.index("--params") + 1])
+    cfg = load_config(kwargs["params"])
     log_path = step_logs() / str(flow_run.get_id() or "local") / f"{label}.log"
     log = step_logger()
     io = {"log_path": log_path, "on_line": log.info, "timeout_s": cfg.flow.step_timeout_s}
@@ -181,16 +190,17 @@ def _cli(args: list[str], parent_run_id: str, label: str, priority: tuple = (), 
         start = time.time()
         env = {**os.environ, PARENT_RUN_ENV: parent_run_id, FLOW_PID_ENV: this_process()}
         if slot is None:
-            returncode = steps.run_cli(args, env, **io)
+            returncode = steps.run_call(STEPS[name], kwargs, env, **io)
         else:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
             print(f"{label}: on GPU {env['CUDA_VISIBLE_DEVICES']}")
-            if len(slot) == 1 or args[0] != "train":  # evaluation and transfer use the slot's first device
-                returncode = steps.run_cli(args, {**env, "CUDA_VISIBLE_DEVICES": slot[0]}, **io)
+            if len(slot) == 1 or name != "train":  # evaluation and transfer use the slot's first device
+                returncode = steps.run_call(STEPS[name], kwargs, {**env, "CUDA_VISIBLE_DEVICES": slot[0]}, **io)
             else:  # a training step on several GPUs: data parallel under accelerate (rank 0 tracks and saves)
                 launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                           str(cfg.flow.accelerate_config), "--num_processes", str(len(slot)),
-                          "--main_process_port", str(_free_port()), "-m", "semrl.cli", *args]
+                          "--main_process_port", str(_free_port()), "-m", "semrl.ops.steps", STEPS[name],
+                          json.dumps(kwargs)]
                 returncode = steps.run_command(launch, env, **io)
     if returncode == steps.TIMED_OUT:
         raise StepFailed(f"{label} timed out after {cfg.flow.step_timeout_s:g} s (flow.step_timeout_s); its log: "
@@ -206,15 +216,15 @@ def train_step(task_name: str, method: str, seed: int, params_path: str, parent_
     trainer = get_method(load_config(params_path), method).trainer
     # Cold starts first, then each seed's branches in seed order, the longest (GRPO) first (DeviceSlots).
     priority = (0,) if method == COLDSTART else (1, seed, 0 if trainer == "grpo" else 1)
-    ran = _cli(["train", "--task", task_name, "--method", method, "--seed", str(seed), "--params", params_path],
-               parent_run_id, run_name(task_name, method, seed), priority, (task_name, seed))
-    summary_file = output_dir(load_config(params_path), task_name, method, seed) / "summary.json"
+    ran = _run_step("train", {"params": params_path, "task": task_name, "method": method, "seed": seed},
+                    parent_run_id, run_name(task_name, method, seed), priority, (task_name, seed))
+    summary_file = output_dir(load_config(params_path), task_name, method, seed) / SUMMARY_FILE
     return {**json.loads(summary_file.read_text()), **ran}
 
 
 @task(name="evaluate-step", task_run_name="evaluate-{task_name}", cache_policy=None, retry_condition_fn=transient)
 def evaluate_step(task_name: str, params_path: str, parent_run_id: str) -> str:
-    _cli(["evaluate", "--task", task_name, "--params", params_path], parent_run_id, f"evaluate-{task_name}", (2,))
+    _run_step("evaluate", {"params": params_path, "task": task_name}, parent_run_id, f"evaluate-{task_name}", (2,))
     return task_name
 
 
@@ -222,8 +232,8 @@ def evaluate_step(task_name: str, params_path: str, parent_run_id: str) -> str:
 def report_step(params_path: str, parent_run_id: str) -> str:
     from prefect.artifacts import create_markdown_artifact
 
-    _cli(["transfer", "--params", params_path], parent_run_id, "transfer", (3,))
-    _cli(["report", "--params", params_path], parent_run_id, "report", (3,))
+    _run_step("transfer", {"params": params_path}, parent_run_id, "transfer", (3,))
+    _run_step("report", {"params": params_path}, parent_run_id, "report", (3,))
     path = load_config(params_path).report.out_dir / "alignment_tax.md"
     create_markdown_artifact(markdown=report_summary(path.read_text(encoding="utf-8")), key="alignment-tax",
                              description=f"The alignment-tax report's answer and main tables ({path})")

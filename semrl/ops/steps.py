@@ -1,5 +1,7 @@
 """Flow steps as processes that start warm: a fork server imports the ML stack once per flow, and each step
-(`semrl train ...`) runs in a fresh process forked from it.
+— a plain library function such as semrl.training.run:step, not the CLI — runs in a fresh process forked
+from it (`python -m semrl.ops.steps <module:function> <JSON kwargs>` runs one the same way without the
+server: what `accelerate launch` starts on several GPUs).
 
 A step still gets a process of its own, as with `python -m semrl.cli` (crash isolation, no shared torch,
 accelerate or MLflow state, an exit code: negative when killed by a signal, so Prefect's retry rule is
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-# What `semrl train` imports, heaviest first; a module that is missing is skipped by the server. Not
+# What a training step imports, heaviest first; a module that is missing is skipped by the server. Not
 # semrl.cli: a flow started as `python -m semrl.cli` has it as the main module, which each child re-runs.
 PRELOAD = [
     "torch", "transformers", "datasets", "peft", "mlflow", "sentence_transformers",
@@ -83,7 +85,21 @@ def stop_all(grace_s: float = KILL_GRACE_S) -> int:
     return len(pids)
 
 
-def _main(args: list[str], env: dict[str, str], log_path: str | None = None) -> None:
+def call(target: str, kwargs: dict) -> None:
+    """Run one step in this process: `target` ("package.module:function") with `kwargs`, as a step of the
+    flow whose PID is in FLOW_PID_ENV (killed with SIGKILL, the step stops too: its run KILLED, no orphan);
+    user-facing errors as `error:` lines and an exit status (semrl.core.entry.run_step). Exits."""
+    from semrl.core.entry import run_step
+    from semrl.core.io import import_dotted
+    from semrl.ops.liveness import watch_flow_process
+
+    watch_flow_process()
+    function = run_step(lambda: import_dotted(target))
+    run_step(lambda: function(**kwargs))
+    sys.exit(0)
+
+
+def _main(target: str, kwargs: dict, env: dict[str, str], log_path: str | None = None) -> None:
     # The server's environment is the flow's at its start; each step gets the flow's current one plus its own.
     os.environ.clear()
     os.environ.update(env)
@@ -94,9 +110,7 @@ def _main(args: list[str], env: dict[str, str], log_path: str | None = None) -> 
         os.close(fd)
         sys.stdout.reconfigure(line_buffering=True)
         sys.stderr.reconfigure(line_buffering=True)
-    from semrl.cli import app
-
-    app(args, prog_name="semrl")  # exits: SystemExit carries the command's status
+    call(target, kwargs)  # exits: SystemExit carries the step's status
 
 
 class Tail:
@@ -191,10 +205,11 @@ def run_command(command: list[str], env: dict[str, str], log_path: Path, on_line
     return code
 
 
-def run_cli(args: list[str], env: dict[str, str], log_path: Path | None = None,
-            on_line: Callable[[str], None] | None = None, timeout_s: float | None = None) -> int:
-    """Run `semrl <args>` in a fresh process with this environment; its exit code (-N: killed by signal N,
-    TIMED_OUT: stopped at `timeout_s`). With `log_path`, its output goes there and is forwarded (Tail)."""
+def run_call(target: str, kwargs: dict, env: dict[str, str], log_path: Path | None = None,
+             on_line: Callable[[str], None] | None = None, timeout_s: float | None = None) -> int:
+    """Run the step `target(**kwargs)` (call) in a fresh process forked from the server, with this
+    environment; its exit code (-N: killed by signal N, TIMED_OUT: stopped at `timeout_s`). With `log_path`,
+    its output goes there and is forwarded (Tail)."""
     offset = 0
     if log_path:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,8 +217,8 @@ def run_cli(args: list[str], env: dict[str, str], log_path: Path | None = None,
         offset = log_path.stat().st_size
     if STOPPING.is_set():
         return -signal.SIGTERM
-    proc = context().Process(target=_main, args=(list(args), dict(env), str(log_path) if log_path else None),
-                             name="semrl " + " ".join(args[:5]))
+    proc = context().Process(target=_main, args=(target, dict(kwargs), dict(env), str(log_path) if log_path else None),
+                             name=f"semrl step {target} {' '.join(str(v) for v in kwargs.values())}"[:120])
     start(proc)
     _running[proc.pid] = False
     try:
@@ -229,3 +244,12 @@ def start(proc) -> None:
 def alive(proc) -> bool:
     with _children_lock:
         return proc.is_alive()
+
+
+if __name__ == "__main__":  # one step without the fork server: python -m semrl.ops.steps <module:function> <JSON>
+    import json
+
+    from semrl.core.env import apply_quiet_env
+
+    apply_quiet_env()
+    call(sys.argv[1], json.loads(sys.argv[2]))

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
+from semrl.core.artifacts import GATE_FILE
 from semrl.core.config import Config
 from semrl.core.tasks import Task, per_source
 
-GATE_FILE = "gate.json"
 CHECKS_FILE = "gate_checks.jsonl"  # in the checkpoint folder: a resumed run keeps its earlier checks
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
+from semrl.core.artifacts import GATE_FILE, SUMMARY_FILE, TAU_FILE, TRAJECTORY_FILE
 from semrl.core.checkpoints import folder_fingerprint, last_complete_checkpoint, require_whole_model, step_of
 from semrl.core.config import Config
 from semrl.core.io import atomic_write_text, process_start
 from semrl.core.methods import COLDSTART, Method, get_method, output_dir, run_name
 from semrl.core.tasks import Task, get_task
-from semrl.training.gate import CHECKS_FILE, GATE_FILE, gate_summary, read_checks, require_passed
-from semrl.training.tau import TAU_FILE, grpo_tau
-from semrl.training.trajectory import TRAJECTORY_FILE
+from semrl.training.gate import CHECKS_FILE, gate_summary, read_checks, require_passed
+from semrl.training.tau import grpo_tau
 from semrl.training.trainers import init_model_dir, make_trainer, method_items, model_init_kwargs, rank, world_size
 
 
@@ -228,9 +228,9 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         if signal is not None:  # the tau it used and (auto) the reward-signal check of its calibration
             atomic_write_text(out / TAU_FILE, json.dumps(signal, indent=2) + "\n")
             mlflow.log_metrics({k: v for k, v in signal.items() if isinstance(v, (int, float))})
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         mlflow.log_metrics({"resumed_from_step": resumed, "train_seconds": summary["train_seconds"]})
-        for extra in (TAU_FILE, TRAJECTORY_FILE, GATE_FILE, "summary.json"):
+        for extra in (TAU_FILE, TRAJECTORY_FILE, GATE_FILE, SUMMARY_FILE):
             if (out / extra).is_file():
                 mlflow.log_artifact(str(out / extra), artifact_path="outputs")
         logged_model = tracking.log_model(*loadable_model(cfg, method, merged, init, out), name="model")
@@ -290,3 +290,13 @@ def loadable_model(cfg: Config, method: Method, merged, init: Path, out: Path):
 
     base = AutoModelForCausalLM.from_pretrained(str(init), **model_init_kwargs(cfg, method))
     return PeftModel.from_pretrained(base, out / "adapter"), tokenizer
+
+
+def step(params: str, task: str, method: str, seed: int) -> dict[str, Any]:
+    """The pipeline step `train` as a flow's step process and `semrl train` run it: one (task, method, seed)
+    from a params file, its summary printed."""
+    from semrl.core.config import load_config
+
+    summary = train_one(load_config(params), task, method, seed)
+    print("train: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return summary

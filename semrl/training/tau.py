@@ -15,8 +15,6 @@ from semrl.core.config import Config
 from semrl.core.io import atomic_write_text
 from semrl.core.tasks import Task, per_source
 
-TAU_FILE = "tau.json"
-
 
 def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[str, Any]:
     """tau = auto: the cold-start model's semantic similarity on dev, sampled as GRPO will sample. The same

@@ -132,7 +132,7 @@ def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
 
 
 def with_shuffled_rewards(trainer_class, seed: int):
-    """The noise-floor control (rewards.shuffle): each batch's rewards — every component by the same
+    """The noise-floor control (rewards.ablations.noise_floor): each batch's rewards — every component by the same
     permutation — moved to other completions, groups too, before the advantages are computed. The rewards'
     values and mean are unchanged; only their link to the completion that earned them is gone, so whatever
     such a run still "learns" does not come from the reward. The permutation comes from a generator seeded
@@ -196,7 +196,8 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
     init_kwargs = model_init_kwargs(cfg, method)
     callbacks = [policy_movement_callback(), tracking.metrics_callback()]  # adds its keys before MLflow logs them
     if method.data == "remaining" and cfg.train.trajectory.every:  # the branches, scored along training
-        from semrl.training.trajectory import TRAJECTORY_FILE, trajectory_callback
+        from semrl.core.artifacts import TRAJECTORY_FILE
+        from semrl.training.trajectory import trajectory_callback
 
         callbacks.append(trajectory_callback(cfg, task, tokenizer, ckpt / TRAJECTORY_FILE))
     gated = method.name == COLDSTART and cfg.train.coldstart.gate.enabled
@@ -233,7 +234,7 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         chat_template_kwargs=template_kwargs(tokenizer) or None,  # thinking off (Qwen3)
     )
     trainer_class = SharedPrefixGRPOTrainer if hp.shared_prefix else GRPOTrainer
-    if method.shuffled or cfg.rewards.shuffle:
+    if method.shuffled:
         trainer_class = with_shuffled_rewards(trainer_class, seed)
     return trainer_class(model=str(init), reward_funcs=funcs, args=args,
                        train_dataset=grpo_dataset(items, cfg.rewards.reference_column),

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from semrl.core.artifacts import read_points
 from semrl.core.config import Config
 from semrl.core.tasks import Task, per_source
 
-TRAJECTORY_FILE = "trajectory.jsonl"
 COMPLETIONS_TABLE = "trajectory_completions.json"  # MLflow table artifact: dev completions per point
-
-
-def read_points(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):

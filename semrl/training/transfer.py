@@ -19,3 +19,17 @@ def train_transfer(cfg: Config) -> list[tuple[Method, int]]:
             train_one(cfg, cfg.transfer.target_task, method.name, seed)
             done.append((method, seed))
     return done
+
+
+def step(params: str) -> dict:
+    """The pipeline step `transfer` as a flow's step process and `semrl transfer` run it: fine-tune the
+    source task's branches on a few target-task examples, then score them on the target's test split."""
+    from semrl.core.config import load_config
+    from semrl.evaluation.evaluate import evaluate_transfer
+
+    cfg = load_config(params)
+    train_transfer(cfg)
+    report = evaluate_transfer(cfg)
+    for r in report["results"]:
+        print(f"transfer {r['method']}-s{r['seed']}: sim_reward {r['sim_reward']:.4f}, sim_eval {r['sim_eval']:.4f}")
+    return report
