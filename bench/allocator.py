@@ -6,7 +6,7 @@ glibc serves allocations above its mmap threshold (128 KiB, rising to at most 32
 pages and returns them on free, so a CPU training step page-faults its activations, logits and gradients
 back in every time. ALLOCATOR_ENV serves them from the heap and never trims it (both or neither: a trim
 threshold alone switches the dynamic mmap threshold off and makes it worse). Measured, not adopted as the
-default: README "Performance" says why.
+default: docs/performance.md says why.
 
 Each setting runs in fresh processes (glibc reads the variables at start), `--procs` of them at once, as
 the flow's CPU step slots run one step per seed beside each other; the settings alternate `--repeats` times.

@@ -68,7 +68,7 @@ def scratch_params(repo: Path, scratch: Path, task: str, seed: int, steps: int) 
     # The GRPO branch starts from the repo's cold start (and reads the tau it calibrated).
     cold = repo / "models" / task / "coldstart" / f"seed{seed}"
     if not (cold / "model" / "config.json").is_file():
-        sys.exit(f"{cold}: no cold start; run `dvc repro coldstart@{task}` first")
+        sys.exit(f"{cold}: no cold start; run `dvc repro train@{task}` first")
     link = scratch / "models" / task / "coldstart" / f"seed{seed}"
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(cold.resolve())

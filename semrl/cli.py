@@ -97,19 +97,17 @@ def train(
 def flow(
     task: list[str] = typer.Option(None, help="tasks (default: train.tasks)"),
     seed: list[int] = typer.Option(None, help="seeds (default: train.seeds)"),
-    stage: str = typer.Option(None, help="one training stage alone: coldstart, sft or grpo (GRPO and its "
-                                         "ablations), as DVC's <stage>@<task> runs it (default: all of them)"),
+    prune: bool = typer.Option(False, help="first remove outputs of seeds and ablations the params no longer "
+                                           "have (the DVC stage train@<task> does)"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Run the Prefect flow: cold start, then strong SFT and GRPO concurrently, for each task and seed."""
-    from semrl.core.methods import stage_methods
+    """Run the Prefect flow: cold start, then strong SFT and GRPO concurrently, for each task and seed; a
+    step whose inputs are unchanged is reused, not rerun."""
     from semrl.ops.flows import configured
 
     import signal
 
     cfg = config(params)
-    if stage is not None:
-        run_step(lambda: stage_methods(cfg, stage))  # an unknown stage fails here, before Prefect starts
 
     def on_term(signum, frame):  # as Ctrl-C: the flow stops its steps (semrl.ops.steps.stop_all) and ends
         raise KeyboardInterrupt
@@ -122,13 +120,14 @@ def flow(
 
     def go():
         try:
-            return configured(cfg)(tasks=task or None, seeds=seed or None, params_path=str(params), stage=stage)
+            return configured(cfg)(tasks=task or None, seeds=seed or None, params_path=str(params), prune=prune)
         except RuntimeError as e:  # a failed branch: its own log already has the traceback
             raise SemrlError(str(e)) from None
 
     results = run_step(go)
     for r in results:
-        print(f"flow: {r['task']}-{r['method']}-s{r['seed']}: {r['steps']} steps in {r['end'] - r['start']:.1f} s")
+        print(f"flow: {r['task']}-{r['method']}-s{r['seed']}: " + ("skipped: " + r["skipped"] if "skipped" in r else
+              "reused" if r["reused"] else f"{r['steps']} steps in {r['end'] - r['start']:.1f} s"))
 
 
 @app.command()

@@ -2,7 +2,7 @@
 fixtures that need them), the smoke project built once per test session and shared by every pytest-xdist
 worker (each worker works on its own copy), and small raw trees cut from the real files for bad-input tests.
 
-Tiers (pytest markers, README "Tests"): `unit` — no corpus, no servers, no subprocess training: pure functions
+Tiers (pytest markers, docs/tests.md): `unit` — no corpus, no servers, no subprocess training: pure functions
 and tiny in-memory models; `pipeline` — the smoke project, stages, flows, servers; `bench` — the benchmark
 scripts run on the smoke project (they print what they promise; tools, not the pipeline); `faults` — injected
 failures on the trained smoke project. A test that asks for a project fixture is `pipeline` unless marked
@@ -277,7 +277,7 @@ def _build_smoke(dest: Path, prepared: Path, mirror: Path) -> None:
 
 def _build_trained(dest: Path, smoke: Path, mirror: Path) -> None:
     copy_project(smoke, dest)
-    run(["dvc", "repro", "sft@mt", "grpo@mt"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
+    run(["dvc", "repro", "train@mt"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
 
 
 def pytest_collection_finish(session):
@@ -331,8 +331,8 @@ def smoke_project(tmp_path_factory, prepared_project, mirror) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory, smoke_project, mirror) -> Path:
-    """The shared smoke build after `dvc repro sft@mt grpo@mt`: coldstart@mt, sft@mt and grpo@mt, each a
-    Prefect flow run of its method's seeds."""
+    """The shared smoke build after `dvc repro train@mt`: one Prefect flow run of the cold starts and their
+    branches, every seed."""
     return ensure_project(tmp_path_factory, mirror, "trained")
 
 
@@ -350,7 +350,7 @@ def smoke_repo(tmp_path_factory, smoke_project) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory, trained_project) -> Path:
-    """This worker's copy of the trained smoke project (`dvc repro sft@mt grpo@mt` done)."""
+    """This worker's copy of the trained smoke project (`dvc repro train@mt` done)."""
     return copy_project(trained_project, tmp_path_factory.mktemp("trained") / "repo")
 
 

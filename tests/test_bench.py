@@ -1,5 +1,5 @@
 """The benchmark scripts run on the smoke model and print what they promise (they are not timed tests). The
-`bench` tier: CI runs it, `make test` does not (README "Tests")."""
+`bench` tier: CI runs it, `make test` does not (docs/tests.md)."""
 import json
 import sys
 

@@ -1,6 +1,7 @@
-"""DVC experiments on the per-method training stages: a GRPO-only change (`dvc exp run -S`) reruns GRPO and
-nothing upstream of it, and experiments in a temporary workspace (`--temp`, `--queue`) keep their MLflow
-runs and checkpoints in the project, where they outlive the workspace DVC deletes."""
+"""DVC experiments on the training stage train@<task>: a GRPO-only change (`dvc exp run -S`) retrains GRPO and
+nothing else (the cold starts and SFT are reused: no MLflow run, the same bytes), and experiments in a
+temporary workspace (`--temp`, `--queue`) keep their MLflow runs and checkpoints in the project, where they
+outlive the workspace DVC deletes."""
 import mlflow
 import pytest
 import yaml
@@ -8,7 +9,7 @@ import yaml
 from conftest import copy_project, mlflow_runs, run
 
 
-# GRPO-only: a learning rate, and the reward ablation off (fewer steps to run); both are grpo@mt's params alone.
+# GRPO-only: a learning rate, and the reward ablation off (fewer steps to run).
 def grpo_change(lr: str) -> list[str]:
     return ["-S", f"train.grpo.lr={lr}", "-S", "rewards.ablations.bleu_language.enabled=false"]
 
@@ -29,20 +30,35 @@ def grpo_runs(repo, lr: float) -> list:
             if float(r.data.params["config.lr"]) == lr]
 
 
-def test_a_grpo_only_change_reruns_grpo_and_nothing_upstream(exp_repo):
+def method_runs(repo, method: str) -> set[str]:
+    mlflow_runs(repo)
+    return {r.info.run_id for r in mlflow.search_runs(experiment_names=["semrl"], output_format="list",
+                                                      filter_string=f"tags.`semrl.method` = '{method}'")}
+
+
+def test_a_grpo_only_change_retrains_grpo_and_reuses_the_rest(exp_repo):
     params = yaml.safe_load((exp_repo / "params.yaml").read_text())
     params["train"]["grpo"]["lr"] = 2e-4
     (exp_repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
-    status = run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], exp_repo).stdout
-    assert status.startswith("grpo@mt:") and "coldstart@mt" not in status and "sft@mt" not in status, status
-    assert "train.grpo" in status
+    status = run(["dvc", "status", "train@mt", "evaluate@mt"], exp_repo).stdout
+    assert status.startswith("train@mt:") and "train.grpo" in status and "train.sft" not in status, status
     run(["git", "checkout", "params.yaml"], exp_repo)
-    out = run(["dvc", "exp", "run", "-n", "grpo-lr", *grpo_change("0.0002"), "grpo@mt", "sft@mt"], exp_repo)
+    before = {m: method_runs(exp_repo, m) for m in ("coldstart", "sft", "grpo")}
+    weights = {m: (exp_repo / "models" / "mt" / m / "seed0" / "model" / "model.safetensors").read_bytes()
+               for m in ("coldstart", "sft")}
+    out = run(["dvc", "exp", "run", "-n", "grpo-lr", *grpo_change("0.0002"), "train@mt"], exp_repo)
     log = out.stdout + out.stderr
-    assert "Running stage 'grpo@mt'" in log
-    assert "'coldstart@mt' didn't change, skipping" in log and "'sft@mt' didn't change, skipping" in log, log
-    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], exp_repo).stdout
+    assert "Running stage 'train@mt'" in log
+    for name in ("mt-coldstart-s0", "mt-coldstart-s1", "mt-sft-s0", "mt-sft-s1"):
+        assert f"{name}: reused" in log, name
+    assert "6 training steps: 2 trained, 4 reused" in log, log[-3000:]
+    assert {m: method_runs(exp_repo, m) for m in ("coldstart", "sft")} == {m: before[m] for m in ("coldstart", "sft")}
+    for m, data in weights.items():  # byte for byte the same weights
+        assert (exp_repo / "models" / "mt" / m / "seed0" / "model" / "model.safetensors").read_bytes() == data, m
     assert {r.data.tags["semrl.seed"] for r in grpo_runs(exp_repo, 2e-4)} == {"0", "1"}
+    assert len(method_runs(exp_repo, "grpo") - before["grpo"]) == 2
+    assert not (exp_repo / "models" / "mt" / "grpo" / "grpo_bleu_language").exists()  # disabled: pruned
+    assert "up to date" in run(["dvc", "status", "train@mt"], exp_repo).stdout
     assert "grpo-lr" in run(["dvc", "exp", "list", "--name-only"], exp_repo).stdout.split()
 
 
@@ -51,9 +67,9 @@ def test_temporary_workspace_experiments_track_into_the_project(exp_repo, mode):
     lr = {"temp": "0.0003", "queue": "0.0004"}[mode]
     before = {p.name for p in (exp_repo / "checkpoints" / "mt" / "grpo").iterdir()}
     if mode == "temp":
-        run(["dvc", "exp", "run", "--temp", "-n", f"grpo-{mode}", *grpo_change(lr), "grpo@mt"], exp_repo)
+        run(["dvc", "exp", "run", "--temp", "-n", f"grpo-{mode}", *grpo_change(lr), "train@mt"], exp_repo)
     else:  # queued, then run by DVC's queue worker (--run-all waits for it)
-        run(["dvc", "exp", "run", "--queue", "-n", f"grpo-{mode}", *grpo_change(lr), "grpo@mt"], exp_repo)
+        run(["dvc", "exp", "run", "--queue", "-n", f"grpo-{mode}", *grpo_change(lr), "train@mt"], exp_repo)
         run(["dvc", "exp", "run", "--run-all"], exp_repo)
     assert f"grpo-{mode}" in run(["dvc", "exp", "list", "--name-only"], exp_repo).stdout.split()
     runs = grpo_runs(exp_repo, float(lr))  # in the project's store: the temporary copy is gone
@@ -73,7 +89,7 @@ def test_a_local_remote_restores_data_and_models_in_a_fresh_clone(exp_repo, tmp_
     run(["git", "add", "-A"], exp_repo)
     run(["git", "-c", "user.name=semrl", "-c", "user.email=semrl@localhost", "commit", "-qm", "the remote"], exp_repo)
     # the smoke repo ran the training stages only (its dvc.lock also holds the tiny run's later stages)
-    targets = ["--with-deps", "sft@mt", "grpo@mt"]
+    targets = ["--with-deps", "train@mt"]
     run(["dvc", "push", *targets], exp_repo)
     run(["git", "clone", "-q", str(exp_repo), str(clone)], tmp_path)
     assert not (clone / "models" / "base").exists()  # a clone has no outputs: what follows came from the remote
@@ -81,4 +97,4 @@ def test_a_local_remote_restores_data_and_models_in_a_fresh_clone(exp_repo, tmp_
     for out in ("data/prepared/mt/train.jsonl", "models/base/config.json", "models/mt/grpo/seed0/model/config.json",
                 "models/mt/sft/seed1/summary.json"):
         assert (clone / out).read_bytes() == (exp_repo / out).read_bytes(), out
-    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt", "embedder"], clone).stdout
+    assert "up to date" in run(["dvc", "status", "train@mt", "embedder"], clone).stdout

@@ -1,7 +1,7 @@
 """Fault injection: each test breaks one thing the way the world does — a signal, a full disk, a damaged
 file, a bad reward, a concurrent writer — and checks the promised outcome: a clear error naming the file
 (never a traceback), a quarantine record, a resume from the last whole checkpoint, or runs marked KILLED.
-README "Faults" lists every kind with its test, here and elsewhere."""
+docs/faults.md lists every kind with its test, here and elsewhere."""
 import json
 import os
 import re

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-
+from semrl.core import code
+from semrl.core.code import semrl_imports
 
 
 def flow_steps() -> dict[str, str]:
@@ -18,44 +19,15 @@ def flow_steps() -> dict[str, str]:
     return ast.literal_eval(node.value)
 
 
-# `semrl flow` (stages coldstart/sft/grpo@<task>) runs each training step, a library function, in a process of
-# its own (semrl.ops.steps).
+# `semrl flow` (stage train@<task>) runs each training step, a library function, in a process of its own
+# (semrl.ops.steps).
 SPAWNS = {"flow": [flow_steps()["train"].split(":")[0]]}
 
 
-def module_file(name: str) -> Path | None:
-    base = REPO / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def semrl_imports(nodes) -> set[str]:
-    """Every semrl module a piece of code imports, at the top or inside functions."""
-    found = set()
-    for node in nodes:
-        for n in ast.walk(node):
-            if isinstance(n, ast.Import):
-                found |= {a.name for a in n.names if a.name.split(".")[0] == "semrl"}
-            elif isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == "semrl":
-                found.add(n.module)
-                found |= {f"{n.module}.{a.name}" for a in n.names if module_file(f"{n.module}.{a.name}")}
-    return found
-
-
 def closure(modules: set[str]) -> set[Path]:
-    """The files those modules run (the CLI's own imports are taken per command: command_modules)."""
-    files, todo = {REPO / "semrl" / "cli.py"}, list(modules)
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
-            path = module_file(".".join(parts[:i]))
-            if path and path not in files:
-                files.add(path)
-                todo += semrl_imports([ast.parse(path.read_text(encoding="utf-8"))])
-    return files
+    """The files those modules run, with the CLI module (the stage scripts run it; its own imports are taken
+    per command: command_modules)."""
+    return code.closure(modules, REPO, {REPO / "semrl" / "cli.py"})
 
 
 def command_modules(command: str) -> set[str]:
@@ -65,7 +37,7 @@ def command_modules(command: str) -> set[str]:
     top = [n for n in tree.body if not isinstance(n, ast.FunctionDef)]
     commands = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     used = [commands[command], commands["_use_running_servers"]]
-    return semrl_imports(top + used) | set(SPAWNS.get(command, []))
+    return semrl_imports(top + used, REPO) | set(SPAWNS.get(command, []))
 
 
 def stages() -> list[tuple[str, str, list[str]]]:

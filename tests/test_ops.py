@@ -184,7 +184,7 @@ def test_triggered_runs_become_dvc_experiments_one_at_a_time(served):
     # The workspace is untouched: no seed-2 model, the lock file as it was, DVC up to date.
     assert not (repo / "models" / "mt" / "sft" / "seed2").exists()
     assert (repo / "dvc.lock").read_text() == lock_before
-    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], repo).stdout
+    assert "up to date" in run(["dvc", "status", "train@mt"], repo).stdout
     # The experiment's output is in its task run's logs in the UI (the stages' own flows nest in it).
     lines = _step_lines(runs[0].id, f"dvc-exp-run-nightly-{runs[0].name}")
     assert any(line.startswith("train: task mt, method sft, seed 2") for line in lines), lines[-5:]

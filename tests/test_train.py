@@ -20,18 +20,21 @@ from conftest import child_env, mlflow_runs, read_jsonl, run
 METHODS = ("coldstart", "sft", "grpo")
 
 
-def test_each_stage_trains_its_methods_and_outputs_load(trained_repo):
+def test_the_training_stage_runs_siblings_and_outputs_load(trained_repo):
+    """`dvc repro train@mt`: one flow run; each seed's SFT and GRPO start from its finished cold start and
+    overlap in time (the smoke overlay lets every step run at once)."""
     base = trained_repo / "models" / "mt"
     ran = {stage: json.loads((base / stage / "flow_run.json").read_text()) for stage in METHODS}
     assert {stage: {(r["method"], r["seed"]) for r in rows} for stage, rows in ran.items()} == {
         "coldstart": {("coldstart", 0), ("coldstart", 1)}, "sft": {("sft", 0), ("sft", 1)},
         "grpo": {(m, s) for m in ("grpo", "grpo_bleu_language") for s in (0, 1)}}  # an ablation: the GRPO stage's
     assert (base / "grpo" / "grpo_bleu_language" / "seed0" / "model" / "config.json").is_file()
-    cold_end = max(r["end"] for r in ran["coldstart"])
-    assert all(r["start"] >= cold_end for stage in ("sft", "grpo") for r in ran[stage])
-    # the seeds of one stage run side by side (the smoke overlay lets every step run at once)
-    seeds = {r["seed"]: r for r in ran["sft"]}
-    assert seeds[0]["start"] < seeds[1]["end"] and seeds[1]["start"] < seeds[0]["end"]
+    by = {(r["method"], r["seed"]): r for rows in ran.values() for r in rows}
+    for seed in (0, 1):
+        cold, sft, grpo = by[("coldstart", seed)], by[("sft", seed)], by[("grpo", seed)]
+        assert cold["end"] <= min(sft["start"], grpo["start"])
+        assert sft["start"] < grpo["end"] and grpo["start"] < sft["end"], f"seed {seed}: SFT and GRPO did not overlap"
+        assert not (cold["reused"] or sft["reused"] or grpo["reused"])
     tok = AutoTokenizer.from_pretrained(base / "coldstart" / "seed0" / "model")
     for method in METHODS:
         merged = AutoModelForCausalLM.from_pretrained(base / method / "seed0" / "model", use_safetensors=True)
@@ -92,7 +95,7 @@ def check_tau_calibration(tau: dict, quantile: float, dev_samples: int, prompts:
 
 
 def test_the_flow_runs_sft_and_grpo_as_concurrent_siblings(trained_repo, tmp_path):
-    """`semrl flow` without --stage: one flow run, the cold start, then its branches side by side."""
+    """`semrl flow`: one flow run, the cold start, then its branches side by side."""
     from test_methods import semrl, variant
 
     path, _ = variant(trained_repo, tmp_path, train__seeds=[0], train__coldstart__max_steps=2,
@@ -107,17 +110,17 @@ def test_the_flow_runs_sft_and_grpo_as_concurrent_siblings(trained_repo, tmp_pat
 
 
 def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
-    # The stages' runs: seed 0, each nested under its stage's flow run (other tests add standalone runs of the
-    # same names), and the three flow runs under one pipeline run.
+    # The stage's runs: seed 0, each nested under the stage's one flow run (other tests add standalone runs of
+    # the same names), the flow run under the pipeline run.
     mlflow_runs(trained_repo)  # points MLflow at the repo's store
     nested = [r for r in mlflow.search_runs(experiment_names=["semrl"], output_format="list",
                                             filter_string="tags.`semrl.seed` = '0' and tags.`semrl.task` = 'mt'")
               if "mlflow.parentRunId" in r.data.tags]
     runs = {r.info.run_name: r for r in nested}
     parents = {m: mlflow.get_run(runs[f"mt-{m}-s0"].data.tags["mlflow.parentRunId"]) for m in METHODS}
+    assert len({p.info.run_id for p in parents.values()}) == 1  # one flow run: the methods are its siblings
     for method, parent in parents.items():
         assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("expansion-")
-        assert parent.info.run_name.endswith(f"-{method}") and parent.data.params["stage"] == method
     [pipeline_id] = {p.data.tags["mlflow.parentRunId"] for p in parents.values()}
     pipeline = mlflow.get_run(pipeline_id)  # the flows nest under the pipeline's run
     assert pipeline.data.tags["semrl.kind"] == "pipeline" and pipeline.info.run_name.startswith("pipeline-")
@@ -160,7 +163,7 @@ def test_mlflow_holds_nested_tagged_runs_metrics_and_versions(trained_repo):
 
 
 def test_dvc_repro_does_not_retrain_unchanged(trained_repo):
-    assert "up to date" in run(["dvc", "status", "coldstart@mt", "sft@mt", "grpo@mt"], trained_repo).stdout
+    assert "up to date" in run(["dvc", "status", "train@mt"], trained_repo).stdout
 
 
 def _resume_setup(trained_repo, tmp_path, method, steps):

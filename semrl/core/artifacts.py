@@ -10,6 +10,7 @@ SUMMARY_FILE = "summary.json"        # what the step did: steps, seconds, exampl
 TRAJECTORY_FILE = "trajectory.jsonl"  # the branch scored along training (train.trajectory)
 TAU_FILE = "tau.json"                # GRPO's tau calibration and the reward diagnostics at the branch point
 GATE_FILE = "gate.json"              # the cold-start gate's checks and outcome (train.coldstart.gate)
+INPUTS_FILE = "inputs.json"          # everything that shaped these outputs, and its key (written last)
 
 
 def read_points(path: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 folder that keys checkpoints (never resume onto another starting model)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -9,12 +10,21 @@ import sys
 from pathlib import Path
 
 
-def folder_fingerprint(path: Path) -> str:
-    """Cheap identity of a model folder (names, sizes, mtimes)."""
+def model_identity(path: Path) -> str:
+    """What a model folder is, independent of where it lies and when it was written (DVC checks outputs out
+    as fresh copies, so names, sizes and mtimes would not do): a pipeline output's own inputs key, else a
+    hash of the folder's files; a hub name as itself (the hub's revision pins it)."""
+    from semrl.core.artifacts import INPUTS_FILE
+
+    path = Path(path)
+    if (path.parent / INPUTS_FILE).is_file():
+        return "inputs:" + json.loads((path.parent / INPUTS_FILE).read_text(encoding="utf-8"))["key"]
     if not path.is_dir():
         return str(path)
-    files = sorted(p for p in path.iterdir() if p.is_file())
-    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def last_complete_checkpoint(folder: str | Path) -> str | None:

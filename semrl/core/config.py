@@ -213,7 +213,7 @@ class EmbedderRole(Section):
     # SimCSE-style monolingual pairs (derived, train split only): per MT training text in each of
     # view_scripts, `views` pairs of two random views that each drop a view_drop share of its units
     # (Tibetan syllables, Chinese characters). Without them a from-scratch embedder trained on bo-zh pairs
-    # alone gives bo-bo cosines that do not rank outputs (README "Rewards").
+    # alone gives bo-bo cosines that do not rank outputs (docs/method.md "Rewards").
     views: int = Field(0, ge=0)
     view_drop: float = Field(0.5, ge=0.0, lt=1.0)
     view_scripts: list[Script] = Field(default_factory=lambda: ["bo"])
@@ -333,10 +333,12 @@ class ColdStartGate(Section):
     references are at least `min_distinct` distinct, at least `min_distinct` of its outputs are distinct, and on
     every synthetic source its primary metric beats both copy baselines (the input, the input's lead) — or at
     the end of its own schedule (coldstart.max_steps, else its epochs): the cap, which the learning-rate
-    schedule spans. A branch starts only from a cold start that passed (train.coldstart.gate.require)."""
+    schedule spans. A passing check stops it only from `min_steps` on, so the gate lengthens a cold start, never
+    shortens it. A branch starts only from a cold start that passed (train.coldstart.gate.require)."""
 
     enabled: bool = False
     every: int = Field(40, ge=1)
+    min_steps: int = Field(0, ge=0)
     dev_samples: int = Field(48, ge=2)
     min_distinct: float = Field(0.8, ge=0, le=1)
     require: bool = True  # false: branches start from a cold start that failed the gate (the gate is recorded)
@@ -366,13 +368,13 @@ class GRPOStage(StageConfig):
     # DAPO's fix for rambling: a completion cut at max_target_tokens (no EOS) is left out of the loss, so a
     # repetition loop that runs to the budget is never reinforced (TRL's mask_truncated_completions).
     mask_truncated_completions: bool = False
-    # GRPO generation by vLLM (CUDA only; not installable beside the pinned transformers: README "vLLM") instead of transformers' generate (the
+    # GRPO generation by vLLM (CUDA only; not installable beside the pinned transformers: docs/scale-out.md "vLLM") instead of transformers' generate (the
     # default, tested on CPU). colocate: vLLM shares the trainer's GPU (vllm_gpu_memory_utilization of it);
     # server: a `trl vllm-serve` process on other GPUs at vllm_server_host:vllm_server_port.
     use_vllm: bool = False
     # Each distinct prompt through the model once per pass (generation, reference, policy) instead of once per
     # completion, and only completion tokens through the LM head: the same log-probs (tested), about half the
-    # step (README "Performance"). false: TRL's own passes, e.g. to compare.
+    # step (docs/performance.md). false: TRL's own passes, e.g. to compare.
     shared_prefix: bool = True
     vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
@@ -499,6 +501,9 @@ class EvalConfig(Section):
 
 class ReportConfig(Section):
     out_dir: Path = Path("reports")
+    # Per task, a discriminating experiment's results (bench/grpo_discriminate.py --out): its paired
+    # comparisons go into the report's answer beside the pipeline's own (the experiment is not rerun here).
+    experiments: dict[str, Path] = {}
 
 
 class ServersConfig(Section):

@@ -2,7 +2,7 @@
 hyper-parameter section and (GRPO) reward components. Resolved once from the config; the trainer, the
 Prefect flow, evaluation, the report and `semrl check` read these records, never method-name prefixes.
 
-Adding a method is one record in `methods()` plus its params section (see README "Add a task or a method").
+Adding a method is one record in `methods()` plus its params section (see docs/pipeline.md "Add a task or a method").
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ class Method:
 
     @property
     def stage(self) -> str:
-        """The DVC stage that trains it (`<stage>@<task>`, output models/<task>/<stage>/): coldstart, sft,
-        grpo (GRPO and its reward ablations: they share train.grpo and the rewards), or transfer."""
+        """Its training folder, models/<task>/<stage>/ (a DVC output of train@<task>): coldstart, sft, grpo
+        (GRPO and its reward ablations: they share train.grpo and the rewards), or transfer (its own stage)."""
         if self.group:
             return self.group
         return "grpo" if self.trainer == "grpo" else self.name
@@ -82,18 +82,12 @@ def transfer_methods(cfg: Config) -> list[Method]:
     return [m for m in methods(cfg).values() if m.group == "transfer"]
 
 
-TRAINING_STAGES = (COLDSTART, "sft", "grpo")  # the DVC stages per task, in order (dvc.yaml)
-
-
-def stage_methods(cfg: Config, stage: str) -> list[Method]:
-    """The methods one training stage runs (grpo: GRPO and every enabled reward ablation)."""
-    if stage not in TRAINING_STAGES:
-        raise SemrlError(f"unknown training stage {stage!r} (known: {', '.join(TRAINING_STAGES)})")
-    return [m for m in methods(cfg).values() if m.stage == stage]
+TRAINING_STAGES = (COLDSTART, "sft", "grpo")  # a task's training folders, each a DVC output of train@<task>
 
 
 def stage_dir(cfg: Config, task: str, stage: str) -> Path:
-    """models/<task>/<stage>/: one DVC output per task and training stage."""
+    """models/<task>/<stage>/: one DVC output of train@<task> per training stage (grpo: GRPO and its
+    reward ablations)."""
     return cfg.train.out_dir / task / stage
 
 

@@ -518,6 +518,25 @@ def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = 
             "Without that, \"no tax\" would be trivially true.", *climb_lines(task, signal or {}), ""]
 
 
+EXPERIMENT_ARMS = ("C0: the default cold start; CG: gated until it reads its input; from CG with G 8, T 1.0, top-p 1.0, "
+                   "`dr_grpo`, no reward scaling, 48-token completions: N+ rewards shuffled across the batch (noise "
+                   "floor), S+ the paper's R, O+ an oracle (the task metric itself); _lr3e-5: at GRPO lr 3e-5 (the "
+                   "rest 1e-4)")
+
+
+def experiment_lines(path: Path) -> list[str]:
+    """The discriminating experiment's paired comparisons over all dev items (bench/grpo_discriminate.py:
+    seeds x items bootstrap), as sub-items of the answer; nothing when the file is missing."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = [c for c in data["comparisons"] if c["source"] == "all"]
+    return [f"- The discriminating experiment ({path.as_posix()}, dev split, seeds {data['seeds']}, "
+            f"{data['dev_rows_per_source']} rows per source; {EXPERIMENT_ARMS}):",
+            *[f"  - {c['a']} − {c['b']}: {c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+              + (" — excludes 0" if c["low"] > 0 or c["high"] < 0 else " — holds 0") for c in rows]]
+
+
 def baseline_lines(find, m: str) -> list[str]:
     """Each copy baseline that scores at least the cold start (e.g. copy-the-lead for headlines): does either
     branch reach it? A baseline below the cold start (copying Chinese for Tibetan output) asks nothing."""
@@ -723,7 +742,7 @@ def run(cfg: Config) -> dict[str, Any]:
           "Reproducibility: on one machine (one CPU type) a clean clone reproduces these numbers bit for bit. On a "
           "CPU with other vector units training diverges from the first rounding difference (the base already), "
           "so each number is another draw: cells move by about their seed-to-seed spread (the ± column) and a "
-          "verdict near its interval's edge can flip (README \"Reproducibility\" compares two machines). `dvc "
+          "verdict near its interval's edge can flip (docs/experiments.md \"Reproducibility\" compares two machines). `dvc "
           "metrics diff` against this commit shows by how much.", ""]
     pairs = {ev["task"]: paired_comparisons(known[ev["task"]], ev) for ev in evals}
     md += ["## The answer at this scale", "",
@@ -732,6 +751,8 @@ def run(cfg: Config) -> dict[str, Any]:
     for ev in evals:
         md += answer_lines(known[ev["task"]], pairs[ev["task"]],
                            set(ev.get("items", {}).get("synthetic_sources", [])), ev.get("reward_signal"))
+        if ev["task"] in cfg.report.experiments:
+            md[-1:-1] = experiment_lines(cfg.report.experiments[ev["task"]])
     traj = [r for ev in evals for r in trajectory_rows(ev, known[ev["task"]].primary_metric)]
     traj_png = trajectory_plot(traj, known, plots)
     if traj_png:

@@ -1,9 +1,9 @@
 """Prefect flows. `expansion`: for each task and seed, the cold start, then strong SFT and GRPO (and any
-enabled reward ablations) as sibling branches that run concurrently; optionally evaluation and the report;
-with `stage`, one method's training alone (the DVC stages coldstart/sft/grpo@<task>). `experiment`: the
-whole pipeline as a DVC experiment (`dvc exp run --temp`), what the deployment runs.
+enabled reward ablations) as sibling branches that run concurrently, each reused when its inputs are
+unchanged; optionally evaluation and the report. The DVC stage train@<task> runs it for one task.
+`experiment`: the whole pipeline as a DVC experiment (`dvc exp run --temp`), what the deployment runs.
 
-Each step runs the `semrl` CLI in its own process (semrl.ops.steps: forked from a warm server that
+Each step runs a library function (STEPS) in its own process (semrl.ops.steps: forked from a warm server that
 imported the ML stack once per flow): branches really run in parallel (no GIL, no shared torch or
 accelerate state), a crash stays in its branch, and a killed step resumes from its checkpoint when
 retried or rerun. Prefect retries a step only when its process was killed by a signal or exited
@@ -33,8 +33,8 @@ from semrl import SemrlError
 from semrl.core.artifacts import SUMMARY_FILE
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
-from semrl.core.methods import (COLDSTART, TRAINING_STAGES, branches, get_method, output_dir, run_name, stage_dir,
-                                stage_methods)
+from semrl.core.methods import (COLDSTART, TRAINING_STAGES, branches, get_method, methods, output_dir, run_name,
+                                stage_dir)
 from semrl.core.tasks import data_problems
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
@@ -80,9 +80,9 @@ class DeviceSlots:
     (each step process holds the ML stack and its models).
 
     A freed slot goes to the waiting step whose `group` (a task and seed) already has a step running, then to
-    the lowest `priority`, then to the earliest. The flow asks cold starts first, then each seed's branches
-    in seed order, the longest (GRPO) before SFT: once one branch of a seed runs, its sibling is next in
-    line, so two CPU slots still run a seed's SFT and GRPO side by side."""
+    the lowest `priority`, then to the earliest. The flow asks seed by seed: a seed's cold start, then its
+    branches, the longest (GRPO) before SFT, then the next seed's cold start; once one branch of a seed runs,
+    its sibling is next in line, so two CPU slots run a seed's SFT and GRPO side by side."""
 
     def __init__(self, gpus: list[str], gpus_per_step: int = 1, steps_per_gpu: int = 1, cpu_steps: int | None = None):
         if gpus and len(gpus) < gpus_per_step:
@@ -126,7 +126,7 @@ def cpu_step_limit(cfg: Config) -> int | None:
     """flow.cpu_steps: None -> as many steps as the cores this process may use plus one (make's -j N+1) hold
     at train.torch_threads each, at least 1: a stage's steps are its seeds, and 3 one-thread seeds in 2 slots
     left a core idle for the whole second wave (grpo@mt 231 s against 182 s with 3 slots, the same weights:
-    README "Performance"); 0 -> no limit."""
+    docs/performance.md); 0 -> no limit."""
     if cfg.flow.cpu_steps is not None:
         return cfg.flow.cpu_steps or None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -210,21 +210,47 @@ def _run_step(name: str, kwargs: dict[str, Any], parent_run_id: str, label: str,
     return {"start": start, "end": time.time(), "devices": list(slot) if slot else None}
 
 
+AFTER_TRAINING = float("inf")  # evaluation and the report wait behind every training step in line
+
+
 @task(name="train-step", task_run_name="{task_name}-{method}-s{seed}", cache_policy=None,
       retry_condition_fn=transient)
 def train_step(task_name: str, method: str, seed: int, params_path: str, parent_run_id: str) -> dict[str, Any]:
-    trainer = get_method(load_config(params_path), method).trainer
-    # Cold starts first, then each seed's branches in seed order, the longest (GRPO) first (DeviceSlots).
-    priority = (0,) if method == COLDSTART else (1, seed, 0 if trainer == "grpo" else 1)
+    """One (task, method, seed): skipped when it is a branch and its seed's cold start failed its gate (the
+    report says so per seed; evaluation scores the seeds it has), reused when its outputs came from exactly
+    these inputs (no process, no MLflow run: semrl.training.run.prior_outputs), else trained in a step
+    process of its own."""
+    import shutil
+
+    from semrl.training.gate import gate_failure
+    from semrl.training.run import prior_outputs
+
+    cfg = load_config(params_path)
+    out = output_dir(cfg, task_name, method, seed)
+    if method != COLDSTART and (why := gate_failure(cfg, output_dir(cfg, task_name, COLDSTART, seed) / "model")):
+        shutil.rmtree(out, ignore_errors=True)  # no branch of this seed is scored: not an earlier one either
+        print(f"{run_name(task_name, method, seed)}: skipped, {why}")
+        now = time.time()
+        return {"task": task_name, "method": method, "seed": seed, "skipped": why, "reused": False, "start": now,
+                "end": now, "devices": None}
+    if (done := prior_outputs(cfg, task_name, method, seed)) is not None:
+        now = time.time()
+        print(f"{run_name(task_name, method, seed)}: reused (its inputs are unchanged; trained by MLflow run "
+              f"{done.get('run_id')})")
+        return {**done, "reused": True, "start": now, "end": now, "devices": None}
+    trainer = get_method(cfg, method).trainer
+    # Seed by seed: a seed's cold start, then its branches (the longest, GRPO, first) before the next seed's
+    # cold start, so a seed's SFT and GRPO run side by side (DeviceSlots).
+    priority = (seed, 0) if method == COLDSTART else (seed, 1, 0 if trainer == "grpo" else 1)
     ran = _run_step("train", {"params": params_path, "task": task_name, "method": method, "seed": seed},
                     parent_run_id, run_name(task_name, method, seed), priority, (task_name, seed))
-    summary_file = output_dir(load_config(params_path), task_name, method, seed) / SUMMARY_FILE
-    return {**json.loads(summary_file.read_text()), **ran}
+    summary_file = out / SUMMARY_FILE
+    return {**json.loads(summary_file.read_text()), "reused": False, **ran}
 
 
 @task(name="evaluate-step", task_run_name="evaluate-{task_name}", cache_policy=None, retry_condition_fn=transient)
 def evaluate_step(task_name: str, params_path: str, parent_run_id: str) -> str:
-    _run_step("evaluate", {"params": params_path, "task": task_name}, parent_run_id, f"evaluate-{task_name}", (2,))
+    _run_step("evaluate", {"params": params_path, "task": task_name}, parent_run_id, f"evaluate-{task_name}", (AFTER_TRAINING, 0))
     return task_name
 
 
@@ -232,8 +258,8 @@ def evaluate_step(task_name: str, params_path: str, parent_run_id: str) -> str:
 def report_step(params_path: str, parent_run_id: str) -> str:
     from prefect.artifacts import create_markdown_artifact
 
-    _run_step("transfer", {"params": params_path}, parent_run_id, "transfer", (3,))
-    _run_step("report", {"params": params_path}, parent_run_id, "report", (3,))
+    _run_step("transfer", {"params": params_path}, parent_run_id, "transfer", (AFTER_TRAINING, 1))
+    _run_step("report", {"params": params_path}, parent_run_id, "report", (AFTER_TRAINING, 1))
     path = load_config(params_path).report.out_dir / "alignment_tax.md"
     create_markdown_artifact(markdown=report_summary(path.read_text(encoding="utf-8")), key="alignment-tax",
                              description=f"The alignment-tax report's answer and main tables ({path})")
@@ -286,19 +312,48 @@ def run_params(params_path: str, profile: str | None, run_id: str) -> str:
     return str(path)
 
 
-def missing_coldstarts(cfg: Config, tasks: list[str], seeds: list[int]) -> list[str]:
-    return [str(output_dir(cfg, t, COLDSTART, s) / "model") for t in tasks for s in seeds
-            if not (output_dir(cfg, t, COLDSTART, s) / "model" / "config.json").is_file()]
+def prune_outputs(cfg: Config, task: str, seeds: list[int]) -> list[Path]:
+    """Remove what the params no longer make from a task's training folders (DVC keeps them between runs,
+    `persist`, so that unchanged branches are reused): other seeds' folders, disabled ablations'. Returns
+    what it removed."""
+    import shutil
+
+    keep = {output_dir(cfg, task, m, s).resolve() for m in [get_method(cfg, COLDSTART), *branches(cfg)] for s in seeds}
+    removed = []
+    for stage_name in TRAINING_STAGES:
+        root = stage_dir(cfg, task, stage_name)
+        for folder in sorted(root.glob("seed*")) + sorted(root.glob("*/seed*")):
+            if folder.is_dir() and folder.resolve() not in keep:
+                shutil.rmtree(folder)
+                removed.append(folder)
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not any(p.iterdir())) if root.is_dir() else []:
+            folder.rmdir()  # an ablation's folder left empty
+    return removed
+
+
+def flow_records(cfg: Config, task: str, stage_name: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """models/<task>/<stage>/flow_run.json's new content: each step's record, where a reused step keeps the
+    record of the run that made its outputs (so unchanged branches leave their DVC output unchanged)."""
+    path = stage_dir(cfg, task, stage_name) / "flow_run.json"
+    before = {(r["method"], r["seed"]): r for r in json.loads(path.read_text(encoding="utf-8"))} if path.is_file() else {}
+    mine = {(r["method"], r["seed"]): before.get((r["method"], r["seed"]), r) if r["reused"] else r
+            for r in results if r["task"] == task and get_method(cfg, r["method"]).stage == stage_name}
+    known = methods(cfg)
+    for key, r in before.items():  # seeds this run left alone (`semrl flow --seed 0`) keep their records
+        if key not in mine and key[0] in known and output_dir(cfg, task, key[0], key[1]).is_dir():
+            mine[key] = r
+    return [mine[k] for k in sorted(mine)]
 
 
 @flow(name="expansion", log_prints=True)
 def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, params_path: str = "params.yaml",
-              profile: str | None = None, evaluate: bool = False, stage: str | None = None) -> list[dict[str, Any]]:
+              profile: str | None = None, evaluate: bool = False, prune: bool = False) -> list[dict[str, Any]]:
     """Cold start -> {strong SFT || GRPO || ablations} for every task x seed, then (evaluate=True) each
-    task's evaluation and the report. `stage` (coldstart, sft or grpo; the DVC stages `<stage>@<task>`)
-    runs one training stage alone: the seeds of its methods side by side, a branch from the cold starts
-    already on disk. Returns each training step's summary with start/end times, also written per stage to
-    models/<task>/<stage>/flow_run.json."""
+    task's evaluation and the report. A step whose outputs came from exactly its inputs is reused, not rerun
+    (semrl.training.run.prior_outputs): the DVC stage train@<task> runs this flow for its task, and a GRPO-only
+    change retrains GRPO alone. prune=True (the DVC stage) first removes outputs of seeds and ablations the
+    params no longer have. Returns each training step's summary with start/end times (and `reused`), also
+    written per stage folder to models/<task>/<stage>/flow_run.json."""
     from prefect.runtime import flow_run
 
     from semrl.core import tracking
@@ -311,26 +366,25 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
     problems, _ = data_problems(cfg, tasks)
     if problems:  # before any cold start runs: a split too small for the branches fails here, not hours later
         raise SemrlError(f"{params_path}: " + "; ".join(problems))
-    run_cold = stage in (None, COLDSTART)
-    names = [m.name for m in (branches(cfg) if stage is None else stage_methods(cfg, stage)) if m.name != COLDSTART]
-    if not run_cold and (missing := missing_coldstarts(cfg, tasks, seeds)):
-        raise SemrlError(f"stage {stage} starts from the cold starts, missing: {', '.join(missing)} (run "
-                         f"`dvc repro {COLDSTART}@<task>` or the whole flow first)")
+    names = [m.name for m in branches(cfg)]
+    for task_name in tasks if prune else []:
+        for folder in prune_outputs(cfg, task_name, seeds):
+            print(f"pruned {folder}: not among the params' seeds and methods")
     retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_s}
     gpus = visible_gpus(cfg)
     set_tag_limits(cfg)
     step = train_step.with_options(**retry, tags=step_tags("train", gpus))
-    name = f"expansion-{flow_run.get_name() or 'local'}" + (f"-{stage}" if stage else "")
+    name = f"expansion-{flow_run.get_name() or 'local'}"
     with tracking.run(cfg, name, tags={"semrl.flow_run_id": run_id, "semrl.kind": "flow",
                                        "mlflow.parentRunId": tracking.pipeline_parent(cfg)},
-                      log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART] * run_cold + names,
-                                  "profile": profile, "params_path": params_path, "stage": stage}) as parent:
+                      log_params={"tasks": tasks, "seeds": seeds, "methods": [COLDSTART, *names],
+                                  "profile": profile, "params_path": params_path}) as parent:
         parent_id = parent.info.run_id
         _SLOTS[parent_id] = DeviceSlots(gpus, cfg.flow.gpus_per_step, cfg.flow.steps_per_gpu, cpu_step_limit(cfg))
         futures, by_task = [], {}
         for task_name in tasks:
             for seed in seeds:
-                cold = [step.submit(task_name, COLDSTART, seed, params_path, parent_id)] if run_cold else []
+                cold = [step.submit(task_name, COLDSTART, seed, params_path, parent_id)]
                 branch = [step.submit(task_name, m, seed, params_path, parent_id, wait_for=cold) for m in names]
                 futures += [*cold, *branch]
                 by_task.setdefault(task_name, []).extend([*cold, *branch])
@@ -353,12 +407,13 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
                     results.append(f.result())
             else:
                 failures.append(f.state.message or f.state.name)
-        ran = {get_method(cfg, m).stage for m in [COLDSTART] * run_cold + names}
         for task_name in tasks:
-            for stage_name in (s for s in TRAINING_STAGES if s in ran):
-                mine = [r for r in results if r["task"] == task_name and get_method(cfg, r["method"]).stage == stage_name]
+            for stage_name in TRAINING_STAGES:
                 atomic_write_text(stage_dir(cfg, task_name, stage_name) / "flow_run.json",
-                                  json.dumps(mine, indent=2) + "\n")
+                                  json.dumps(flow_records(cfg, task_name, stage_name, results), indent=2) + "\n")
+        reused, skipped = sum(r["reused"] for r in results), sum("skipped" in r for r in results)
+        print(f"{len(results)} training steps: {len(results) - reused - skipped} trained, {reused} reused (inputs "
+              f"unchanged)" + (f", {skipped} skipped (their cold start failed its gate)" if skipped else ""))
         if failures:
             raise StepFailed(f"{len(failures)} of {len(futures + evals + report)} steps failed: " + "; ".join(failures),
                              1)
@@ -432,7 +487,7 @@ def experiment(tasks: list[str] | None = None, seeds: list[int] | None = None, p
     cfg = load_config(params_path)
     sets = experiment_overrides(params_path, tasks, seeds, profile)
     name = name or f"{deployment.get_name() or 'experiment'}-{flow_run.get_name() or int(time.time())}"
-    targets = [] if evaluate else [f"{stage}@{t}" for t in (tasks or cfg.train.tasks) for stage in TRAINING_STAGES]
+    targets = [] if evaluate else [f"train@{t}" for t in (tasks or cfg.train.tasks)]
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
                *[a for s in sets for a in ("-S", s)], *targets]
     set_tag_limits(cfg)

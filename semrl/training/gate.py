@@ -86,7 +86,7 @@ def gate_callback(cfg: Config, task: Task, tokenizer, train_refs: list[str], che
                     mlflow.log_metrics({f"gate/{source}/{k}": float(v) for source, s in done[step]["by_source"].items()
                                         for k, v in s.items() if k != "n" and isinstance(v, (int, float, bool))},
                                        step=step)
-            if done[step]["passed"]:
+            if done[step]["passed"] and step >= g.min_steps:
                 control.should_training_stop = True
                 control.should_save = True  # a resumed run starts from the step that passed
 
@@ -101,30 +101,38 @@ def read_checks(path: Path) -> list[dict[str, Any]]:
 
 
 def gate_summary(cfg: Config, checks: list[dict], steps: int, cap: int) -> dict[str, Any]:
-    """gate.json: whether the cold start passed, at which step (of `cap`, its schedule's last), and every check
-    on the way."""
+    """gate.json: whether the cold start passed — its last check, on the model it ended with (a check that
+    passed before min_steps did not stop it) —, at which step (of `cap`, its schedule's last), and every
+    check on the way."""
     g = cfg.train.coldstart.gate
-    passed = [c for c in checks if c["passed"]]
-    return {"enabled": True, "passed": bool(passed), "passed_at_step": passed[0]["step"] if passed else None,
-            "steps": steps, "cap": cap, "every": g.every, "dev_samples_per_source": g.dev_samples,
+    passed = bool(checks) and checks[-1]["passed"]
+    return {"enabled": True, "passed": passed, "passed_at_step": checks[-1]["step"] if passed else None,
+            "steps": steps, "cap": cap, "every": g.every, "min_steps": g.min_steps, "dev_samples_per_source": g.dev_samples,
             "min_distinct": g.min_distinct, "require": g.require, "last": checks[-1] if checks else None,
             "checks": checks}
 
 
-def require_passed(cfg: Config, init: Path, task: str, method: str, seed: int) -> None:
-    """A branch starts only from a cold start that passed its gate (with the gate on and required)."""
+def gate_failure(cfg: Config, init: Path) -> str | None:
+    """Why a branch must not start from the cold start `init` (its gate on, required, and not passed), or
+    None when it may."""
     g = cfg.train.coldstart.gate
     if not (g.enabled and g.require):
-        return
+        return None
     path = init.parent / GATE_FILE
     if not path.is_file():
-        raise SemrlError(f"{task}-{method}-s{seed}: {path} missing: the cold start was trained without its gate; "
-                         "retrain it (dvc repro coldstart)")
+        raise SemrlError(f"{path} missing: the cold start was trained without its gate; retrain it "
+                         "(dvc repro train@<task>)")
     gate = json.loads(path.read_text(encoding="utf-8"))
-    if not gate["passed"]:
-        last = gate.get("last") or {}
-        why = "; ".join(f"{source}: distinct {s['distinct_rate']}, {s.get('beats_copy', '-')} over copy"
-                        for source, s in (last.get("by_source") or {}).items() if not s["passed"])
-        raise SemrlError(f"{task}-{method}-s{seed}: precondition failed: the seed's cold start did not pass its gate "
-                         f"in {gate['steps']} steps (cap {gate['cap']}; {why}); the branch does not start "
-                         "(train.coldstart.gate.require: false starts it anyway)")
+    if gate["passed"]:
+        return None
+    last = gate.get("last") or {}
+    why = "; ".join(f"{source}: distinct {s['distinct_rate']}, {s.get('beats_copy', '-')} over copy"
+                    for source, s in (last.get("by_source") or {}).items() if not s["passed"])
+    return (f"precondition failed: the seed's cold start did not pass its gate in {gate['steps']} steps (cap "
+            f"{gate['cap']}; {why}); the branch does not start (train.coldstart.gate.require: false starts it anyway)")
+
+
+def require_passed(cfg: Config, init: Path, task: str, method: str, seed: int) -> None:
+    """A branch starts only from a cold start that passed its gate (with the gate on and required)."""
+    if why := gate_failure(cfg, init):
+        raise SemrlError(f"{task}-{method}-s{seed}: {why}")

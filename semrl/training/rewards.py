@@ -76,7 +76,7 @@ class ContrastiveSemanticReward(SemanticReward):
     """NOT the paper's R_sim: cosine to the completion's own reference minus its mean cosine to the other
     distinct references of the batch (a GRPO batch holds several prompts). A template close to every
     reference of a kind — what GRPO found under R_sim at tiny scale, its outputs no longer depending on the
-    input (README "Rewards") — gains nothing here: only what matches this input more than the others does.
+    input (docs/method.md "Rewards") — gains nothing here: only what matches this input more than the others does.
     Within a group the other references are the same for every completion, so the advantage sees exactly
     that difference. In [-2, 2], no tau; a batch with a single distinct reference scores the plain cosine.
     An empty completion scores 0."""
@@ -165,7 +165,7 @@ def _metric(name: str):
 def _repetition(ctx: dict[str, Any], ngram_size: int = 3, max_penalty: float = -1.0) -> RewardFunc:
     """TRL's n-gram repetition penalty (Demystifying Long CoT, App. C.2): (1 − unique/total token n-grams) ×
     max_penalty — 0 for a completion without a repeated n-gram. The embedders' cosine is blind to a loop
-    (a text repeated four times embeds like the text once), which GRPO found at tiny scale: README "Rewards"."""
+    (a text repeated four times embeds like the text once), which GRPO found at tiny scale: docs/method.md "Rewards"."""
     from trl.rewards import get_repetition_penalty_reward
 
     func = get_repetition_penalty_reward(ngram_size=ngram_size, max_penalty=max_penalty)

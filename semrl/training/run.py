@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
-from semrl.core.artifacts import GATE_FILE, SUMMARY_FILE, TAU_FILE, TRAJECTORY_FILE
-from semrl.core.checkpoints import folder_fingerprint, last_complete_checkpoint, require_whole_model, step_of
+from semrl.core.artifacts import GATE_FILE, INPUTS_FILE, SUMMARY_FILE, TAU_FILE, TRAJECTORY_FILE
+from semrl.core.checkpoints import last_complete_checkpoint, model_identity, require_whole_model, step_of
 from semrl.core.config import Config
 from semrl.core.io import atomic_write_text, process_start
 from semrl.core.methods import COLDSTART, Method, get_method, output_dir, run_name
@@ -31,22 +31,66 @@ from semrl.training.tau import grpo_tau
 from semrl.training.trainers import init_model_dir, make_trainer, method_items, model_init_kwargs, rank, world_size
 
 
-def checkpoint_dir(cfg: Config, task: Task, method: Method, seed: int, init: Path) -> Path:
-    """Checkpoints live outside the DVC outputs, keyed by everything that shapes the run: the task record,
-    the method's hyper-parameters (and, for GRPO, the rewards), the shared training settings, the data version
-    and the starting model. A changed config starts afresh; it never resumes a stale checkpoint. Settings
-    of other methods are not in the key: a GRPO-only change keeps the SFT checkpoints (as DVC keeps its stage)."""
+# What the trajectory (the branch scored along training) reads of the evaluation settings.
+TRAJECTORY_EVAL = ("max_new_tokens", "batch_size", "lm_probe_min_chars", "lm_probe_max_tokens", "lm_probe_cmrc_contexts")
+
+
+def branch_inputs(cfg: Config, task: Task, method: Method, init: Path) -> dict[str, Any]:
+    """Everything that shapes one (task, method, seed)'s outputs, by name: the task record, the method's
+    hyper-parameters (GRPO: its reward, tau and shuffling), the shared training settings, the cold start's
+    sample count (the branches train on the rest), what the trajectory reads, the data, the starting model,
+    the embedders it scores with, and the code it runs. Settings of other methods are not in it: a GRPO-only
+    change leaves SFT's inputs as they were. Locations are not either: a `dvc exp run --temp` trains in a
+    temporary copy of the workspace."""
+    from semrl.core.code import code_fingerprint
     from semrl.core.tracking import data_version
 
-    # Locations are not in the key: a `dvc exp run --temp` trains into a temporary copy of the workspace.
-    shared = cfg.train.model_dump(mode="json", exclude={"tasks", "seeds", "coldstart", "sft", "grpo", "out_dir",
-                                                        "checkpoint_dir"})
-    rewards = cfg.rewards.model_dump(mode="json") if method.trainer == "grpo" else None
-    key_src = json.dumps([cfg.tasks[task.name].model_dump(mode="json"), method.hparams.model_dump(mode="json"),
-                          [c.model_dump() for c in method.rewards], shared, rewards,
-                          data_version(), folder_fingerprint(init)], sort_keys=True, default=str)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    grpo = method.trainer == "grpo"
+    embedders = {"eval": model_identity(cfg.embedder.eval.out_dir)} if cfg.train.trajectory.every else {}
+    if grpo:
+        embedders["reward"] = model_identity(cfg.embedder.reward.out_dir)
+    return {
+        "task": cfg.tasks[task.name].model_dump(mode="json"),
+        "method": {"name": method.name, "trainer": method.trainer, "lora": method.lora,
+                   "hparams": method.hparams.model_dump(mode="json")},
+        "rewards": {"components": [c.model_dump() for c in method.rewards], "shuffled": method.shuffled,
+                    **cfg.rewards.model_dump(mode="json", exclude={"components", "ablations"})} if grpo else None,
+        "shared": cfg.train.model_dump(mode="json", exclude={"tasks", "seeds", "coldstart", "sft", "grpo", "out_dir",
+                                                             "checkpoint_dir"}),
+        "coldstart_samples": cfg.train.coldstart.samples,
+        "trajectory_eval": {k: getattr(cfg.eval, k) for k in TRAJECTORY_EVAL} if cfg.train.trajectory.every else None,
+        "data": data_version(),
+        "init": model_identity(init),
+        "embedders": embedders,
+        "code": code_fingerprint(["semrl.training.run"]),
+    }
+
+
+def inputs_key(inputs: dict[str, Any], with_code: bool = True) -> str:
+    kept = inputs if with_code else {k: v for k, v in inputs.items() if k != "code"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(cfg: Config, task: Task, method: Method, seed: int, init: Path) -> Path:
+    """Checkpoints live outside the DVC outputs, keyed by the branch's inputs but its code: a changed config
+    starts afresh, never resuming a stale checkpoint; a code fix resumes where a crashed run stopped."""
+    key = inputs_key(branch_inputs(cfg, task, method, init), with_code=False)[:12]
     return cfg.train.checkpoint_dir / task.name / method.name / f"seed{seed}-{key}"
+
+
+def reusable(out: Path, key: str) -> dict[str, Any] | None:
+    """The recorded summary when `out` holds a whole, finished run of exactly these inputs (its INPUTS_FILE,
+    written last, has this key); else None."""
+    record, summary = out / INPUTS_FILE, out / SUMMARY_FILE
+    if not (record.is_file() and summary.is_file()):
+        return None
+    try:
+        if json.loads(record.read_text(encoding="utf-8"))["key"] != key:
+            return None
+        require_whole_model(out / "model", str(out))
+        return json.loads(summary.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, SemrlError):
+        return None
 
 
 def _last_logged(history: list[dict], key: str) -> float | None:
@@ -134,6 +178,26 @@ def train_one(cfg: Config, task_name: str, method_name: str, seed: int) -> dict[
         return _train_one(cfg, task, method, seed)
 
 
+def starting_point(cfg: Config, task: Task, method: Method, seed: int) -> tuple[Path, dict[str, Any], str]:
+    """(the model it starts from, its inputs, their key), once the preconditions hold: a whole starting
+    model, and for a branch a cold start that passed its gate (train.coldstart.gate.require)."""
+    init = init_model_dir(cfg, task.name, method, seed)
+    if init.is_dir():  # a named hub model (paper base) is the hub's to verify
+        require_whole_model(init, "base" if method.init == "base" else f"{method.init}@{method.init_task or task.name}")
+    if method.is_branch:
+        require_passed(cfg, init, task.name, method.name, seed)
+    inputs = branch_inputs(cfg, task, method, init)
+    return init, inputs, inputs_key(inputs)
+
+
+def prior_outputs(cfg: Config, task_name: str, method_name: str, seed: int) -> dict[str, Any] | None:
+    """The summary of the outputs on disk when exactly these inputs made them (nothing to train), else None.
+    The flow asks before it starts a step process; train_one asks too (`semrl train`)."""
+    task, method = get_task(cfg, task_name), get_method(cfg, method_name)
+    _, _, key = starting_point(cfg, task, method, seed)
+    return reusable(output_dir(cfg, task.name, method, seed), key)
+
+
 def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, Any]:
     import mlflow
     from transformers import AutoTokenizer
@@ -144,18 +208,19 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         import torch
 
         torch.set_num_threads(cfg.train.torch_threads)
-    init = init_model_dir(cfg, task.name, method, seed)
-    if init.is_dir():  # a named hub model (paper base) is the hub's to verify
-        require_whole_model(init, "base" if method.init == "base" else f"{method.init}@{method.init_task or task.name}")
-    if method.is_branch:
-        require_passed(cfg, init, task.name, method.name, seed)
+    init, inputs, key = starting_point(cfg, task, method, seed)
+    out = output_dir(cfg, task.name, method, seed)
+    if (done := reusable(out, key)) is not None:  # no training, no MLflow run: the outputs stand
+        print(f"train: {run_name(task.name, method.name, seed)} reused: its inputs are unchanged "
+              f"({out / INPUTS_FILE}, key {key})")
+        return {**done, "reused": True}
+    (out / INPUTS_FILE).unlink(missing_ok=True)  # outputs about to change: no record until they are whole
     tokenizer = AutoTokenizer.from_pretrained(init)
     train_items = task.examples("train", tokenizer, cfg.train.max_input_tokens)
     items = method_items(cfg, method, train_items, seed)
     if not items:
         raise SemrlError(f"{task.name}: no training examples for {method.name} (train split {len(train_items)}, "
                          f"cold start {cfg.train.coldstart.samples})")
-    out = output_dir(cfg, task.name, method, seed)
     ckpt = checkpoint_dir(cfg, task, method, seed, init)
     last = last_complete_checkpoint(ckpt)
     name = run_name(task.name, method.name, seed)
@@ -239,6 +304,8 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
                        f"data {tracking.data_version()} · MLflow run {active.info.run_id}")
         tracking.register(f"semrl-{task.name}-{method.name}", logged_model.model_uri, description,
                           tags={"task": task.name, "method": method.name, "seed": str(seed)})
+        # Last: the record that these outputs are whole and what made them (reusable reads it).
+        atomic_write_text(out / INPUTS_FILE, json.dumps({"key": key, "inputs": inputs}, indent=2, default=str) + "\n")
     return summary
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from semrl.core.checkpoints import folder_fingerprint
+from semrl.core.checkpoints import model_identity
 from semrl.core.config import Config
 from semrl.core.io import atomic_write_text
 from semrl.core.tasks import Task, per_source
@@ -83,8 +83,8 @@ def grpo_tau(cfg: Config, task: Task, seed: int, init: Path, tokenizer, model_kw
     g = cfg.train.grpo
     key_src = json.dumps([cfg.rewards.model_dump(mode="json"), cfg.tasks[task.name].model_dump(mode="json"),
                           g.temperature, g.top_p, cfg.train.max_input_tokens, cfg.train.completion_tokens, g.num_generations, seed,
-                          data_version(), folder_fingerprint(init), folder_fingerprint(cfg.embedder.reward.out_dir),
-                          folder_fingerprint(cfg.embedder.eval.out_dir)], sort_keys=True, default=str)
+                          data_version(), model_identity(init), model_identity(cfg.embedder.reward.out_dir),
+                          model_identity(cfg.embedder.eval.out_dir)], sort_keys=True, default=str)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     path = cfg.train.checkpoint_dir / task.name / "tau" / f"seed{seed}-{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
