@@ -174,3 +174,18 @@ def test_one_prefect_database_and_tag_limits_across_the_flow(trained_repo, tmp_p
     finally:
         with sqlite3.connect(db) as con:  # the project's database outlives the test: leave no limit behind
             con.execute("delete from concurrency_limit_v2 where name = 'tag:train'")
+
+
+def test_a_seeds_grpo_then_sft_come_before_its_ablations_and_the_next_cold_start():
+    """The order in line for slots: seed 0's cold start, GRPO, strong SFT, ablations; then seed 1's. With two
+    free slots a seed's SFT and GRPO run side by side, not SFT beside an ablation."""
+    from semrl.core.config import Config
+    from semrl.core.methods import get_method
+    from semrl.ops.flows import step_priority
+
+    cfg = Config.model_validate({"rewards": {"ablations": {"noise_floor": {"enabled": True, "shuffle": True}}}})
+    order = sorted([(m, s) for s in (1, 0) for m in ("grpo_noise_floor", "sft", "coldstart", "grpo")],
+                   key=lambda ms: step_priority(get_method(cfg, ms[0]), ms[1]))
+    assert order == [("coldstart", 0), ("grpo", 0), ("sft", 0), ("grpo_noise_floor", 0),
+                     ("coldstart", 1), ("grpo", 1), ("sft", 1), ("grpo_noise_floor", 1)]
+

@@ -33,8 +33,8 @@ from semrl import SemrlError
 from semrl.core.artifacts import SUMMARY_FILE
 from semrl.core.config import Config, deep_merge, load_config, profile_overlay, read_yaml, write_config
 from semrl.core.io import atomic_write_text
-from semrl.core.methods import (COLDSTART, TRAINING_STAGES, branches, get_method, methods, output_dir, run_name,
-                                stage_dir)
+from semrl.core.methods import (COLDSTART, TRAINING_STAGES, Method, branches, get_method, methods, output_dir,
+                                run_name, stage_dir)
 from semrl.core.tasks import data_problems
 from semrl.core.tracking import PARENT_RUN_ENV
 from semrl.ops import steps
@@ -213,6 +213,16 @@ def _run_step(name: str, kwargs: dict[str, Any], parent_run_id: str, label: str,
 AFTER_TRAINING = float("inf")  # evaluation and the report wait behind every training step in line
 
 
+def step_priority(method: Method, seed: int) -> tuple:
+    """A training step's place in line for a slot (DeviceSlots: lowest first). Seed by seed: a seed's cold
+    start, then GRPO (the longest), then strong SFT, then the reward ablations, all before the next seed's
+    cold start: so the two slots a seed's branches get first go to SFT and GRPO side by side (measured in a
+    full run: with SFT submitted first, SFT and GRPO of a seed overlapped for 2 s of GRPO's 190)."""
+    if method.name == COLDSTART:
+        return (seed, 0)
+    return (seed, 1, 0 if method.trainer == "grpo" and not method.ablation else 1 if method.trainer == "sft" else 2)
+
+
 @task(name="train-step", task_run_name="{task_name}-{method}-s{seed}", cache_policy=None,
       retry_condition_fn=transient)
 def train_step(task_name: str, method: str, seed: int, params_path: str, parent_run_id: str) -> dict[str, Any]:
@@ -238,10 +248,7 @@ def train_step(task_name: str, method: str, seed: int, params_path: str, parent_
         print(f"{run_name(task_name, method, seed)}: reused (its inputs are unchanged; trained by MLflow run "
               f"{done.get('run_id')})")
         return {**done, "reused": True, "start": now, "end": now, "devices": None}
-    trainer = get_method(cfg, method).trainer
-    # Seed by seed: a seed's cold start, then its branches (the longest, GRPO, first) before the next seed's
-    # cold start, so a seed's SFT and GRPO run side by side (DeviceSlots).
-    priority = (seed, 0) if method == COLDSTART else (seed, 1, 0 if trainer == "grpo" else 1)
+    priority = step_priority(get_method(cfg, method), seed)
     ran = _run_step("train", {"params": params_path, "task": task_name, "method": method, "seed": seed},
                     parent_run_id, run_name(task_name, method, seed), priority, (task_name, seed))
     summary_file = out / SUMMARY_FILE
@@ -366,7 +373,8 @@ def expansion(tasks: list[str] | None = None, seeds: list[int] | None = None, pa
     problems, _ = data_problems(cfg, tasks)
     if problems:  # before any cold start runs: a split too small for the branches fails here, not hours later
         raise SemrlError(f"{params_path}: " + "; ".join(problems))
-    names = [m.name for m in branches(cfg)]
+    # Submitted in their order in line (step_priority), so GRPO's step usually asks for a slot first.
+    names = [m.name for m in sorted(branches(cfg), key=lambda m: step_priority(m, 0))]
     for task_name in tasks if prune else []:
         for folder in prune_outputs(cfg, task_name, seeds):
             print(f"pruned {folder}: not among the params' seeds and methods")
