@@ -26,7 +26,7 @@ def unprepared(cfg, tmp_path):
 def test_both_profiles_pass(in_repo, tmp_path):
     problems, facts = check(unprepared(load_config("params.yaml"), tmp_path))
     assert problems == [] and any("3.9 M parameters" in f for f in facts)
-    assert "methods: coldstart, sft, grpo, transfer_from_sft, transfer_from_grpo" in facts
+    assert "methods: coldstart, sft, grpo, grpo_noise_floor, transfer_from_sft, transfer_from_grpo" in facts
     assert "data mt: not prepared yet (checked again when training starts)" in facts
     problems, facts = check(unprepared(load_config("params.yaml", "paper"), tmp_path))
     assert [p for p in problems if "not in the local Hugging Face cache" not in p] == [], problems
@@ -56,9 +56,9 @@ def test_broken_profile_lists_every_problem(in_repo):
     for expected in ("['c_attn'] not in", "train.grpo (grpo): reward 'semantc'", "reward 'mypkg.missing'",
                      "cldr_pairs needs fetch.cldr", "cldr_dates needs fetch.cldr", "exceeds check.gpu_memory_gib",
                      "fetch.tables[0] (pairs): columns lacks ['zh']", "(pairs): a URL needs sha256",
-                     "evaluation holds 4 models of a seed at once"):
+                     "evaluation holds 5 models of a seed at once"):
         assert expected in text, expected
-    assert len(problems) == 9, problems
+    assert len(problems) == 11, problems  # the reward problems twice: GRPO's and its noise floor's
 
 
 def test_cli_check_exit_codes_and_profile_apply(tmp_path):

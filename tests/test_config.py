@@ -93,15 +93,18 @@ def test_task_records_and_metric_registry_agree():
 
 def test_method_records_resolve_once_from_the_config():
     cfg = Config()
-    assert list(methods(cfg)) == ["coldstart", "sft", "grpo", "transfer_from_sft", "transfer_from_grpo"]
-    assert [m.name for m in branches(cfg)] == ["sft", "grpo"]
+    assert list(methods(cfg)) == ["coldstart", "sft", "grpo", "grpo_noise_floor", "transfer_from_sft",
+                                  "transfer_from_grpo"]
+    assert [m.name for m in branches(cfg)] == ["sft", "grpo", "grpo_noise_floor"]
+    floor = get_method(cfg, "grpo_noise_floor")  # the same reward, shuffled across the batch
+    assert floor.shuffled and floor.rewards == get_method(cfg, "grpo").rewards
     grpo = get_method(cfg, "grpo")
     assert (grpo.trainer, grpo.init, grpo.data, grpo.hparams) == ("grpo", "coldstart", "remaining", cfg.train.grpo)
     assert [(c.name, c.weight) for c in grpo.rewards] == [("semantic", 1.5), ("language", 1.0)]
     cfg.rewards.ablations["bleu_semantic"].enabled = True
     ablation = get_method(cfg, "grpo_bleu_semantic")
     assert ablation.ablation and ablation.is_branch and [c.name for c in ablation.rewards] == ["bleu", "semantic"]
-    assert [m.name for m in branches(cfg)] == ["sft", "grpo", "grpo_bleu_semantic"]
+    assert [m.name for m in branches(cfg)] == ["sft", "grpo", "grpo_bleu_semantic", "grpo_noise_floor"]
     transfer = get_method(cfg, "transfer_from_grpo")
     assert (transfer.init, transfer.init_task, transfer.data, transfer.hparams) == \
         ("grpo", "mt", "fewshot", cfg.transfer)

@@ -293,7 +293,7 @@ class RewardsConfig(Section):
                                                        RewardComponent(name="language", weight=1.0)]),
         "bleu_semantic": Ablation(components=[RewardComponent(name="bleu", weight=1.0),
                                               RewardComponent(name="semantic", weight=1.5)]),
-        "noise_floor": Ablation(shuffle=True),
+        "noise_floor": Ablation(enabled=True, shuffle=True),
     }
 
     @field_validator("tau")
@@ -336,9 +336,9 @@ class ColdStartGate(Section):
     schedule spans. A passing check stops it only from `min_steps` on, so the gate lengthens a cold start, never
     shortens it. A branch starts only from a cold start that passed (train.coldstart.gate.require)."""
 
-    enabled: bool = False
+    enabled: bool = True
     every: int = Field(40, ge=1)
-    min_steps: int = Field(0, ge=0)
+    min_steps: int = Field(76, ge=0)
     dev_samples: int = Field(48, ge=2)
     min_distinct: float = Field(0.8, ge=0, le=1)
     require: bool = True  # false: branches start from a cold start that failed the gate (the gate is recorded)
@@ -346,6 +346,7 @@ class ColdStartGate(Section):
 
 class ColdStartStage(SFTStage):
     samples: int = Field(300, ge=1)
+    max_steps: int = 600  # the gate's cap (the gate stops it earlier, never before gate.min_steps)
     lr: float = Field(1.0e-4, gt=0)  # pilot: 1e-3 erased the base's general skill (bench/results)
     gate: ColdStartGate = ColdStartGate()
 
@@ -503,7 +504,7 @@ class ReportConfig(Section):
     out_dir: Path = Path("reports")
     # Per task, a discriminating experiment's results (bench/grpo_discriminate.py --out): its paired
     # comparisons go into the report's answer beside the pipeline's own (the experiment is not rerun here).
-    experiments: dict[str, Path] = {}
+    experiments: dict[str, Path] = {"mt": Path("bench/results/discriminate_mt.json")}
 
 
 class ServersConfig(Section):
