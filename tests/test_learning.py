@@ -60,7 +60,7 @@ def toy_config(tmp_path, reward: str, base, gate: dict | None = None) -> Config:
                   "max_target_tokens": 8, "logging_steps": 1, "save_steps": 10_000, "torch_threads": 1,
                   "checkpoint_dir": str(tmp_path / "ckpt"), "out_dir": str(tmp_path / "models"),
                   "coldstart": {"samples": 320, "epochs": 1, "max_steps": SFT_STEPS, "batch_size": 8, "lr": 3e-3,
-                                "warmup": 0, "scheduler": "constant", "gate": gate or {}},
+                                "warmup": 0, "scheduler": "constant", "gate": gate or {"enabled": False}},
                   "grpo": {"max_steps": GRPO_STEPS, "lr": 2e-3, "num_generations": 8, "prompts_per_step": 4,
                            "temperature": 1.0, "top_p": 1.0},
                   "trajectory": {"every": 0}},
@@ -197,7 +197,7 @@ def toy_split(tmp_path, synthetic: bool) -> None:
                                         "synthetic": synthetic}, ensure_ascii=False) + "\n" for r in rows))
 
 
-GATE = {"enabled": True, "every": 10, "dev_samples": 16}  # within the cold start's SFT_STEPS (40)
+GATE = {"enabled": True, "every": 10, "min_steps": 0, "dev_samples": 16}  # within the cold start's SFT_STEPS (40)
 
 
 def gated(tmp_path, toy, synthetic: bool, min_distinct: float):

@@ -134,8 +134,10 @@ def test_a_changed_config_never_resumes_a_stale_checkpoint(trained_repo, tmp_pat
     semrl(["train", "--task", "mt", "--method", "sft", "--params", str(path)], trained_repo)
     summary = tmp_path / "models" / "mt" / "sft" / "seed0" / "summary.json"
     assert json.loads(summary.read_text())["resumed_from_step"] == 0
-    semrl(["train", "--task", "mt", "--method", "sft", "--params", str(path)], trained_repo)
-    assert json.loads(summary.read_text())["resumed_from_step"] == 4  # unchanged: its finished checkpoint
+    first = json.loads(summary.read_text())
+    again = semrl(["train", "--task", "mt", "--method", "sft", "--params", str(path)], trained_repo)
+    assert "reused: its inputs are unchanged" in again.stdout  # the same inputs: nothing trains, no MLflow run
+    assert json.loads(summary.read_text()) == first
     params = yaml.safe_load(path.read_text())
     params["tasks"]["mt"]["prompt"] = "请翻译成藏文：\n{input}"  # another prompt is another run
     path.write_text(yaml.safe_dump(params, allow_unicode=True))
