@@ -122,6 +122,8 @@ def test_a_damaged_checkpoint_is_skipped_for_the_whole_one_before(trained_repo, 
     assert last_complete_checkpoint(copy) is None  # nothing whole: a fresh start, never a broken resume
     weights = next((ckpt / "checkpoint-6").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    # As if killed before its outputs were whole: no inputs.json, so the rerun trains (resumes), not reuses.
+    (tmp_path / "models" / "mt" / "sft" / "seed0" / "inputs.json").unlink()
     out = run([sys.executable, "-m", "semrl.cli", *args], trained_repo)
     assert "skipping" in out.stderr and f"{weights.name} is truncated" in out.stderr, out.stderr[-2000:]
     summary = json.loads((tmp_path / "models" / "mt" / "sft" / "seed0" / "summary.json").read_text())
