@@ -57,12 +57,16 @@ for _lr in ("3e-5",):
     for _arm in ("S+", "N+", "O+"):
         _cold, _over, _reward = ARMS[_arm]
         ARMS[f"{_arm}_lr{_lr}"] = (_cold, {**_over, "lr": float(_lr)}, _reward)
+# The third: strong SFT from the gated cold start at its default lr (train.sft.lr 1e-3, chosen on the ungated
+# cold start) and lower ones, budgets as the GRPO arms (train.sft.max_steps x batch_size rows).
+for _lr in ("1e-3", "3e-4", "1e-4"):
+    ARMS[f"F_lr{_lr}"] = ("CG", {"lr": float(_lr)}, "sft")
 
 
 def noise_floor_of(name: str) -> str | None:
     """The arm with the same cold start and GRPO settings whose rewards are shuffled (None for a floor itself)."""
     cold, over, reward = ARMS[name]
-    if reward == "shuffled":
+    if reward in ("shuffled", "sft"):
         return None
     return next((n for n, (c, o, r) in ARMS.items() if r == "shuffled" and c == cold and o == over), None)
 
@@ -91,6 +95,9 @@ def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
         return p
     cold, grpo, reward = ARMS[name]
     gate.update(enabled=COLD_STARTS[cold], require=False)  # the gate's outcome is reported
+    if reward == "sft":
+        t["sft"].update(grpo)
+        return p
     t["grpo"].update(grpo)
     if "num_generations" in grpo:
         t["grpo"]["max_completion_tokens"] = p["eval"]["max_new_tokens"]
@@ -102,10 +109,10 @@ def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
 
 
 def arm_method(name: str) -> str:
-    """The pipeline method an arm trains: the cold start, GRPO, or GRPO's noise-floor branch."""
+    """The pipeline method an arm trains: the cold start, GRPO, GRPO's noise-floor branch or strong SFT."""
     if name in COLD_STARTS:
         return "coldstart"
-    return "grpo_noise_floor" if ARMS[name][2] == "shuffled" else "grpo"
+    return {"shuffled": "grpo_noise_floor", "sft": "sft"}.get(ARMS[name][2], "grpo")
 
 
 def dev_rows(cfg, task, tokenizer, n: int) -> list[dict]:
@@ -146,14 +153,15 @@ def job(args) -> None:
     out_dir = output_dir(cfg, args.task, get_method(cfg, method), seed)
     result = {"name": name, "seed": seed, "task": args.task, "train_s": round(train_s, 1), "summary": summary,
               **score_model(cfg, get_task(cfg, args.task), out_dir / "model", args.dev_rows)}
-    if method != "coldstart":  # the training reward and its parts, per logged step (from the arm's MLflow run)
+    if method != "coldstart":  # the training reward and its parts (SFT: loss), per logged step (its MLflow run)
         import mlflow
 
         client = mlflow.MlflowClient(cfg.tracking.uri)
         result["history"] = {key: [round(m.value, 5) for m in sorted(client.get_metric_history(summary["run_id"], key),
                                                                       key=lambda m: m.step)]
-                             for key in ("reward", "reward_std", "kl", "completions/mean_length",
-                                         "frac_reward_zero_std")}
+                             for key in (("loss",) if method == "sft" else
+                                         ("reward", "reward_std", "kl", "completions/mean_length",
+                                          "frac_reward_zero_std"))}
     for extra in ("gate.json", "tau.json"):
         if (out_dir / extra).is_file():
             result[extra.removesuffix(".json")] = json.loads((out_dir / extra).read_text(encoding="utf-8"))
@@ -275,7 +283,7 @@ def summarise(args, seeds: list[int], names: list[str]) -> dict:
             arm["reward_signal"] = [reward_signal(r["tau"]) for r in runs]
         if "history" in runs[0]:  # training reward: mean of the first and the last five logged steps, per seed
             arm["train_reward"] = [(round(float(np.mean(h[:5])), 4), round(float(np.mean(h[-5:])), 4))
-                                   for r in runs if (h := r["history"]["reward"])]
+                                   for r in runs if (h := r["history"].get("reward"))]
         out["arms"][name] = arm
 
     def compare(a: str, b: str, source: str | None = None):

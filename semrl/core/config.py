@@ -416,7 +416,7 @@ class TrainConfig(Section):
     torch_threads: int = Field(1, ge=0)  # 0: torch's default
     lora: LoraConfig = LoraConfig()
     coldstart: ColdStartStage = ColdStartStage()
-    sft: SFTStage = SFTStage(max_steps=80)
+    sft: SFTStage = SFTStage(max_steps=80, lr=1.0e-4)  # params.yaml: the discriminating experiment's F arms
     grpo: GRPOStage = GRPOStage()
     trajectory: TrajectoryConfig = TrajectoryConfig()
 
