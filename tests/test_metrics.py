@@ -54,7 +54,7 @@ def test_output_stats():
 
 
 def test_hacking_flags_on_constructed_results():
-    from semrl.evaluation.report import hacking_flags
+    from semrl.evaluation.report import hacking_flags, render_macro
 
     def row(method, seed, length, distinct):
         return {"method": method, "seed": seed, "mean_length_chars": length, "distinct_rate": distinct}
@@ -65,12 +65,14 @@ def test_hacking_flags_on_constructed_results():
           "results": [row("coldstart", 0, 9.0, 0.9), row("coldstart", 1, 9.0, 0.9), row("sft", 0, 20.0, 0.1),
                       row("grpo", 0, 14.0, 0.4), row("grpo", 1, 12.0, 0.5)]}
     flags = hacking_flags(ev)
-    assert len(flags) == 3 and all("grpo seed 0" in f for f in flags), flags  # SFT has no reward: never flagged
-    assert "1.40× the reference length" in flags[0] and "40% of its outputs distinct, against 90%" in flags[1]
-    assert "reward rose +0.200 while the independent similarity fell -0.1000" in flags[2]
+    assert [(f["method"], f["seed"], f["kind"]) for f in flags] == [  # SFT has no reward: never flagged
+        ("grpo", 0, "length"), ("grpo", 0, "collapse"), ("grpo", 0, "reward_vs_similarity")], flags
+    text = [render_macro("flag", f) for f in flags]  # as the report prints them
+    assert "1.40× the reference length" in text[0] and "40% of its outputs distinct, against 90%" in text[1]
+    assert "reward rose +0.200 while the independent similarity fell -0.1000" in text[2]
     ev["results"][3] = row("grpo", 0, 12.0, 0.5)  # 1.2× the length, distinct 0.5 ≥ 0.45
     ev["trajectories"]["grpo/0"][1]["sim_eval"] = 0.5
-    assert hacking_flags(ev)[0].startswith("- no flag")
+    assert hacking_flags(ev) == [] and render_macro("no_flag").startswith("- no flag")
 
 
 @pytest.mark.parametrize("answer, prediction, em, f1", [

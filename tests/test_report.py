@@ -89,10 +89,10 @@ def test_evaluate_and_report_stages(reported):
     assert "Both branches learnt the task" in md
     # The hacking flags the report shows are exactly those of its evaluation (their rules: test_metrics, on
     # constructed results); either outcome is the data's, but it must be the one this evaluation gives.
-    from semrl.evaluation.report import hacking_flags
+    from semrl.evaluation.report import hacking_flags, render_macro
 
-    flags = hacking_flags(ev)
-    assert flags and all(line in md for line in flags), flags
+    flags = [render_macro("flag", f) for f in hacking_flags(ev)] or [render_macro("no_flag")]
+    assert all(line in md for line in flags), flags
     # What GRPO climbed: the reward's order inside each prompt's group, per source and seed (2 seeds here).
     climb = next(line for line in md.splitlines() if line.startswith("- What GRPO had to climb"))
     assert re.search(r"as chrF does in \S+ (\d+%|–) / (\d+%|–)[;\s]", climb), climb

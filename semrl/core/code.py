@@ -1,5 +1,6 @@
 """Which code a step runs, read from the source: the semrl modules a module imports (at the top or inside
-functions), their closure, and a fingerprint of those files. DVC's code deps are these closures
+functions), their closure (with the templates a module renders: <package>/templates/<module>*), and a
+fingerprint of those files. DVC's code deps are these closures
 (tests/test_layout.py checks dvc.yaml against them); a training branch's reuse key holds the fingerprint."""
 from __future__ import annotations
 
@@ -41,8 +42,15 @@ def semrl_imports(nodes: Iterable[ast.AST], root: Path = ROOT) -> set[str]:
     return found
 
 
+def templates(path: Path) -> set[Path]:
+    """The templates a module renders, by convention beside it: <its package>/templates/<its name>* (e.g.
+    semrl/evaluation/templates/report.md.j2 for semrl/evaluation/report.py)."""
+    return set((path.parent / "templates").glob(f"{path.stem}*")) if path.name != "__init__.py" else set()
+
+
 def closure(modules: Iterable[str], root: Path = ROOT, files: set[Path] | None = None) -> set[Path]:
-    """The files those modules run: each module, its packages' __init__ files, and what they import, on."""
+    """The files those modules run: each module, its templates, its packages' __init__ files, and what they
+    import, on."""
     files, todo = set(files or ()), list(modules)
     while todo:
         parts = todo.pop().split(".")
@@ -50,6 +58,7 @@ def closure(modules: Iterable[str], root: Path = ROOT, files: set[Path] | None =
             path = module_file(".".join(parts[:i]), root)
             if path and path not in files:
                 files.add(path)
+                files |= templates(path)
                 todo += semrl_imports([parse(path)], root)
     return files
 

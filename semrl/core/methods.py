@@ -30,6 +30,11 @@ class Method:
     group: str | None = None  # its own output folder models/<group>/<task>/ (a DVC output of its own stage)
     lora: bool = False  # trains a LoRA adapter (train.lora) rather than every weight
     shuffled: bool = False  # GRPO's noise floor: rewards permuted across each batch (rewards.ablations.noise_floor)
+    label: str = ""  # how the report names it ("strong SFT"); its name when empty
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
 
     @property
     def is_branch(self) -> bool:
@@ -51,17 +56,19 @@ def methods(cfg: Config) -> dict[str, Method]:
     t = cfg.train
     lora, grpo_lora = t.lora.enabled, t.lora.enabled if t.grpo.lora is None else t.grpo.lora
     found = [
-        Method(COLDSTART, "sft", "base", "coldstart", "train.coldstart", t.coldstart, lora=lora),
-        Method("sft", "sft", COLDSTART, "remaining", "train.sft", t.sft, lora=lora),
+        Method(COLDSTART, "sft", "base", "coldstart", "train.coldstart", t.coldstart, lora=lora, label="cold start"),
+        Method("sft", "sft", COLDSTART, "remaining", "train.sft", t.sft, lora=lora, label="strong SFT"),
         Method("grpo", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo, tuple(cfg.rewards.components),
-               lora=grpo_lora),
+               lora=grpo_lora, label="GRPO"),
     ]
     found += [Method(f"grpo_{name}", "grpo", COLDSTART, "remaining", "train.grpo", t.grpo,
                      tuple(cfg.rewards.components if a.components is None else a.components), ablation=True,
-                     lora=grpo_lora, shuffled=a.shuffle)
+                     lora=grpo_lora, shuffled=a.shuffle,
+                     label="GRPO's noise floor" if a.shuffle else f"GRPO ({name.replace('_', ' + ')})")
               for name, a in cfg.rewards.ablations.items() if a.enabled]
     found += [Method(f"transfer_from_{source}", "sft", source, "fewshot", "transfer", cfg.transfer,
-                     init_task=cfg.transfer.source_task, group="transfer", lora=lora) for source in cfg.transfer.sources]
+                     init_task=cfg.transfer.source_task, group="transfer", lora=lora, label=f"from {source}")
+              for source in cfg.transfer.sources]
     return {m.name: m for m in found}
 
 
@@ -75,6 +82,16 @@ def get_method(cfg: Config, name: str) -> Method:
 
 def branches(cfg: Config) -> list[Method]:
     return [m for m in methods(cfg).values() if m.is_branch]
+
+
+def main_branches(cfg: Config) -> list[Method]:
+    """The branches the research question compares (strong SFT, GRPO): every branch but the reward ablations."""
+    return [m for m in branches(cfg) if not m.ablation]
+
+
+def compared_with(cfg: Config, ablation: Method) -> Method | None:
+    """The main branch a reward ablation (or noise floor) varies: the one with its trainer and params section."""
+    return next((m for m in main_branches(cfg) if (m.trainer, m.section) == (ablation.trainer, ablation.section)), None)
 
 
 def transfer_methods(cfg: Config) -> list[Method]:

@@ -1,25 +1,42 @@
-"""DVC stage `report`: the comparative alignment-tax report from reports/eval/*.json — markdown + CSV tables
-with mean ± 95 % CI over seeds, reports/metrics.json (a DVC metric), the trade-off plot (reports/plots/,
-DVC plots), training curves per branch (reports/curves/), and an MLflow `report` run linked to the
-training runs it summarises."""
+"""DVC stage `report`: the comparative alignment-tax report from reports/eval/*.json. `build` computes every
+number into one structure (nothing formatted); templates/report.md.j2 renders it as markdown. Beside
+it: CSV tables with mean ± 95 % CI over seeds, reports/metrics.json (a DVC metric), the trade-off and
+trajectory plots (reports/plots/, DVC plots), training curves per branch (reports/curves/), and an MLflow
+`report` run linked to the training runs it summarises.
+
+Which variants are compared comes from the Method and Task records (semrl.core.methods, semrl.core.tasks):
+each main branch against the cold start it starts from, the main branches against each other, each noise
+floor and reward ablation against the branch it varies. A new method adds its rows without edits here."""
 from __future__ import annotations
 
+import itertools
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from semrl import SemrlError
 from semrl.core.config import Config
 from semrl.core.io import atomic_write_text
-from semrl.core.methods import methods
+from semrl.core.methods import COLDSTART, Method, branches, compared_with, main_branches, methods
 from semrl.core.tasks import Task, tasks
 
+TEMPLATE, MACROS = "report.md.j2", "report_macros.md.j2"  # in templates/ beside this module
 METRIC_LABELS = {"bleu": "BLEU-4", "chrf": "chrF", "rouge_l": "ROUGE-L"}
 COLUMNS = ["bleu", "chrf", "rouge_l", "sim_reward", "sim_eval", "language_consistency", "mean_length_chars",
            "empty_rate", "distinct_rate", "cmrc_em", "cmrc_f1", "cmrc_avg", "nll_increase_mean", "nll_increase_p90", "kl_p90",
            "lm_nll_mean", "lm_nll_increase_vs_base_mean", "lm_kl_vs_base_mean", "lm_nll_increase_vs_coldstart_mean",
            "lm_kl_vs_coldstart_mean", "skill_acc"]
+BASE = "base"  # the evaluated variants that are not trained methods: the base and the trivial baselines
+BASELINES = ("copy_input", "copy_lead")  # semrl.evaluation.metrics.trivial_baselines: no model, task metrics only
+LM_TAX_KEYS = ("lm_nll_increase_vs_coldstart", "lm_kl_vs_coldstart", "lm_nll_increase_vs_base")
 
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+# --- aggregation over seeds -------------------------------------------------------------------------------------
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % t-interval (0 for a single seed: no estimate of the noise)."""
@@ -37,7 +54,7 @@ def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
     df = pd.DataFrame(results)
     rows = []
     for (task, method), g in df.groupby(["task", "method"], sort=False):
-        base = df[(df.task == task) & (df.method == "base")]
+        base = df[(df.task == task) & (df.method == BASE)]
         row = {"task": task, "method": method, "n_seeds": int(g["seed"].notna().sum() or 1)}
         for col in COLUMNS:
             if col in g and g[col].notna().any():
@@ -54,41 +71,22 @@ def aggregate(results: list[dict[str, Any]], primary: dict[str, str]):
     return pd.DataFrame(rows)
 
 
-def _cell(row, col: str, digits: int = 4) -> str:
-    if col not in row or row[col] != row[col]:  # missing or NaN
-        return "–"
-    ci = row.get(f"{col}_ci", 0.0)
-    return f"{row[col]:.{digits}f} ± {ci:.{digits}f}" if ci else f"{row[col]:.{digits}f}"
+def table(df, columns: list[tuple[str, str]], methods_: list[str] | None = None, digits: int = 4) -> dict[str, Any]:
+    """A table for the template: its columns (key, label) and one row per method (all of df's, or those
+    named, in df's order) with each value and its CI half-width; the template formats the cells."""
+    rows = df if methods_ is None else df[df.method.isin(methods_)]
+    keys = [k for k, _ in columns]
+    out = []
+    for _, r in rows.iterrows():
+        cells = {}
+        for k in keys:
+            v = r.get(k)
+            cells[k] = None if v is None or v != v else (float(v), float(r.get(f"{k}_ci", 0.0) or 0.0))
+        out.append({"method": r["method"], "n_seeds": int(r["n_seeds"]), "cells": cells})
+    return {"columns": [{"key": k, "label": label} for k, label in columns], "rows": out, "digits": digits}
 
 
-def _table(df, columns: list[tuple[str, str]], digits: int = 4) -> str:
-    head = "| method | seeds | " + " | ".join(label for _, label in columns) + " |"
-    sep = "|---|---|" + "---|" * len(columns)
-    lines = [head, sep]
-    for _, row in df.iterrows():
-        lines.append(f"| {row['method']} | {row['n_seeds']} | " + " | ".join(_cell(row, c, digits) for c, _ in columns)
-                     + " |")
-    return "\n".join(lines)
-
-
-def transfer_difference(results: list[dict[str, Any]], key: str) -> str:
-    """from sft − from grpo on `key`, paired by seed (both fine-tune the same seed's models on the same target
-    examples and are scored on the same test items): the mean per-seed difference with its paired t-interval.
-    The report's one verdict rule: a paired interval, never overlapping independent ones."""
-    from semrl.evaluation.stats import paired_t
-
-    by = {(r["source"], r["seed"]): r[key] for r in results if key in r}
-    seeds = sorted(s for (src, s) in by if src == "sft" and ("grpo", s) in by)
-    if not seeds:
-        return f"{key}: not available"
-    a, b = [by[("sft", s)] for s in seeds], [by[("grpo", s)] for s in seeds]
-    if len(seeds) < 2:
-        return f"{key}: from sft − from grpo {a[0] - b[0]:+.4f} — one seed, no interval"
-    t = paired_t(a, b)
-    reading = "higher" if t.low > 0 else "lower" if t.high < 0 else "no difference shown (95 % interval holds 0)"
-    return (f"{key}: from sft − from grpo {t.estimate:+.4f}, paired t 95 % CI [{t.low:+.4f}, {t.high:+.4f}] over "
-            f"{len(seeds)} seeds — {reading}")
-
+# --- paired comparisons -----------------------------------------------------------------------------------------
 
 # Per-item keys of reports/eval/<task>.json the paired comparisons read, and the scale a flag needs.
 BOUNDED = {"bleu": (0.0, 1.0), "chrf": (0.0, 1.0), "rouge_l": (0.0, 1.0), "skill_acc": (0.0, 1.0)}
@@ -148,58 +146,303 @@ def verdict(t, boot, flag: str | None) -> str:
     return "no difference shown (95 % interval holds 0)"
 
 
-def paired_lines(pairs: list[dict[str, Any]]) -> list[str]:
-    rows = ["| a − b | metric | source | seeds × items | a | b | a − b | paired t 95 % CI | bootstrap 95 % CI | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for p in pairs:
-        t, bo = p["t"], p["bootstrap"]
-        ci = lambda r: f"[{r['low']:+.4f}, {r['high']:+.4f}]" if r["low"] == r["low"] else "–"
-        rows.append(f"| {p['a']} − {p['b']} | {p['key']} | {p['source'] or 'all'} | {p['seeds']} × {p['items']} | "
-                    f"{p['mean_a']:.4f} | {p['mean_b']:.4f} | {t['estimate']:+.4f} | {ci(t)} | {ci(bo)} | "
-                    f"{p['verdict']} |")
-    return rows
+def varied(cfg: Config) -> list[tuple[Method, Method]]:
+    """(ablation, the main branch it varies): each noise floor and reward ablation that ran."""
+    return [(m, target) for m in branches(cfg) if m.ablation and (target := compared_with(cfg, m))]
 
 
-def source_tables(task: Task, ev: dict[str, Any]) -> list[str]:
+def comparison_plan(cfg: Config, task: Task, sources: list[str]) -> list[tuple[str, str, str, str | None]]:
+    """(a, b, per-item key, source) of every comparison the research question needs, from the method records:
+    each main branch's task gain over the model it starts from and the main branches against each other
+    (all items, then each source), each main branch against its noise floor and reward ablations, the
+    trivial baselines, the drift on general Chinese (LM probe) and the general skill."""
+    main = main_branches(cfg)
+    pairs = list(itertools.combinations([m.name for m in main], 2))
+    m = task.primary_metric
+    by_source = [None] + (sources if len(sources) > 1 else [])  # all items, then each source alone
+    wanted = [(b.name, b.init, m, src) for b in main for src in by_source]
+    wanted += [(a, b, m, src) for a, b in pairs for src in by_source]
+    wanted += [(target.name, ab.name, m, src) for ab, target in varied(cfg) if ab.shuffled for src in by_source]
+    wanted += [(ab.name, target.name, m, None) for ab, target in varied(cfg) if not ab.shuffled]
+    # The trivial baselines (copy the input, or its lead): a branch that does not reach them has not learnt the task.
+    wanted += [(a, b, m, None) for a in (COLDSTART, *[x.name for x in main]) for b in BASELINES]
+    wanted += [(a, b, k, None) for k in LM_TAX_KEYS for a, b in pairs]
+    # The general skill (riddle -> answer, chat format): what the cold start keeps of the base's, what
+    # each branch loses from the cold start, and the main branches against each other.
+    wanted += [(COLDSTART, BASE, "skill_acc", None), *[(b.name, b.init, "skill_acc", None) for b in main],
+               *[(a, b, "skill_acc", None) for a, b in pairs]]
+    return wanted
+
+
+def paired_comparisons(cfg: Config, task: Task, ev: dict[str, Any]) -> list[dict[str, Any]]:
+    sources = sorted(set(ev.get("items", {}).get("sources", [])))
+    return [p for p in (paired(ev, *w) for w in comparison_plan(cfg, task, sources)) if p is not None]
+
+
+def find(pairs: list[dict[str, Any]], a: str, b: str, key: str, source: str | None = None) -> dict[str, Any] | None:
+    return next((p for p in pairs if (p["a"], p["b"], p["key"], p["source"]) == (a, b, key, source)), None)
+
+
+def excludes_zero(t: dict[str, Any]) -> bool:
+    return t["low"] == t["low"] and (t["low"] > 0 or t["high"] < 0)
+
+
+# --- the answer ---------------------------------------------------------------------------------------------------
+
+def answer(cfg: Config, task: Task, pairs: list[dict[str, Any]], ev: dict[str, Any]) -> dict[str, Any]:
+    """The research question's answer for one task: the paired verdicts it reads, as they came out, and beside
+    them what GRPO had to climb (the reward-signal checks) and the discriminating experiment, if one is
+    configured for the task (report.experiments)."""
+    m, known = task.primary_metric, methods(cfg)
+    main = main_branches(cfg)
+    title = lambda name: known[name].title if name in known else name
+    item = lambda a, b, key, source=None: {"a": title(a), "b": title(b), "pair": find(pairs, a, b, key, source)}
+    pair_names = list(itertools.combinations([x.name for x in main], 2))
+    synthetic = set(ev.get("items", {}).get("synthetic_sources", []))
+    sources = sorted({p["source"] for p in pairs if p["source"] is not None})
+    floors = [(target, ab) for ab, target in varied(cfg) if ab.shuffled]
+    per_source = [{"source": src, "synthetic": src in synthetic,
+                   "items": [it for a, b in [*[(x.name, x.init) for x in main], *pair_names,
+                                             *[(t.name, f.name) for t, f in floors]]
+                             if (it := item(a, b, m, src))["pair"]]} for src in sources]
+    learnt = [x.title for x in main if (p := find(pairs, x.name, x.init, m)) and p["verdict"] == "higher"]
+    return {
+        "task": task.name, "metric": metric_label(m), "main": [x.title for x in main], "learnt": learnt,
+        "gains": [item(x.name, x.init, m) for x in main],
+        "versus": [item(a, b, m) for a, b in pair_names],
+        "floors": [item(t.name, f.name, m) for t, f in floors],
+        "no_floor": [x.title for x in main if x.trainer == "grpo" and all(t.name != x.name for t, _ in floors)],
+        "per_source": per_source,
+        "lm_tax": [item(a, b, "lm_nll_increase_vs_coldstart") for a, b in pair_names],
+        "skill": [item(a, b, "skill_acc") for a, b in pair_names],
+        "baselines": baseline_checks(pairs, main, m),
+        "climb": climb(ev.get("reward_signal") or {}),
+        "experiment": experiment(cfg.report.experiments.get(task.name)),
+    }
+
+
+def baseline_checks(pairs, main: list[Method], m: str) -> list[dict[str, Any]]:
+    """Each copy baseline that scores at least the cold start (e.g. copy-the-lead for headlines): does either
+    branch reach it? A baseline below the cold start (copying Chinese for Tibetan output) asks nothing."""
+    out = []
+    for b in BASELINES:
+        cold = find(pairs, COLDSTART, b, m)
+        if cold is None or cold["mean_a"] > cold["mean_b"]:
+            continue
+        against = [{"title": x.title, "pair": p} for x in main if (p := find(pairs, x.name, b, m))]
+        out.append({"baseline": b, "score": cold["mean_b"], "cold": cold["mean_a"], "against": against,
+                    "reached": [x["title"] for x in against if x["pair"]["t"]["low"] == x["pair"]["t"]["low"]
+                                and x["pair"]["t"]["low"] > 0]})
+    return out
+
+
+def climb(signal: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Per data source, the share of a prompt's completion pairs the reward ordered as the task metric does,
+    per seed (50 % = a coin): GRPO's advantages carry nothing else."""
+    checked = [(seed, info["within_group"]) for seed, info in sorted(signal.items(), key=lambda kv: int(kv[0]))
+               if info.get("within_group")]
+    if not checked:
+        return None
+    sources = sorted({src for _, c in checked for src in c["by_source"]})
+    agreement = lambda c: None if c is None else c["reward_vs_metric"]["pair_agreement"]
+    return {"seeds": [s for s, _ in checked],
+            "sources": [{"source": src, "agreement": [agreement(c["by_source"].get(src)) for _, c in checked]}
+                        for src in sources]}
+
+
+def experiment(path: Path | None) -> dict[str, Any] | None:
+    """The discriminating experiment's paired comparisons over all dev items (bench/grpo_discriminate.py:
+    seeds x items bootstrap); None when none is configured or the file is missing."""
+    if path is None or not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = [{**c, "excludes_zero": c["low"] > 0 or c["high"] < 0} for c in data["comparisons"] if c["source"] == "all"]
+    return {"path": path.as_posix(), "seeds": data["seeds"], "rows_per_source": data["dev_rows_per_source"],
+            "sft_arms": any(a.startswith("F_") for a in data["arms"]), "comparisons": rows}
+
+
+# --- per task -------------------------------------------------------------------------------------------------------
+
+def source_tables(task: Task, ev: dict[str, Any]) -> list[dict[str, Any]]:
     """The task metrics per data source (real and synthetic test items apart), mean ± CI over seeds."""
     results = [r for r in ev["results"] if "by_source" in r]
     if not results:
         return []
     synthetic = set(ev.get("items", {}).get("synthetic_sources", []))
-    md = ["### By data source", "", "Synthetic sources are derived data (labelled in the prepared records); "
-          "each is scored on its own held-out items.", ""]
+    out = []
     for src in sorted(results[0]["by_source"]):
         flat = [{"task": r["task"], "method": r["method"], "seed": r["seed"], **r["by_source"][src]} for r in results]
         df = aggregate(flat, {task.name: task.primary_metric})
-        label = "synthetic (derived)" if src in synthetic else "real"
-        md += [f"**{src}** — {label}, {flat[0]['n']} test items", "",
-               _table(df, [(m, METRIC_LABELS[m]) for m in task.metrics] + [("mean_length_chars", "mean length")]), ""]
-    return md
+        out.append({"source": src, "synthetic": src in synthetic, "n": flat[0]["n"],
+                    "table": table(df, [(m, METRIC_LABELS[m]) for m in task.metrics]
+                                   + [("mean_length_chars", "mean length")])})
+    return out
 
 
-NOISE_FLOOR = "grpo_noise_floor"  # rewards.ablations.noise_floor: GRPO with its rewards shuffled across each batch
+def hacking_flags(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """Reward-hacking flags for every RL-trained variant and seed: test outputs longer than
+    LENGTH_HACKING_RATIO x the references on average (`length`), fewer distinct outputs than COLLAPSE_RATIO x
+    its seed's cold start's (`collapse`: one answer for many inputs), or the training reward rising while the
+    independent evaluation embedder's similarity to the references falls (`reward_vs_similarity`, dev
+    trajectory, first to last point)."""
+    ref_len = ev.get("reference_mean_length_chars")
+    rl = {k.split("/")[0] for k, points in ev.get("trajectories", {}).items() if any(p.get("reward") is not None
+                                                                                   for p in points)}
+    flags = []
+    for r in ev["results"]:
+        if r["method"] not in rl or r.get("seed") is None:
+            continue
+        who = {"method": r["method"], "seed": r["seed"]}
+        if ref_len and r.get("mean_length_chars", 0) > LENGTH_HACKING_RATIO * ref_len:
+            flags.append({**who, "kind": "length", "ratio": r["mean_length_chars"] / ref_len})
+        cold = next((c for c in ev["results"] if c["method"] == COLDSTART and c.get("seed") == r["seed"]), {})
+        if cold.get("distinct_rate") and r.get("distinct_rate", 1.0) < COLLAPSE_RATIO * cold["distinct_rate"]:
+            flags.append({**who, "kind": "collapse", "distinct": r["distinct_rate"], "cold": cold["distinct_rate"]})
+        points = ev["trajectories"].get(f"{r['method']}/{r['seed']}", [])
+        rewards = [p for p in points if p.get("reward") is not None]
+        if len(rewards) >= 2 and points:
+            d_reward = rewards[-1]["reward"] - rewards[0]["reward"]
+            d_sim = points[-1]["sim_eval"] - points[0]["sim_eval"]
+            if d_reward > 0 and d_sim < 0:
+                flags.append({**who, "kind": "reward_vs_similarity", "d_reward": d_reward, "d_sim": d_sim})
+    return flags
 
 
-def paired_comparisons(task: Task, ev: dict[str, Any]) -> list[dict[str, Any]]:
-    """The comparisons the research question needs: each branch's task gain over the cold start they
-    share, SFT against GRPO on the task, and their drift on general Chinese text (LM probe)."""
-    sources = sorted(set(ev.get("items", {}).get("sources", [])))
-    by_source = [None] + (sources if len(sources) > 1 else [])  # all items, then each source alone
-    m = task.primary_metric
-    wanted = [(a, b, m, src) for a, b in (("sft", "coldstart"), ("grpo", "coldstart"), ("sft", "grpo"),
-                                          (  # GRPO against its noise floor, when that branch ran
-                                              "grpo", NOISE_FLOOR))
-              for src in by_source]
-    # The trivial baselines (copy the input, or its lead): a branch that does not reach them has not learnt the task.
-    wanted += [(a, b, m, None) for a in ("coldstart", "sft", "grpo") for b in ("copy_input", "copy_lead")]
-    wanted += [("sft", "grpo", k, None) for k in ("lm_nll_increase_vs_coldstart", "lm_kl_vs_coldstart",
-                                                 "lm_nll_increase_vs_base")]
-    # The general skill (riddle -> answer, chat format): what the cold start keeps of the base's, what
-    # each branch loses from the cold start, and SFT against GRPO.
-    wanted += [(a, b, "skill_acc", None) for a, b in (("coldstart", "base"), ("sft", "coldstart"),
-                                                      ("grpo", "coldstart"), ("sft", "grpo"))]
-    return [p for p in (paired(ev, *w) for w in wanted) if p is not None]
+def skill(ev: dict[str, Any], g, cfg: Config) -> dict[str, Any] | None:
+    """The general skill probe: the base's accuracy and the share of its margin over chance each model keeps."""
+    n, chance = ev.get("skill_items"), ev.get("skill_chance")
+    if not n:
+        return None
+    shown = [BASE, COLDSTART, *[m.name for m in main_branches(cfg)]]
+    out = {"items": n, "chance": chance, "choices": round(1 / chance),
+           "table": table(g, [("skill_acc", "accuracy")], shown), "base": None, "kept": []}
+    base = g[g.method == BASE]
+    if not base.empty and "skill_acc" in base and base["skill_acc"].notna().all():
+        acc = out["base"] = float(base["skill_acc"].iloc[0])
+        for method in shown[1:]:
+            row = g[g.method == method]
+            if not row.empty and acc > chance and "skill_acc" in row and row["skill_acc"].notna().all():
+                out["kept"].append({"method": method, "share": (float(row["skill_acc"].iloc[0]) - chance) / (acc - chance)})
+    return out
 
+
+def cmrc(g) -> dict[str, Any]:
+    """CMRC 2018 dev is the paper's benchmark; a base at its floor makes every tax on it meaningless."""
+    from semrl.evaluation.stats import bound_flag
+
+    base = g[g.method == BASE]
+    if base.empty or "cmrc_avg" not in base or base["cmrc_avg"].isna().all():
+        return {"generated": False}
+    value = float(base["cmrc_avg"].iloc[0])
+    return {"generated": True, "base": value, "at_floor": bool(bound_flag([value], 0.0, 100.0, FLOOR_TOLERANCE * 100))}
+
+
+def gate(ev: dict[str, Any]) -> dict[str, Any] | None:
+    """The cold-start gate per seed (semrl.training.gate), as evaluation collected it: did the cold start read
+    its input before the branches started from it?"""
+    gates = ev.get("gate") or {}
+    if not gates:
+        return None
+    return {"settings": next(iter(gates.values())),
+            "seeds": [{"seed": seed, **g} for seed, g in sorted(gates.items(), key=lambda kv: int(kv[0]))]}
+
+
+def reward_signal(ev: dict[str, Any]) -> dict[str, Any] | None:
+    """Does the semantic reward rank completions as the task metric does? Spearman over the cold start's sampled
+    dev completions (goal >= 0.3), pooled and per source, per seed; inside a prompt's group (what GRPO's
+    advantages see: semrl.training.tau.group_check) agreement, zero-spread groups and the input-dependent share."""
+    signal = {seed: info for seed, info in (ev.get("reward_signal") or {}).items() if "dev_samples" in info}
+    if not signal:
+        return None
+    seeds = sorted(signal.items(), key=lambda kv: int(kv[0]))
+    groups = [(seed, info["within_group"]) for seed, info in seeds if info.get("within_group")]
+    return {"against": next(iter(signal.values())).get("similarity_against", "reference"),
+            "seeds": [{"seed": seed, **info} for seed, info in seeds],
+            "groups": [{"seed": seed, "rows": [("all", c["all"]), *c["by_source"].items()]} for seed, c in groups],
+            "group_settings": groups[0][1] if groups else None}
+
+
+def trajectory_rows(ev: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """One row per branch x seed x scored step: task gain and LM tax, both relative to the branch's step 0
+    (the cold start, which both branches of a seed share)."""
+    rows = []
+    for key, points in ev.get("trajectories", {}).items():
+        method, seed = key.split("/")
+        start = next((p for p in points if p["step"] == 0), None)
+        if start is None:
+            continue
+        for p in sorted(points, key=lambda p: p["step"]):
+            rows.append({"task": ev["task"], "method": method, "seed": int(seed), "step": p["step"],
+                         "task_gain": p[metric] - start[metric], "tax_lm_nll": p["lm_nll"] - start["lm_nll"],
+                         "sim_eval": p["sim_eval"], "length_ratio": p["length_ratio"], "reward": p.get("reward")})
+    return rows
+
+
+def task_data(cfg: Config, task: Task, ev: dict[str, Any], g, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One task's part of the report: its tables, gate, reward signal, flags, preference and paired comparisons."""
+    main = [m.name for m in main_branches(cfg)]
+    rl = [m.name for m in main_branches(cfg) if m.trainer == "grpo"]
+    ablations = [m.name for m, _ in varied(cfg)]
+    tc = [(m, METRIC_LABELS[m]) for m in task.metrics]
+    return {
+        "name": task.name, "test_examples": ev["test_examples"], "cmrc_questions": ev["cmrc_questions"],
+        "main": [methods(cfg)[m].title for m in main], "rl": [methods(cfg)[m].title for m in rl],
+        "by_source": source_tables(task, ev),
+        "cold_vs_rl": table(g, tc + [("sim_reward", "sim (reward emb.)"), ("sim_eval", "sim (eval emb.)")],
+                            [BASE, *BASELINES, COLDSTART, *rl]),
+        "main_table": table(g, tc + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
+                                     ("cmrc_avg", "CMRC Avg"), ("cmrc_f1", "CMRC F1"), ("tax_cmrc_avg", "tax (Avg drop)"),
+                                     ("nll_increase_mean", "ΔNLL mean"), ("nll_increase_p90", "ΔNLL P90"),
+                                     ("kl_p90", "KL P90")], [BASE, *main]),
+        "cmrc": cmrc(g),
+        "probe": {"texts": ev.get("lm_probe_texts", 0), **(ev.get("lm_probe_sources") or {})},
+        "drift": table(g, [("lm_nll_mean", "NLL"), ("lm_nll_increase_vs_base_mean", "ΔNLL vs base"),
+                           ("lm_kl_vs_base_mean", "KL vs base"), ("lm_nll_increase_vs_coldstart_mean", "ΔNLL vs cold start"),
+                           ("lm_kl_vs_coldstart_mean", "KL vs cold start")], [BASE, COLDSTART, *main]),
+        "skill": skill(ev, g, cfg), "gate": gate(ev), "reward_signal": reward_signal(ev),
+        "metric": task.primary_metric, "metric_label": metric_label(task.primary_metric),
+        "reference_length": ev.get("reference_mean_length_chars", float("nan")),
+        "reference_distinct": ev.get("reference_distinct_rate"),
+        "outputs": table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
+                             ("empty_rate", "empty"), ("distinct_rate", "distinct")], digits=3),
+        "flags": hacking_flags(ev),
+        "ablations": table(g, [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
+                               ("language_consistency", "in target script")], [*rl, *ablations])
+        if g.method.isin(ablations).any() else None,
+        "preference": ev["preference"], "pairs": pairs, "curves": None,
+    }
+
+
+# --- transfer --------------------------------------------------------------------------------------------------------
+
+def transfer_difference(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """from sft − from grpo on `key`, paired by seed (both fine-tune the same seed's models on the same target
+    examples and are scored on the same test items): the mean per-seed difference with its paired t-interval.
+    The report's one verdict rule: a paired interval, never overlapping independent ones."""
+    from semrl.evaluation.stats import paired_t
+
+    by = {(r["source"], r["seed"]): r[key] for r in results if key in r}
+    seeds = sorted(s for (src, s) in by if src == "sft" and ("grpo", s) in by)
+    if not seeds:
+        return None
+    t = paired_t([by[("sft", s)] for s in seeds], [by[("grpo", s)] for s in seeds])
+    return {"key": key, "seeds": len(seeds), "t": t.as_dict(), "estimated": t.estimated,
+            "verdict": verdict(t, None, None) if t.estimated else None}
+
+
+def transfer(path: Path, known: dict[str, Task]) -> dict[str, Any] | None:
+    ev = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"enabled": False}
+    if not ev.get("enabled"):
+        return None
+    target = known[ev["target_task"]]
+    df = aggregate([{**r, "method": f"from {r['source']}"} for r in ev["results"]], {})
+    return {"source_task": ev["source_task"], "target_task": ev["target_task"], "samples": ev["results"][0]["samples"],
+            "table": table(df, [(target.primary_metric, METRIC_LABELS[target.primary_metric]),
+                                ("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)")]),
+            "difference": transfer_difference(ev["results"], "sim_eval")}
+
+
+# --- plots -------------------------------------------------------------------------------------------------------------
 
 # Curves also written as CSV (reports/curves/<column>/<run>.csv): MLflow key -> column and folder name.
 CURVE_DATA = {"loss": "loss", "reward": "reward"}
@@ -257,15 +500,6 @@ def training_curves(cfg: Config, task: str, ev: dict[str, Any], out: Path) -> tu
 
 # Measures of the tax the trade-off plot and tradeoff.csv show, when the evaluation produced them (CMRC EM/F1
 # only with eval.cmrc_generate).
-def probe_note(ev: dict[str, Any]) -> str:
-    src = ev.get("lm_probe_sources") or {}
-    parts = [f"{src.get('heldout_lm_lines', 0)} held-out lines of the base's LM text"]
-    if src.get("cmrc_dev_contexts"):
-        parts.append(f"{src['cmrc_dev_contexts']} CMRC 2018 dev contexts (no stage trains on them)")
-    return (f"{ev.get('lm_probe_texts', 0)} texts, paired across variants: " + " + ".join(parts) +
-            "; each scored as plain language modelling on its first `eval.lm_probe_max_tokens` tokens.")
-
-
 TAX_MEASURES = [("lm_nll_increase_vs_base_mean", "LM probe: NLL increase on general Chinese (nats)"),
                 ("nll_increase_mean", "NLL increase on CMRC answers (nats)"),
                 ("tax_cmrc_avg", "CMRC Avg drop from base (points)")]
@@ -273,7 +507,7 @@ TAX_MEASURES = [("lm_nll_increase_vs_base_mean", "LM probe: NLL increase on gene
 
 def trained_rows(df):
     """The rows of trained variants: not the base, not the trivial baselines (which have no model)."""
-    return df[~df.method.isin(["base", "copy_input", "copy_lead"])]
+    return df[~df.method.isin([BASE, *BASELINES])]
 
 
 def tax_measures(df) -> list[tuple[str, str]]:
@@ -312,22 +546,6 @@ def tradeoff_plot(df, out: Path) -> Path:
     return path
 
 
-def trajectory_rows(ev: dict[str, Any], metric: str) -> list[dict[str, Any]]:
-    """One row per branch x seed x scored step: task gain and LM tax, both relative to the branch's step 0
-    (the cold start, which both branches of a seed share)."""
-    rows = []
-    for key, points in ev.get("trajectories", {}).items():
-        method, seed = key.split("/")
-        start = next((p for p in points if p["step"] == 0), None)
-        if start is None:
-            continue
-        for p in sorted(points, key=lambda p: p["step"]):
-            rows.append({"task": ev["task"], "method": method, "seed": int(seed), "step": p["step"],
-                         "task_gain": p[metric] - start[metric], "tax_lm_nll": p["lm_nll"] - start["lm_nll"],
-                         "sim_eval": p["sim_eval"], "length_ratio": p["length_ratio"], "reward": p.get("reward")})
-    return rows
-
-
 def trajectory_plot(rows: list[dict[str, Any]], tasks_: dict[str, Task], out: Path) -> Path | None:
     """Task gain against LM tax along training, per task: each branch's mean over seeds at each scored step
     (thick, steps annotated) and each seed (thin). Who pays less tax at equal gain reads off horizontally."""
@@ -354,9 +572,8 @@ def trajectory_plot(rows: list[dict[str, Any]], tasks_: dict[str, Task], out: Pa
                 ax.annotate(str(step), (r.tax_lm_nll, r.task_gain), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(0, color="grey", lw=0.8)
-        metric = METRIC_LABELS.get(tasks_[task].primary_metric, tasks_[task].primary_metric)
         ax.set_xlabel("tax: NLL increase on held-out general Chinese since the cold start (nats)")
-        ax.set_ylabel(f"task gain: dev {metric} since the cold start")
+        ax.set_ylabel(f"task gain: dev {metric_label(tasks_[task].primary_metric)} since the cold start")
         ax.set_title(f"{task}: gain vs tax along training (labels: step)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -367,313 +584,69 @@ def trajectory_plot(rows: list[dict[str, Any]], tasks_: dict[str, Task], out: Pa
     return path
 
 
-def hacking_flags(ev: dict[str, Any]) -> list[str]:
-    """Reward-hacking flags for every RL-trained variant and seed: test outputs longer than
-    LENGTH_HACKING_RATIO x the references on average, fewer distinct outputs than COLLAPSE_RATIO x its
-    seed's cold start's (one answer for many inputs), or the training reward rising while the independent
-    evaluation embedder's similarity to the references falls (dev trajectory, first to last point)."""
-    ref_len = ev.get("reference_mean_length_chars")
-    rl = {k.split("/")[0] for k, points in ev.get("trajectories", {}).items() if any(p.get("reward") is not None
-                                                                                   for p in points)}
-    lines = []
-    for r in ev["results"]:
-        if r["method"] not in rl or r.get("seed") is None:
-            continue
-        who = f"{r['method']} seed {r['seed']}"
-        if ref_len and r.get("mean_length_chars", 0) > LENGTH_HACKING_RATIO * ref_len:
-            lines.append(f"- **{who}: outputs {r['mean_length_chars'] / ref_len:.2f}× the reference length** "
-                         f"(> {LENGTH_HACKING_RATIO}): possible length hacking")
-        cold = next((c for c in ev["results"] if c["method"] == "coldstart" and c.get("seed") == r["seed"]), {})
-        if cold.get("distinct_rate") and r.get("distinct_rate", 1.0) < COLLAPSE_RATIO * cold["distinct_rate"]:
-            lines.append(f"- **{who}: {r['distinct_rate']:.0%} of its outputs distinct, against "
-                         f"{cold['distinct_rate']:.0%} for its cold start** (< {COLLAPSE_RATIO}×): its answers stop "
-                         "depending on the input")
-        points = ev["trajectories"].get(f"{r['method']}/{r['seed']}", [])
-        rewards = [p for p in points if p.get("reward") is not None]
-        if len(rewards) >= 2 and points:
-            d_reward = rewards[-1]["reward"] - rewards[0]["reward"]
-            d_sim = points[-1]["sim_eval"] - points[0]["sim_eval"]
-            if d_reward > 0 and d_sim < 0:
-                lines.append(f"- **{who}: reward rose {d_reward:+.3f} while the independent similarity fell "
-                             f"{d_sim:+.4f}**: possible reward hacking")
-    return lines or [f"- no flag (no RL variant beyond {LENGTH_HACKING_RATIO}× the reference length or below "
-                     f"{COLLAPSE_RATIO}× its cold start's distinct outputs; none whose reward rose while the "
-                     "independent similarity fell)"]
+# --- rendering ---------------------------------------------------------------------------------------------------------
+
+@cache
+def environment():
+    """The Jinja2 environment of templates/: markdown, so no autoescaping; number formats as filters."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=False, autoescape=False)
+    env.filters.update(
+        fixed=lambda v, digits=4: "–" if v is None or v != v else f"{v:.{digits}f}",
+        signed=lambda v, digits=4: "–" if v is None or v != v else f"{v:+.{digits}f}",
+        pct=lambda v, digits=0: "–" if v is None else f"{v:.{digits}%}",
+        cell=lambda c, digits=4: "–" if c is None else f"{c[0]:.{digits}f} ± {c[1]:.{digits}f}" if c[1] else f"{c[0]:.{digits}f}",
+        metric=metric_label, upfirst=lambda s: s[:1].upper() + s[1:])
+    env.globals.update(length_ratio=LENGTH_HACKING_RATIO, collapse_ratio=COLLAPSE_RATIO)
+    return env
 
 
-def reward_signal_lines(task: Task, ev: dict[str, Any]) -> list[str]:
-    """Does the semantic reward rank completions as the task metric does? Spearman over the cold start's
-    sampled dev completions (goal >= 0.3), pooled and per data source, per seed; the evaluation
-    embedder's agreement with the metric beside it."""
-    signal = {seed: info for seed, info in ev.get("reward_signal", {}).items() if "dev_samples" in info}
-    if not signal:
-        return ["No reward-signal check (rewards.tau is a number, so the cold start sampled nothing).", ""]
-    m = task.primary_metric
-    fmt = lambda v: "–" if v is None else f"{v:+.3f}"
-    lines = [f"Spearman correlation with sentence {METRIC_LABELS.get(m, m)} over the cold start's sampled dev "
-             "completions (goal ≥ 0.3): R_sim (reward embedder, against "
-             f"the {next(iter(signal.values())).get('similarity_against', 'reference')}) and the evaluation "
-             "embedder.", "", "| seed | source | n | τ | R_sim ρ | eval-embedder ρ |", "|---|---|---|---|---|---|"]
-    for seed, info in sorted(signal.items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {seed} | all | {info.get('dev_samples', '–')} | {info['tau']:.4f} | "
-                     f"{fmt(info.get(f'spearman_similarity_{m}'))} | {fmt(info.get(f'spearman_eval_similarity_{m}'))} |")
-        for source, b in info.get("by_source", {}).items():
-            lines.append(f"| {seed} | {source} | {b['n']} | | {fmt(b['spearman_similarity'])} | "
-                         f"{fmt(b['spearman_eval_similarity'])} |")
-    return lines + [""] + group_signal_lines(task, signal)
+def render(data: dict[str, Any]) -> str:
+    """The report's markdown from `build`'s structure."""
+    return environment().get_template(TEMPLATE).render(**data).strip() + "\n"
 
 
-def gate_lines(task: Task, ev: dict[str, Any]) -> list[str]:
-    """The cold-start gate per seed (semrl.training.gate): did the cold start read its input before the
-    branches started from it?"""
-    gates = ev.get("gate") or {}
-    if not gates:
-        return ["Off (`train.coldstart.gate.enabled: false`): the branches start from a cold start nobody checked "
-                "for reading its input.", ""]
-    m = METRIC_LABELS.get(task.primary_metric, task.primary_metric)
-    first = next(iter(gates.values()))
-    lines = [f"Checked every {first['every']} steps up to {first['cap']} on {first['dev_samples_per_source']} dev rows "
-             f"per source (greedy): distinct outputs ≥ {first['min_distinct']:.0%} on each source whose references "
-             f"are that distinct, and on synthetic sources {m} above both copy baselines. A branch starts only from "
-             "a cold start that passed (`train.coldstart.gate.require`).", "",
-             f"| seed | passed | at step | steps | source | distinct (references) | {m} | copy_input / copy_lead |",
-             "|---|---|---|---|---|---|---|---|"]
-    for seed, g in sorted(gates.items(), key=lambda kv: int(kv[0])):
-        for i, (source, s) in enumerate(g["by_source"].items()):
-            failed = ("**no: precondition failed**, no branch" if g.get("require", True)
-                      else "**no** (the branches started anyway: `require: false`)")
-            head = (f"| {seed} | {'yes' if g['passed'] else failed} | {g['passed_at_step'] or '–'} | {g['steps']} |"
-                    if i == 0 else "| | | | |")
-            copy = (f"{s[f'copy_input_{task.primary_metric}']:.3f} / {s[f'copy_lead_{task.primary_metric}']:.3f}"
-                    if s.get("synthetic") else "–")
-            lines.append(f"{head} {source} | {s['distinct_rate']:.2f} ({s['reference_distinct_rate']:.2f}) | "
-                         f"{s[task.primary_metric]:.3f} | {copy} |")
-    return lines + [""]
+def render_macro(name: str, *args) -> str:
+    """One macro of the template on its own (e.g. `flag` for one hacking flag): what the report prints for it."""
+    return str(getattr(environment().get_template(MACROS).module, name)(*args)).strip()
 
 
-def group_signal_lines(task: Task, signal: dict[str, dict[str, Any]]) -> list[str]:
-    """The same question inside a prompt's group of completions, the only differences GRPO's advantages
-    see (semrl.training.tau.group_check): a pooled correlation can come from differences between prompts."""
-    checked = {seed: info["within_group"] for seed, info in signal.items() if info.get("within_group")}
-    if not checked:
-        return []
-    m = METRIC_LABELS.get(task.primary_metric, task.primary_metric)
-    first = next(iter(checked.values()))
-    pct = lambda c: "–" if c["pair_agreement"] is None else f"{c['pair_agreement']:.0%} ({c['pairs']})"
-    rho = lambda c: "–" if c["spearman_mean"] is None else f"{c['spearman_mean']:+.3f}"
-    lines = [f"Inside a group ({first['prompts']} dev prompts × {first['generations']} completions sampled as GRPO "
-             f"samples, the reward as configured): pair agreement is the share of a prompt's completion pairs that "
-             f"the first ranks as the second does (50 % = a coin; pairs compared in brackets), ρ̄ the mean "
-             f"within-group Spearman. A reward that prefers longer completions more than {m} does invites length "
-             "hacking. *Zero spread*: groups whose completions all earn the same reward (their advantages are "
-             "zero: no gradient; goal ≤ 30 %). *Input-dependent*: the share of the reward's within-group variation "
-             "that depends on the prompt's own input — the reward minus its mean against other prompts' references "
-             "(goal ≥ 0.5; what one output good for every prompt cannot earn). Goal for agreement: ≥ 65 %.", "",
-             f"| seed | source | reward ~ {m}: agreement | ρ̄ | reward ~ length | {m} ~ length | zero spread | "
-             "input-dependent |", "|---|---|---|---|---|---|---|---|"]
-    share = lambda v: "–" if v is None else f"{v:.0%}"
-    for seed, info in sorted(checked.items(), key=lambda kv: int(kv[0])):
-        for source, c in [("all", info["all"]), *info["by_source"].items()]:
-            lines.append(f"| {seed} | {source} | {pct(c['reward_vs_metric'])} | {rho(c['reward_vs_metric'])} | "
-                         f"{pct(c['reward_vs_length'])} | {pct(c['metric_vs_length'])} | "
-                         f"{share(c.get('zero_spread_groups'))} | {share(c.get('input_dependent_share'))} |")
-    return lines + [""]
+def build(cfg: Config) -> dict[str, Any]:
+    """Everything the report shows, computed: the aggregated table (a DataFrame, `df`), the paired comparisons
+    per task, the answer, the per-task sections, transfer, the plots' paths and the run metadata."""
+    from semrl.core import tracking
 
-
-def answer_lines(task: Task, pairs: list[dict[str, Any]], synthetic: set[str] = frozenset(),
-                 signal: dict[str, dict[str, Any]] | None = None) -> list[str]:
-    """The research question's answer for one task, read off the paired verdicts as they came out, and
-    beside it what GRPO had to climb: how its reward ordered a prompt's own completions (`signal`: the
-    reward-signal checks per seed, semrl.training.tau)."""
-    def find(a, b, key, source=None):
-        return next((p for p in pairs if (p["a"], p["b"], p["key"], p["source"]) == (a, b, key, source)), None)
-
-    def say(p, what):
-        if p is None:
-            return f"{what}: not measured"
-        t = p["t"]
-        ci = f"[{t['low']:+.4f}, {t['high']:+.4f}]" if t["low"] == t["low"] else "no interval"
-        return f"{what}: {t['estimate']:+.4f} (95 % CI {ci}, {p['seeds']} seeds) — {p['verdict']}"
-
-    m = task.primary_metric
-    sft_gain, grpo_gain = find("sft", "coldstart", m), find("grpo", "coldstart", m)
-    learnt = [name for name, p in (("strong SFT", sft_gain), ("GRPO", grpo_gain)) if p and p["verdict"] == "higher"]
-    sources = sorted({p["source"] for p in pairs if p["source"] is not None})
-    per_source = [f"  - {src} ({'synthetic' if src in synthetic else 'real'}): "
-                  f"{say(find(a, b, m, src), label)}" for src in sources
-                  for a, b, label in (("sft", "coldstart", "SFT − cold start"), ("grpo", "coldstart", "GRPO − cold start"),
-                                      ("sft", "grpo", "SFT − GRPO"), ("grpo", NOISE_FLOOR, "GRPO − noise floor"))
-                  if find(a, b, m, src)]
-    return [f"**{task.name}** (primary metric {METRIC_LABELS.get(m, m)}, all test items):", "",
-            f"- {say(sft_gain, 'strong SFT − cold start, task')}",
-            f"- {say(grpo_gain, 'GRPO − cold start, task')}",
-            f"- {say(find('sft', 'grpo', m), 'strong SFT − GRPO, task')}",
-            f"- {say(find('grpo', NOISE_FLOOR, m), 'GRPO − its noise floor (the same GRPO, rewards shuffled across each batch), task') if find('grpo', NOISE_FLOOR, m) else 'GRPO − its noise floor: not run (`rewards.ablations.noise_floor.enabled`); without it a GRPO gain is not shown to come from the reward'}",
-            *(["- per data source:", *per_source] if per_source else []),
-            f"- {say(find('sft', 'grpo', 'lm_nll_increase_vs_coldstart'), 'strong SFT − GRPO, LM tax (ΔNLL since the cold start; > 0: SFT forgot more)')}",
-            f"- {say(find('sft', 'grpo', 'skill_acc'), 'strong SFT − GRPO, general skill (riddle accuracy; < 0: SFT forgot more)')}",
-            *baseline_lines(find, m),
-            f"- Both branches learnt the task (beat the cold start, paired CI excluding 0): "
-            f"{'yes' if len(learnt) == 2 else 'no — only ' + ', '.join(learnt) if learnt else 'no — neither'}. "
-            "Without that, \"no tax\" would be trivially true.", *climb_lines(task, signal or {}), ""]
-
-
-EXPERIMENT_ARMS = ("C0: the default cold start; CG: gated until it reads its input; from CG with G 8, T 1.0, top-p 1.0, "
-                   "`dr_grpo`, no reward scaling, 48-token completions: N+ rewards shuffled across the batch (noise "
-                   "floor), S+ the paper's R, O+ an oracle (the task metric itself); _lr3e-5: at GRPO lr 3e-5 (the "
-                   "rest 1e-4)")
-
-
-def experiment_lines(path: Path) -> list[str]:
-    """The discriminating experiment's paired comparisons over all dev items (bench/grpo_discriminate.py:
-    seeds x items bootstrap), as sub-items of the answer; nothing when the file is missing."""
-    if not path.is_file():
-        return []
-    data = json.loads(path.read_text(encoding="utf-8"))
-    rows = [c for c in data["comparisons"] if c["source"] == "all"]
-    return [f"- The discriminating experiment ({path.as_posix()}, dev split, seeds {data['seeds']}, "
-            f"{data['dev_rows_per_source']} rows per source; {EXPERIMENT_ARMS}):",
-            *[f"  - {c['a']} − {c['b']}: {c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
-              + (" — excludes 0" if c["low"] > 0 or c["high"] < 0 else " — holds 0") for c in rows]]
-
-
-def baseline_lines(find, m: str) -> list[str]:
-    """Each copy baseline that scores at least the cold start (e.g. copy-the-lead for headlines): does either
-    branch reach it? A baseline below the cold start (copying Chinese for Tibetan output) asks nothing."""
-    lines = []
-    for b in ("copy_input", "copy_lead"):
-        cold = find("coldstart", b, m)
-        if cold is None or cold["mean_a"] > cold["mean_b"]:
-            continue
-        reached = [name for name, a in (("strong SFT", "sft"), ("GRPO", "grpo"))
-                   if (p := find(a, b, m)) and p["t"]["low"] == p["t"]["low"] and p["t"]["low"] > 0]
-        diffs = "; ".join(f"{name} − {b} {p['t']['estimate']:+.4f} [{p['t']['low']:+.4f}, {p['t']['high']:+.4f}]"
-                          for name, a in (("strong SFT", "sft"), ("GRPO", "grpo")) if (p := find(a, b, m)))
-        lines.append(f"- The {b} baseline ({cold['mean_b']:.4f}) scores at least the cold start ({cold['mean_a']:.4f}); "
-                     f"above it (paired CI excluding 0): {', '.join(reached) if reached else 'neither branch'} ({diffs}).")
-    return lines
-
-
-def climb_lines(task: Task, signal: dict[str, dict[str, Any]]) -> list[str]:
-    """One line: per data source, the share of a prompt's completion pairs the reward ordered as the task
-    metric does, per seed (50 % = a coin): GRPO's advantages carry nothing else."""
-    checked = [(seed, info["within_group"]) for seed, info in sorted(signal.items(), key=lambda kv: int(kv[0]))
-               if info.get("within_group")]
-    if not checked:
-        return []
-    sources = sorted({src for _, c in checked for src in c["by_source"]})
-    pct = lambda c: "–" if c is None or c["reward_vs_metric"]["pair_agreement"] is None else \
-        f"{c['reward_vs_metric']['pair_agreement']:.0%}"
-    parts = [f"{src} {' / '.join(pct(c['by_source'].get(src)) for _, c in checked)}" for src in sources]
-    return [f"- What GRPO had to climb: its reward ordered a prompt's own completions as "
-            f"{METRIC_LABELS.get(task.primary_metric, task.primary_metric)} does in {'; '.join(parts)} of pairs "
-            f"(seeds {', '.join(str(s) for s, _ in checked)}; 50 % is a coin; \"Reward signal\" below)."]
-
-
-def transfer_section(path: Path, tasks: dict[str, Task]) -> list[str]:
-    md = ["## Few-shot transfer", ""]
-    ev = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"enabled": False}
-    if not ev.get("enabled"):
-        return md + ["Not enabled (`transfer.enabled`).", ""]
-    target = tasks[ev["target_task"]]
-    df = aggregate([{**r, "method": f"from {r['source']}"} for r in ev["results"]], {})
-    metric = [(target.primary_metric, METRIC_LABELS[target.primary_metric])]
-    md += [f"{ev['source_task']} models fine-tuned on {ev['results'][0]['samples']} {ev['target_task']} examples "
-           f"(paper: 1,000 headlines; sim 0.5690 from RL vs 0.5456 from SFT).", "",
-           _table(df, metric + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)")]), "",
-           f"- {transfer_difference(ev['results'], 'sim_eval')}", ""]
-    return md
-
-
-def cmrc_note(g) -> str:
-    """CMRC 2018 dev is the paper's benchmark; a base at its floor makes every tax on it meaningless."""
-    from semrl.evaluation.stats import bound_flag
-
-    base = g[g.method == "base"]
-    if base.empty or "cmrc_avg" not in base or base["cmrc_avg"].isna().all():
-        return "CMRC 2018 EM/F1 not generated (`eval.cmrc_generate: false`); the answer-NLL drift stays."
-    value = float(base["cmrc_avg"].iloc[0])
-    if bound_flag([value], 0.0, 100.0, FLOOR_TOLERANCE * 100):
-        return (f"**CMRC 2018 dev: the base scores {value:.2f} of 100 — at the floor: not informative.** "
-                "The tax is read from the LM probe and the general skill below.")
-    return f"CMRC 2018 dev: base Avg {value:.2f} of 100."
-
-
-def skill_lines(ev: dict[str, Any], g) -> list[str]:
-    n, chance = ev.get("skill_items"), ev.get("skill_chance")
-    if not n:
-        return ["General skill probe off (`eval.skill_samples: 0`).", ""]
-    base = g[g.method == "base"]
-    lines = [f"Xiehouyu riddle → answer in chat format, {n} riddles the base was taught, multiple choice among "
-             f"{round(1 / chance)} answers by mean token NLL (chance {chance:.2f}).", "",
-             _table(g[g.method.isin(["base", "coldstart", "sft", "grpo"])], [("skill_acc", "accuracy")]), ""]
-    if not base.empty and "skill_acc" in base and base["skill_acc"].notna().all():
-        acc = float(base["skill_acc"].iloc[0])
-        lines.append(f"The base scores {acc:.3f}: " + ("the probe measures a skill the base has (≥ 0.5)." if acc >= 0.5
-                     else "**below 0.5: the base does not clearly have the skill; read its drops with care.**"))
-        for method in ("coldstart", "sft", "grpo"):
-            row = g[g.method == method]
-            if not row.empty and acc > chance and "skill_acc" in row and row["skill_acc"].notna().all():
-                kept = (float(row["skill_acc"].iloc[0]) - chance) / (acc - chance)
-                lines.append(f"- {method} keeps {kept:.0%} of the base's margin over chance.")
-        lines.append("")
-    return lines
-
-
-def task_section(cfg: Config, task: Task, ev: dict[str, Any], g, curves: Path, out: Path,
-                 pairs: list[dict[str, Any]]) -> tuple[list[str], list]:
-    """One task's part of the report: the tables, the preference, the verdicts and its training curves;
-    returns (markdown lines, the MLflow runs the curves came from)."""
-    ablations = [m.name for m in methods(cfg).values() if m.ablation]
-    tc = [(m, METRIC_LABELS[m]) for m in task.metrics]
-    md = [f"## {task.name}", "", f"{ev['test_examples']} test examples, {ev['cmrc_questions']} CMRC questions.",
-          "", *source_tables(task, ev), "### Cold start vs GRPO", "",
-          _table(g[g.method.isin(["base", "copy_input", "copy_lead", "coldstart", "grpo"])],
-                 tc + [("sim_reward", "sim (reward emb.)"), ("sim_eval", "sim (eval emb.)")]), "",
-          "### Strong SFT vs GRPO: task skill and alignment tax", "",
-          _table(g[g.method.isin(["base", "sft", "grpo"])],
-                 tc + [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"), ("cmrc_avg", "CMRC Avg"),
-                       ("cmrc_f1", "CMRC F1"), ("tax_cmrc_avg", "tax (Avg drop)"),
-                       ("nll_increase_mean", "ΔNLL mean"), ("nll_increase_p90", "ΔNLL P90"), ("kl_p90", "KL P90")]),
-          "", cmrc_note(g), "", "### Drift on general Chinese text (LM probe, plain text)", "", probe_note(ev), "",
-          _table(g[g.method.isin(["base", "coldstart", "sft", "grpo"])],
-                 [("lm_nll_mean", "NLL"), ("lm_nll_increase_vs_base_mean", "ΔNLL vs base"),
-                  ("lm_kl_vs_base_mean", "KL vs base"), ("lm_nll_increase_vs_coldstart_mean", "ΔNLL vs cold start"),
-                  ("lm_kl_vs_coldstart_mean", "KL vs cold start")]),
-          "", "### General skill (chat format)", "", *skill_lines(ev, g),
-          "### Cold-start gate", "", *gate_lines(task, ev),
-          "### Reward signal (cold start, dev)", "", *reward_signal_lines(task, ev),
-          "### Outputs: language consistency, verbosity (reward-hacking monitor)", "",
-          f"References: {ev.get('reference_mean_length_chars', float('nan')):.1f} characters on average"
-          + (f"; {ev['reference_distinct_rate']:.1%} of them distinct" if "reference_distinct_rate" in ev else "")
-          + ". *distinct*: distinct outputs per test item (1: every item got an output of its own; answers that "
-          "no longer depend on the input drive it down).", "",
-          _table(g, [("language_consistency", "in target script"), ("mean_length_chars", "mean length"),
-                     ("empty_rate", "empty"), ("distinct_rate", "distinct")], digits=3), "", *hacking_flags(ev), "",
-          "### Reward ablations", "",
-          _table(g[g.method.isin(["grpo", *ablations])], [("sim_reward", "sim (reward)"), ("sim_eval", "sim (eval)"),
-                                                         ("language_consistency", "in target script")])
-          if g.method.isin(ablations).any() else "No ablation enabled (`rewards.ablations.<name>.enabled`).", ""]
-    p = ev["preference"]
-    md += ["### Preference: strong SFT vs GRPO", "",
-           f"Judge: {p['judge']}. {p['pairs']} pairs over seeds {p['seeds']}, each judged in both orders (a win "
-           f"needs both): SFT wins {p.get('sft_rate', 0):.1%}, GRPO wins {p.get('grpo_rate', 0):.1%}, ties "
-           f"{p.get('tie_rate', 0):.1%} (of which the judge flipped with the order: "
-           f"{p.get('order_inconsistent_rate', 0):.1%}).",
-           ""]
-    if pairs:
-        md += ["", "### Paired comparisons", "",
-               "Per seed, strong SFT and GRPO start from the same cold start and are scored on the same items, "
-               "so their difference is paired: a t-interval over the per-seed mean differences (df = n − 1) "
-               "decides, a percentile bootstrap resampling seeds, then items, is shown beside it. Task "
-               "metrics here are per-item (sentence chrF/BLEU, ROUGE-L) means. LM drift: mean per-line NLL "
-               "increase and KL on held-out general-Chinese text, plain language modelling. The base is one "
-               "model for every seed: its items pair with each seed's.", "",
-               *paired_lines(pairs)]
-    curve, run_ids = training_curves(cfg, task.name, ev, curves)
-    if curve:
-        md += ["", f"![training curves]({curve.relative_to(out).as_posix()})"]
-    return md + [""], run_ids
+    out, plots, curves = cfg.report.out_dir, cfg.report.out_dir / "plots", cfg.report.out_dir / "curves"
+    plots.mkdir(parents=True, exist_ok=True)
+    curves.mkdir(parents=True, exist_ok=True)
+    known = tasks(cfg)
+    evals = []
+    for task in cfg.train.tasks:
+        path = cfg.eval.out_dir / f"{task}.json"
+        if not path.is_file():
+            raise SemrlError(f"{path}: missing (run `dvc repro evaluate@{task}`)")
+        evals.append(json.loads(path.read_text(encoding="utf-8")))
+    df = aggregate([row for ev in evals for row in ev["results"]], {t: known[t].primary_metric for t in known})
+    meta = {"profile": cfg.profile, "git_commit": tracking.git_commit(),
+            "data_version": tracking.data_version(), "seeds": cfg.train.seeds, "tasks": cfg.train.tasks,
+            "machine": tracking.machine()}
+    pairs = {ev["task"]: paired_comparisons(cfg, known[ev["task"]], ev) for ev in evals}
+    traj = [r for ev in evals for r in trajectory_rows(ev, known[ev["task"]].primary_metric)]
+    rel = lambda path: path.relative_to(out).as_posix() if path else None
+    sections, linked = [], []
+    for ev in evals:
+        section = task_data(cfg, known[ev["task"]], ev, df[df.task == ev["task"]], pairs[ev["task"]])
+        curve, run_ids = training_curves(cfg, ev["task"], ev, curves)
+        section["curves"] = rel(curve)
+        sections.append(section)
+        linked += run_ids
+    return {"meta": meta, "df": df, "evals": evals, "pairs": pairs, "trajectory": traj, "linked": linked,
+            "answers": [answer(cfg, known[ev["task"]], pairs[ev["task"]], ev) for ev in evals],
+            "trajectory_plot": rel(trajectory_plot(traj, known, plots)), "tasks": sections,
+            "transfer": transfer(cfg.eval.out_dir / "transfer.json", known), "tradeoff_plot": rel(tradeoff_plot(df, plots))}
 
 
 def metrics_summary(df, evals: list[dict[str, Any]],
@@ -714,73 +687,20 @@ def log_report(cfg: Config, df, metrics: dict[str, Any], out: Path, linked: list
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    from semrl.core import tracking
-
-    out, plots, curves = cfg.report.out_dir, cfg.report.out_dir / "plots", cfg.report.out_dir / "curves"
-    plots.mkdir(parents=True, exist_ok=True)
-    curves.mkdir(parents=True, exist_ok=True)
-    known = tasks(cfg)
-    evals = []
-    for task in cfg.train.tasks:
-        path = cfg.eval.out_dir / f"{task}.json"
-        if not path.is_file():
-            raise SemrlError(f"{path}: missing (run `dvc repro evaluate@{task}`)")
-        evals.append(json.loads(path.read_text(encoding="utf-8")))
-    df = aggregate([row for ev in evals for row in ev["results"]], {t: known[t].primary_metric for t in known})
-    meta = {"profile": cfg.profile, "git_commit": tracking.git_commit(),
-            "data_version": tracking.data_version(), "seeds": cfg.train.seeds, "tasks": cfg.train.tasks,
-            "machine": tracking.machine()}
-
-    md = ["# Alignment-tax report", "",
-          f"Profile `{meta['profile']}` · git `{meta['git_commit']}` · data version `{meta['data_version']}` · "
-          f"seeds {meta['seeds']} · report written on {meta['machine']}. Cells are mean ± 95 % CI over seeds "
-          "(no ± with one seed). Task metrics on the test split with greedy decoding. The alignment tax is "
-          "measured three ways: per-line NLL increase and KL on held-out general-Chinese text (plain language "
-          "modelling, against the base and against the cold start), a general skill the base was taught (chat "
-          "format), and CMRC 2018 dev (the paper's benchmark: generated EM/F1 where `eval.cmrc_generate`, the "
-          "gold answers' NLL drift always).", "",
-          "Reproducibility: on one machine (one CPU type) a clean clone reproduces these numbers bit for bit. On a "
-          "CPU with other vector units training diverges from the first rounding difference (the base already), "
-          "so each number is another draw: cells move by about their seed-to-seed spread (the ± column) and a "
-          "verdict near its interval's edge can flip (docs/experiments.md \"Reproducibility\" compares two machines). `dvc "
-          "metrics diff` against this commit shows by how much.", ""]
-    pairs = {ev["task"]: paired_comparisons(known[ev["task"]], ev) for ev in evals}
-    md += ["## The answer at this scale", "",
-           "*For the same task gain, does GRPO with a semantic reward forget less than strong SFT?* Read off the "
-           "paired verdicts below as they came out (no tuning toward the paper's claim).", ""]
-    for ev in evals:
-        md += answer_lines(known[ev["task"]], pairs[ev["task"]],
-                           set(ev.get("items", {}).get("synthetic_sources", [])), ev.get("reward_signal"))
-        if ev["task"] in cfg.report.experiments:
-            md[-1:-1] = experiment_lines(cfg.report.experiments[ev["task"]])
-    traj = [r for ev in evals for r in trajectory_rows(ev, known[ev["task"]].primary_metric)]
-    traj_png = trajectory_plot(traj, known, plots)
-    if traj_png:
-        md += [f"![task gain vs tax along training]({traj_png.relative_to(out).as_posix()})", "",
-               "Each branch scored every `train.trajectory.every` steps on a dev subset (task metric) and the LM "
-               "probe: a curve further left at the same height paid less tax for the same gain.", ""]
-    linked = []
-    for ev in evals:
-        lines, run_ids = task_section(cfg, known[ev["task"]], ev, df[df.task == ev["task"]], curves, out,
-                                      pairs[ev["task"]])
-        md += lines
-        linked += run_ids
-    md += transfer_section(cfg.eval.out_dir / "transfer.json", known)
-    tradeoff = tradeoff_plot(df, plots)
-    md += ["## Trade-off", "", f"![task gain vs alignment tax]({tradeoff.relative_to(out).as_posix()})", ""]
-
-    df.to_csv(out / "alignment_tax.csv", index=False)
     import pandas as pd
 
-    pd.DataFrame(traj, columns=["task", "method", "seed", "step", "task_gain", "tax_lm_nll", "sim_eval",
-                                "length_ratio", "reward"]).to_csv(plots / "trajectory.csv", index=False)
+    data = build(cfg)
+    out, plots, df = cfg.report.out_dir, cfg.report.out_dir / "plots", data["df"]
+    df.to_csv(out / "alignment_tax.csv", index=False)
+    pd.DataFrame(data["trajectory"], columns=["task", "method", "seed", "step", "task_gain", "tax_lm_nll", "sim_eval",
+                                              "length_ratio", "reward"]).to_csv(plots / "trajectory.csv", index=False)
     df[["task", "method", *[x for x, _ in tax_measures(df)], "task_gain"]].dropna(subset=["task_gain"]).to_csv(
         plots / "tradeoff.csv", index=False)
-    atomic_write_text(out / "alignment_tax.md", "\n".join(md))
-    metrics = metrics_summary(df, evals, pairs)
+    atomic_write_text(out / "alignment_tax.md", render(data))
+    metrics = metrics_summary(df, data["evals"], data["pairs"])
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    atomic_write_text(out / "run_meta.json", json.dumps(meta, indent=2) + "\n")
-    log_report(cfg, df, metrics, out, linked)
+    atomic_write_text(out / "run_meta.json", json.dumps(data["meta"], indent=2) + "\n")
+    log_report(cfg, df, metrics, out, data["linked"])
     return metrics
 
 
