@@ -73,13 +73,29 @@ def pipeline_parent(config: Config) -> str:
 
 
 def git_commit() -> str:
+    """HEAD's sha, with "-dirty" when a tracked file differs from it — other than what the pipeline itself
+    writes (dvc.lock and the outputs it lists, e.g. reports/ with `cache: false`): a clean clone's `dvc repro`
+    rewrites those, and counting them made every stage after the first one report a dirty commit (and open
+    a second pipeline parent run)."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+        sha, root = git("rev-parse", "HEAD").strip(), Path(git("rev-parse", "--show-toplevel").strip())
+        changed = git("diff", "--name-only", "HEAD").split()  # tracked files, staged or not, as paths from root
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    written = pipeline_outputs(root)
+    edited = [f for f in changed if not any(f == out or f.startswith(out + "/") for out in written)]
+    return sha + ("-dirty" if edited else "")
+
+
+def pipeline_outputs(root: Path) -> list[str]:
+    """dvc.lock and every output path it records (relative to the project root); [] for a project without one."""
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    stages = lock.get("stages", {}) if isinstance(lock, dict) else {}
+    return ["dvc.lock", *[o["path"].rstrip("/") for st in stages.values() for o in st.get("outs", []) if "path" in o]]
 
 
 def machine() -> str:
