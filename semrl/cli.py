@@ -357,7 +357,7 @@ def where() -> None:
         ("models/embedder/", "reward embedder (sentence-transformers)"),
         ("models/eval_embedder/", "independent evaluation embedder (sentence-transformers)"),
         ("metrics/", "base.json (perplexity, size), embedder.json (retrieval top-1)"),
-        ("models/mt/", "trained models: coldstart/, sft/, grpo/ (one DVC stage each): seed<k>/{model,adapter}/"),
+        ("models/mt/", "trained models: coldstart/, sft/, grpo/ (outputs of the DVC stage train@mt): seed<k>/{model,adapter}/"),
         ("reports/alignment_tax.md", "the alignment-tax report (+ .csv, metrics.json, plots/, curves/)"),
         ("mlflow.db", "MLflow runs: `semrl up`, then http://127.0.0.1:5000 (Prefect UI on :4200)"),
     ]:
