@@ -187,3 +187,22 @@ def test_views_drop_whole_units_of_real_lines(repo_copy):
         rest = iter(r["bo"])
         assert x and all(c in rest for c in x)
     assert view("藏文", 0.0, random.Random(0)) == "藏文" and view("ཀ་", 0.99, random.Random(0)) == "ཀ་"
+
+
+def test_a_named_base_pins_its_revision_for_the_tokenizer_as_for_the_weights(tmp_path):
+    """The cold start loads a named base's tokenizer and weights at the revision `base` resolved (paper
+    profile: base.revision); a branch loads its cold start's folder, no revision."""
+    import json
+
+    from semrl.core.config import Config
+    from semrl.core.methods import get_method
+    from semrl.models.base import SOURCE_FILE
+    from semrl.training.trainers import model_init_kwargs, source_kwargs
+
+    (tmp_path / SOURCE_FILE).write_text(json.dumps({"model": "Qwen/Qwen3-4B", "revision": "1cfa9a7",
+                                                    "trust_remote_code": False}))
+    cfg = Config.model_validate({"base": {"out_dir": str(tmp_path)}})
+    pinned = {"revision": "1cfa9a7", "trust_remote_code": False}
+    assert source_kwargs(cfg, get_method(cfg, "coldstart")) == pinned
+    assert model_init_kwargs(cfg, get_method(cfg, "coldstart")) == {"dtype": "float32", **pinned}
+    assert source_kwargs(cfg, get_method(cfg, "sft")) == {}

@@ -96,3 +96,18 @@ def test_strip_thinking_cases():
     assert strip_thinking("  <think>\nx\n</think>\n\nབོད") == "བོད"
     assert strip_thinking("<think>unfinished") == ""
     assert strip_thinking("བོད <think>x</think>") == "བོད <think>x</think>"  # only a leading block
+
+
+def test_generation_stops_on_every_eos_id_of_the_generation_config():
+    """Qwen3's generation config ends a completion on <|im_end|> (151645) or <|endoftext|> (151643), its
+    tokenizer names only the first: both stop a completion, the tokenizer's first (it pads when no pad is set)."""
+    from types import SimpleNamespace as NS
+
+    from semrl.models.generation import eos_ids
+
+    qwen3 = NS(generation_config=NS(eos_token_id=[151645, 151643]))
+    assert eos_ids(qwen3, NS(eos_token_id=151645)) == [151645, 151643]
+    assert eos_ids(NS(generation_config=NS(eos_token_id=2)), NS(eos_token_id=2)) == [2]  # the tiny base: one id
+    assert eos_ids(NS(), NS(eos_token_id=7)) == [7]
+    with pytest.raises(ValueError, match="no end-of-sequence token"):
+        eos_ids(NS(generation_config=NS(eos_token_id=None)), NS(eos_token_id=None))

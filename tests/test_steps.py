@@ -160,3 +160,19 @@ try:
 except RuntimeError:
     time.sleep(60)  # as Prefect's engine, retrying to report the failure to the dead server, until the exit
 '''
+
+
+def test_a_step_refuses_to_run_when_its_fork_server_had_started_cuda(monkeypatch):
+    """On a GPU box a step picks its devices (CUDA_VISIBLE_DEVICES) after the fork: only possible when the
+    server never initialised CUDA. It has not here (the preload imports only); were it to, the step stops,
+    naming the preload, instead of landing on the server's GPU."""
+    import pytest
+    import torch
+
+    from semrl.ops import steps
+
+    assert not torch.cuda.is_initialized()
+    steps.require_cuda_uninitialised()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(SystemExit, match="CUDA was initialised in the fork server.*trl.trainer.grpo_trainer"):
+        steps.require_cuda_uninitialised()

@@ -224,7 +224,7 @@ def run(cfg: Config, task_name: str) -> dict[str, Any]:
         items[f"{name}/-"] = per_item
         found.append((name, None, None))
     order = [f"{m}/{s if s is not None else '-'}" for m, s, _ in found]  # methods in definition order
-    judge = make_judge(e.judge, eval_emb, e.tie_margin, e.batch_size)
+    judge = make_judge(e.judge, eval_emb, e.tie_margin, e.batch_size, cfg.weights_dtype)
     pref = preference(judge, [x["input"] for x in test], refs, outputs, max_pairs=e.judge.max_pairs)
     report = {"task": task_name, "test_examples": len(test), "cmrc_questions": len(cmrc),
               "lm_probe_texts": len(probe_texts), "lm_probe_sources": probe_sources, "skill_items": len(skill),

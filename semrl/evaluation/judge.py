@@ -44,8 +44,7 @@ class LocalJudge:
     """A causal LM through transformers: after the chat prompt (thinking off), the next-token log-probability
     of "A" against "B" decides; one forward pass per pair and order, no sampling."""
 
-    def __init__(self, cfg: JudgeConfig, batch_size: int = 8):
-        import torch
+    def __init__(self, cfg: JudgeConfig, batch_size: int = 8, dtype: str = "float32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from semrl.models.generation import accelerator
@@ -55,7 +54,6 @@ class LocalJudge:
         self.cfg, self.batch_size, self.name = cfg, batch_size, f"local LM {cfg.model}"
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, revision=cfg.revision)
         self.tokenizer.padding_side = "left"
-        dtype = torch.bfloat16 if accelerator() == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(cfg.model, revision=cfg.revision, dtype=dtype,
                                                           use_safetensors=True).to(accelerator()).eval()
         self.choices = []
@@ -74,8 +72,8 @@ class LocalJudge:
         for i in range(0, len(items), self.batch_size):
             texts = render_prompts(self.tokenizer, [prompt_of(self.cfg, x) for x in items[i:i + self.batch_size]])
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-            with torch.no_grad():
-                last = self.model(**enc).logits[:, -1].float()
+            with torch.no_grad():  # the head on the last position only: one row of the vocabulary, not one per token
+                last = self.model(**enc, logits_to_keep=1).logits[:, -1].float()
             a, b = last[:, self.choices[0]], last[:, self.choices[1]]
             verdicts += [bool(x > y) for x, y in zip(a.tolist(), b.tolist())]
         return verdicts
@@ -110,11 +108,14 @@ class OpenAIJudge:
         return [self._ask(prompt_of(self.cfg, x)) for x in items]
 
 
-def make_judge(cfg: JudgeConfig, eval_embedder, tie_margin: float, batch_size: int = 8) -> Judge:
+def make_judge(cfg: JudgeConfig, eval_embedder, tie_margin: float, batch_size: int = 8,
+               dtype: str = "float32") -> Judge:
+    """The configured judge; a local one loads its weights in `dtype` (the profile's weights_dtype: bf16 where
+    it trains in bf16)."""
     if cfg.kind == "proxy":
         return ProxyJudge(eval_embedder, tie_margin)
     if cfg.kind == "local":
-        return LocalJudge(cfg, batch_size)
+        return LocalJudge(cfg, batch_size, dtype)
     return OpenAIJudge(cfg)
 
 

@@ -167,10 +167,35 @@ def sample_completions(model, prompt_ids: list[list[int]], *, max_new_tokens: in
 
 
 def accelerator() -> str:
-    """Where evaluation and calibration run: the first CUDA device when torch sees one."""
+    """Where evaluation runs (one process): the first CUDA device when torch sees one."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def step_device() -> str:
+    """This training process's device: its rank's GPU (cuda:LOCAL_RANK, within the GPUs the flow gave the
+    step), else the CPU. Whatever a rank loads beside its model (τ's sampling model, the embedders of τ and
+    the trajectory) goes here; a library's own default (cuda:0) would stack every rank on one GPU."""
+    import os
+
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a completion: the tokenizer's, then the model's generation config's (Qwen3
+    lists two, <|im_end|> and <|endoftext|>; stopping on the first alone let a completion run on past the
+    other, as TRL's rollouts, which stop on every one, never do)."""
+    config = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for i in [config] if isinstance(config, int) else list(config or []):
+        if i not in ids:
+            ids.append(int(i))
+    if not ids:
+        raise ValueError("no end-of-sequence token: neither the tokenizer nor the model's generation config names one")
+    return ids
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
@@ -181,7 +206,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     torch.manual_seed(seed)
     model.eval()
     sampler = Sampler(temperature, None, top_p) if do_sample else None
-    eos = [tokenizer.eos_token_id]
+    eos = eos_ids(model, tokenizer)
     outputs = []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         texts = render_prompts(tokenizer, prompts[i:i + batch_size])

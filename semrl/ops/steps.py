@@ -99,7 +99,20 @@ def call(target: str, kwargs: dict) -> None:
     sys.exit(0)
 
 
+def require_cuda_uninitialised() -> None:
+    """A forked step may choose its GPUs (CUDA_VISIBLE_DEVICES) only if the process it was forked from never
+    initialised CUDA: a child inherits a parent's CUDA context broken, and the variable is read once, at
+    initialisation. The server preloads imports only; an import that started CUDA would fail here, by name,
+    rather than as a hang or a step on the wrong GPU."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise SystemExit("semrl.ops.steps: CUDA was initialised in the fork server before this step was forked "
+                         f"(preloaded: {', '.join(PRELOAD)}); a step forked from it cannot choose its GPUs. "
+                         "Remove the import that starts CUDA from PRELOAD.")
+
+
 def _main(target: str, kwargs: dict, env: dict[str, str], log_path: str | None = None) -> None:
+    require_cuda_uninitialised()
     # The server's environment is the flow's at its start; each step gets the flow's current one plus its own.
     os.environ.clear()
     os.environ.update(env)

@@ -240,13 +240,9 @@ def reward_device(cfg: Config) -> str:
     """embedder.reward.device, else the trainer's device: this rank's GPU (cuda:LOCAL_RANK, within the GPUs
     the flow gave the step) or the CPU. Never a fixed cuda:0, where every rank of a multi-GPU step would
     put its reward model."""
-    import os
+    from semrl.models.generation import step_device
 
-    import torch
-
-    if cfg.embedder.reward.device:
-        return cfg.embedder.reward.device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    return cfg.embedder.reward.device or step_device()
 
 
 def grpo_rewards(cfg: Config, components: Iterable[RewardComponent | dict[str, Any]], script: str,

@@ -28,7 +28,8 @@ from semrl.core.methods import COLDSTART, Method, get_method, output_dir, run_na
 from semrl.core.tasks import Task, get_task
 from semrl.training.gate import CHECKS_FILE, gate_summary, read_checks, require_passed
 from semrl.training.tau import grpo_tau
-from semrl.training.trainers import init_model_dir, make_trainer, method_items, model_init_kwargs, rank, world_size
+from semrl.training.trainers import (init_model_dir, make_trainer, method_items, model_init_kwargs, rank, source_kwargs,
+                                     world_size)
 
 
 # What the trajectory (the branch scored along training) reads of the evaluation settings.
@@ -215,7 +216,7 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
               f"({out / INPUTS_FILE}, key {key})")
         return {**done, "reused": True}
     (out / INPUTS_FILE).unlink(missing_ok=True)  # outputs about to change: no record until they are whole
-    tokenizer = AutoTokenizer.from_pretrained(init)
+    tokenizer = AutoTokenizer.from_pretrained(init, **source_kwargs(cfg, method))  # a named base: its pinned revision
     train_items = task.examples("train", tokenizer, cfg.train.max_input_tokens)
     items = method_items(cfg, method, train_items, seed)
     if not items:

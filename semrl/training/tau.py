@@ -25,8 +25,8 @@ def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[
 
     from semrl.evaluation.metrics import item_scores
     from semrl.models.embedder import Similarity
-    from semrl.models.generation import generate
-    from semrl.training.rewards import SemanticReward, tau_from_similarities
+    from semrl.models.generation import generate, step_device
+    from semrl.training.rewards import SemanticReward, reward_device, tau_from_similarities
 
     g, r = cfg.train.grpo, cfg.rewards
     if r.tau != "auto":
@@ -40,11 +40,12 @@ def calibrate_tau(cfg: Config, task: Task, model, tokenizer, seed: int) -> dict[
     refs = [x["reference"] for x in dev]
     semantic = next((c for c in r.components if c.name == "semantic"), None)
     against = "input" if semantic is not None and semantic.options.get("reference_column") == "input" else "reference"
-    sims = SemanticReward(cfg.embedder.reward.out_dir).similarity(outs, [x[against] for x in dev])
+    reward_model = SemanticReward(cfg.embedder.reward.out_dir, device=reward_device(cfg))
+    sims = reward_model.similarity(outs, [x[against] for x in dev])
     tau = tau_from_similarities(sims, r.tau_quantile)
     quality = item_scores(task.primary_metric, outs, refs, task.script)
     # The evaluation embedder's agreement with the metric on the same samples (it never rewards).
-    eval_sims = Similarity(cfg.embedder.eval.out_dir).similarity(outs, refs)
+    eval_sims = Similarity(cfg.embedder.eval.out_dir, device=step_device()).similarity(outs, refs)
     def rho(x, q=None):
         q = quality if q is None else q
         return round(float(spearmanr(x, q).statistic), 4) if len(set(x)) > 1 and len(set(q)) > 1 else None
@@ -98,14 +99,11 @@ def grpo_tau(cfg: Config, task: Task, seed: int, init: Path, tokenizer, model_kw
 
 def _load(init: Path, model_kwargs: dict):
     """The cold-start model on this process's device (a data-parallel rank: its own GPU)."""
-    import os
-
-    import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(init), **model_kwargs)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval()
+    from semrl.models.generation import step_device
+
+    return AutoModelForCausalLM.from_pretrained(str(init), **model_kwargs).to(step_device()).eval()
 
 
 def group_check(cfg: Config, task: Task, model, tokenizer, dev_all: list[dict], tau: float, seed: int) -> dict | None:

@@ -119,13 +119,19 @@ def model_init_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
     """How the starting model is loaded: the base's pinned revision and remote-code choice when starting
     from a named model, and bf16 weights when training in bf16 (TRL's default is float32, twice the memory
     of a frozen 4B base under LoRA)."""
-    kwargs: dict[str, Any] = {"dtype": cfg.weights_dtype}
-    if method.init == "base":
-        from semrl.models.base import base_reference
+    return {"dtype": cfg.weights_dtype, **source_kwargs(cfg, method)}
 
-        ref = base_reference(cfg.base.out_dir)
-        kwargs.update(revision=ref.get("revision"), trust_remote_code=bool(ref.get("trust_remote_code")))
-    return kwargs
+
+def source_kwargs(cfg: Config, method: Method) -> dict[str, Any]:
+    """The pinned revision and remote-code choice of a named base, for everything loaded from it (model and
+    tokenizer alike: a tokenizer from another revision than its weights would be a silent mismatch); {} for
+    a method that starts from a trained folder."""
+    if method.init != "base":
+        return {}
+    from semrl.models.base import base_reference
+
+    ref = base_reference(cfg.base.out_dir)
+    return {"revision": ref.get("revision"), "trust_remote_code": bool(ref.get("trust_remote_code"))}
 
 
 # ---------------------------------------------------------------- trainers

@@ -27,13 +27,13 @@ def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):
     from semrl.core.text import metric_tokens
     from semrl.evaluation.metrics import TASK_METRICS, item_scores, mean_nll, probe_texts, text_batches
     from semrl.models.embedder import Similarity, load_embedder
-    from semrl.models.generation import generate
+    from semrl.models.generation import generate, step_device
 
     tr, e = cfg.train.trajectory, cfg.eval
     rows = per_source(task.examples("dev", tokenizer, cfg.train.max_input_tokens), tr.dev_samples)
     prompts, refs = [x["prompt"] for x in rows], [x["reference"] for x in rows]
     texts = probe_texts(cfg, tr.probe_samples)[0]
-    similarity = Similarity(load_embedder(cfg.embedder.eval.out_dir))
+    similarity = Similarity(load_embedder(cfg.embedder.eval.out_dir, step_device()))
     ref_len = np.mean([len(metric_tokens(r, task.script).split()) for r in refs]) if refs else 1.0
     metric = task.primary_metric
 
@@ -43,8 +43,10 @@ def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):
 
         def point(self, state, model) -> None:
             step = state.global_step
-            if step in self.done or not state.is_world_process_zero:
+            if step in self.done:
                 return
+            # Every rank scores, rank 0 alone records: under ZeRO-3 a forward gathers each layer's shards
+            # from every rank, so a forward on rank 0 alone would wait for ranks that never join.
             was_training = model.training
             outs = generate(model, tokenizer, prompts, e.max_new_tokens, batch_size=e.batch_size,
                             desc=f"trajectory@{step}")
@@ -54,9 +56,13 @@ def trajectory_callback(cfg: Config, task: Task, tokenizer, path: Path):
                  "lm_nll": float(np.mean(nll)), "sim_eval": float(np.mean(similarity.similarity(outs, refs))),
                  "length_ratio": float(np.mean([len(metric_tokens(o, task.script).split()) for o in outs]) / ref_len),
                  "reward": float(rewards[-1]) if rewards else None}
+            self.done.add(step)
+            if not state.is_world_process_zero:
+                if was_training:
+                    model.train()
+                return
             with path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(p) + "\n")
-            self.done.add(step)
             if mlflow.active_run() is not None:
                 mlflow.log_metrics({f"trajectory/{k}": v for k, v in p.items() if k != "step" and v is not None},
                                    step=step)
