@@ -108,6 +108,12 @@ def flow(
     import signal
 
     cfg = config(params)
+    from semrl.core.tasks import data_problems
+
+    # The flow checks the data too (a deployment's run starts there); here a split too small for the branches
+    # fails in seconds, before Prefect's server and the fork server start.
+    if problems := run_step(lambda: data_problems(cfg, task or cfg.train.tasks)[0]):
+        fail(f"{params}: " + "; ".join(problems))
 
     def on_term(signum, frame):  # as Ctrl-C: the flow stops its steps (semrl.ops.steps.stop_all) and ends
         raise KeyboardInterrupt
