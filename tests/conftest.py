@@ -105,10 +105,56 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = f"skipped for a reason other than hardware: {reason}"
 
 
+def session_root(config) -> Path:
+    """The session's temporary root: the controller's basetemp, the parent of an xdist worker's."""
+    base = config._tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test's span on its worker (setup to teardown), for the summary of where the suite's time went."""
+    import time
+
+    start = time.time()
+    yield
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with (session_root(item.config) / f"timeline-{worker}.tsv").open("a", encoding="utf-8") as f:
+        f.write(f"{worker}\t{tier_of(item)}\t{item.nodeid}\t{start:.3f}\t{time.time():.3f}\n")
+
+
+def timeline_lines(root: Path) -> list[str]:
+    """Where the wall time went, from the workers' spans: each worker's busy time and how long it sat idle
+    before the last test ended (a long test scheduled last keeps the others waiting), each tier's share, and
+    the shared projects built this session (the first pipeline test of each worker waits for them)."""
+    spans = [line.split("\t") for f in sorted(root.glob("timeline-*.tsv"))
+             for line in f.read_text(encoding="utf-8").splitlines()]
+    if not spans:
+        return []
+    start, end = min(float(s[3]) for s in spans), max(float(s[4]) for s in spans)
+    workers, tiers = {}, {}
+    for worker, tier, _, a, b in spans:
+        busy, last = workers.get(worker, (0.0, start))
+        workers[worker] = (busy + float(b) - float(a), max(last, float(b)))
+        tiers[tier] = tiers.get(tier, 0.0) + float(b) - float(a)
+    out = [f"semrl: {len(spans)} tests in {end - start:.0f} s on {len(workers)} worker(s); " + "; ".join(
+        f"{w} busy {busy:.0f} s, done {end - last:.0f} s before the end" for w, (busy, last) in sorted(workers.items()))
+        + " | by tier: " + ", ".join(f"{t} {sec:.0f} s" for t, sec in sorted(tiers.items(), key=lambda kv: -kv[1]))]
+    projects = Path(os.environ.get(TEST_CACHE_ENV) or root) / "projects"  # as shared_dir has them
+    builds = [json.loads(f.read_text() or "{}") | {"name": f.name.split("-")[0]} for f in projects.glob("*.built")]
+    if builds := [b for b in builds if b.get("finished", 0) >= start]:
+        out.append("semrl: shared projects built this session: " + ", ".join(
+            f"{b['name']} {b['seconds']:.0f} s" for b in sorted(builds, key=lambda b: b["finished"])))
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
     skipped = len(terminalreporter.stats.get("skipped", []))
     terminalreporter.write_line(f"semrl: {skipped} test(s) skipped, all for hardware (CUDA) this machine lacks"
                                 if skipped else "semrl: no test skipped")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        for line in timeline_lines(session_root(terminalreporter.config)):
+            terminalreporter.write_line(line)
 
 
 def pytest_unconfigure(config):
@@ -227,8 +273,11 @@ def built(tmp_path_factory, mirror: Path, name: str, build) -> Path:
         if not done.is_file():
             if dest.exists():  # a half-built one from a killed session
                 shutil.rmtree(dest)
+            import time
+
+            start = time.time()
             build(dest)
-            done.write_text("")
+            done.write_text(json.dumps({"seconds": round(time.time() - start, 1), "finished": time.time()}))
     return dest
 
 
