@@ -99,7 +99,8 @@ def vllm_problems() -> list[str]:
                         "(HF generation) on this machine")
     if importlib.util.find_spec("vllm") is None:
         problems.append("train.grpo.use_vllm: vllm is not installed, and no version TRL 1.16 supports (0.22-0.31) "
-                        "installs beside the pinned transformers 5.24 (vLLM 0.31 needs < 5.18): README \"vLLM\"")
+                        "installs beside this stack (0.31 needs transformers < 5.18; 0.30 needs fastapi < 0.137, "
+                        "Prefect 3.9.1 >= 0.139): docs/scale-out.md \"vLLM\"")
     return problems
 
 
