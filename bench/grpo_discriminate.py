@@ -42,7 +42,7 @@ ORACLE = {"mt": "chrf", "mt_bo2zh": "chrf", "headline": "rouge_l"}
 GATED_CAP = int(os.environ.get("SEMRL_GATED_CAP", 400))  # the gated cold start's schedule: it stops at the first
 # gate check it passes, else here (the MT experiment: 400; the environment variable, for a pilot of another cap)
 COLD_STARTS = {"C0": False, "CG": True}  # name: gated
-ARMS = {  # name: (cold start, GRPO overrides, reward: paper | shuffled | oracle)
+ARMS = {  # name: (cold start, GRPO overrides, reward: paper | shuffled | oracle | sft | graded | graded_shuffled)
     "D": ("C0", {}, "paper"),
     "N": ("C0", {}, "shuffled"),
     "S": ("CG", {}, "paper"),
@@ -61,14 +61,21 @@ for _lr in ("3e-5",):
 # cold start) and lower ones, budgets as the GRPO arms (train.sft.max_steps x batch_size rows).
 for _lr in ("1e-3", "3e-4", "1e-4"):
     ARMS[f"F_lr{_lr}"] = ("CG", {"lr": float(_lr)}, "sft")
+# The fourth: the one reward form that met the branch-point goals in bench/reward_diagnostics.py on the gated
+# cold start (1.5 R_sim + a graded language reward: zero-spread 0.02, input-dependent 0.57, agreement 0.67),
+# trained with the pipeline's GRPO settings, against its own noise floor (the same reward, shuffled).
+ARMS["Sg"] = ("CG", {}, "graded")
+ARMS["Ng"] = ("CG", {}, "graded_shuffled")
+GRADED = [{"name": "semantic", "weight": 1.5}, {"name": "language", "weight": 1.0, "graded": True}]
+SHUFFLED = {"paper": "shuffled", "oracle": "shuffled", "graded": "graded_shuffled"}  # a reward -> its floor's
 
 
 def noise_floor_of(name: str) -> str | None:
     """The arm with the same cold start and GRPO settings whose rewards are shuffled (None for a floor itself)."""
     cold, over, reward = ARMS[name]
-    if reward in ("shuffled", "sft"):
+    if reward not in SHUFFLED:
         return None
-    return next((n for n, (c, o, r) in ARMS.items() if r == "shuffled" and c == cold and o == over), None)
+    return next((n for n, (c, o, r) in ARMS.items() if r == SHUFFLED[reward] and c == cold and o == over), None)
 
 
 def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
@@ -101,7 +108,9 @@ def arm_params(ws: Path, work: Path, task: str, seed: int, name: str) -> dict:
     t["grpo"].update(grpo)
     if "num_generations" in grpo:
         t["grpo"]["max_completion_tokens"] = p["eval"]["max_new_tokens"]
-    if reward == "shuffled":  # trained as the grpo_noise_floor branch (job: arm_method)
+    if reward.startswith("graded"):
+        p["rewards"]["components"] = GRADED
+    if reward.endswith("shuffled"):  # trained as the grpo_noise_floor branch (job: arm_method)
         p["rewards"]["ablations"]["noise_floor"] = {"enabled": True, "components": None, "shuffle": True}
     if reward == "oracle":
         p["rewards"]["components"] = [{"name": ORACLE[task], "weight": 1.0}]
@@ -112,7 +121,8 @@ def arm_method(name: str) -> str:
     """The pipeline method an arm trains: the cold start, GRPO, GRPO's noise-floor branch or strong SFT."""
     if name in COLD_STARTS:
         return "coldstart"
-    return {"shuffled": "grpo_noise_floor", "sft": "sft"}.get(ARMS[name][2], "grpo")
+    reward = ARMS[name][2]
+    return "grpo_noise_floor" if reward.endswith("shuffled") else "sft" if reward == "sft" else "grpo"
 
 
 def dev_rows(cfg, task, tokenizer, n: int) -> list[dict]:

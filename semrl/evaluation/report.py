@@ -258,7 +258,8 @@ def experiment(path: Path | None) -> dict[str, Any] | None:
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = [{**c, "excludes_zero": c["low"] > 0 or c["high"] < 0} for c in data["comparisons"] if c["source"] == "all"]
     return {"path": path.as_posix(), "seeds": data["seeds"], "rows_per_source": data["dev_rows_per_source"],
-            "sft_arms": any(a.startswith("F_") for a in data["arms"]), "comparisons": rows}
+            "sft_arms": any(a.startswith("F_") for a in data["arms"]), "graded_arms": "Sg" in data["arms"],
+            "comparisons": rows}
 
 
 # --- per task -------------------------------------------------------------------------------------------------------
