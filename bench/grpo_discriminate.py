@@ -250,11 +250,22 @@ def spawn(args, name: str, seed: int) -> str:
     return status
 
 
+def create_stores(work: Path, names: list[str]) -> None:
+    """Each arm's MLflow store, made here one after another: the seeds of an arm share it, and two jobs
+    creating one sqlite store at once race in its schema migration (alembic: "expected to match one row")."""
+    import mlflow
+
+    for name in names:
+        (work / name).mkdir(parents=True, exist_ok=True)
+        mlflow.MlflowClient(f"sqlite:///{(work / name / 'mlflow.db').resolve()}").search_experiments()
+
+
 def run(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.arms.split(",")
     colds = sorted({ARMS[a][0] for a in arms})
+    create_stores(args.work, colds + arms)
     with ThreadPoolExecutor(args.jobs) as pool:  # cold starts first: every arm starts from one
         cold = [(c, s) for s in seeds for c in colds]
         failed = {cs for cs, status in zip(cold, pool.map(lambda cs: spawn(args, *cs), cold)) if "FAILED" in status}
