@@ -44,9 +44,9 @@ if os.environ.get("SEMRL_DATA_MIRROR") and not os.path.isabs(os.environ["SEMRL_D
 
 TIERS = ("unit", "pipeline", "bench", "faults")
 # Fixtures that need the corpora or the smoke project: a test asking for one is not `unit`.
-PROJECT_FIXTURES = frozenset({"mirror", "prepared_project", "smoke_project", "trained_project", "repo_copy",
-                              "smoke_repo", "trained_repo", "small", "smoke_mt"})
-TRAINED = frozenset({"trained_project", "trained_repo"})
+PROJECT_FIXTURES = frozenset({"mirror", "prepared_project", "smoke_project", "trained_project", "reported_project",
+                              "repo_copy", "smoke_repo", "trained_repo", "small", "smoke_mt"})
+TRAINED = frozenset({"trained_project", "trained_repo", "reported_project"})
 CORPUS_CACHE_ENV = "SEMRL_CORPUS_CACHE"  # where the suite keeps the pinned corpora it fetched itself
 TEST_CACHE_ENV = "SEMRL_TEST_CACHE"  # set: built smoke projects are kept there across sessions, keyed by inputs
 
@@ -90,7 +90,9 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("semrl tests: tier markers are wrong:\n" + "\n".join(problems))
     # Within a tier, tests of the prepared or smoke project before those of the trained one: they run on the
     # other workers while the first to need the trained project builds it.
-    items.sort(key=lambda item: (TIERS.index(tier_of(item)), bool(TRAINED & set(item.fixturenames))))
+    # The report's tests last: their project is built in the background after the trained one.
+    items.sort(key=lambda item: (TIERS.index(tier_of(item)), bool(TRAINED & set(item.fixturenames)),
+                                 "reported_project" in item.fixturenames))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -329,6 +331,11 @@ def _build_trained(dest: Path, smoke: Path, mirror: Path) -> None:
     run(["dvc", "repro", "train@mt"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
 
 
+def _build_reported(dest: Path, trained: Path, mirror: Path) -> None:
+    copy_project(trained, dest)
+    run(["dvc", "repro", "report"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
+
+
 def pytest_collection_finish(session):
     """Start building the shared projects this session will need at once, in the background of one process (the
     first xdist worker, or pytest alone), while the workers run unit tests; the fixtures then wait on the build's
@@ -343,7 +350,8 @@ def pytest_collection_finish(session):
         return
     factory = session.config._tmp_path_factory
     prepared_only = needed <= {"prepared_project", "repo_copy", "small"}
-    last = "trained" if needed & TRAINED else "prepared" if prepared_only else "smoke"
+    last = ("reported" if "reported_project" in needed else "trained" if needed & TRAINED
+            else "prepared" if prepared_only else "smoke")
 
     def build_all():
         try:
@@ -356,7 +364,7 @@ def pytest_collection_finish(session):
 
 # Each shared project: the one it is copied from, and what then makes it.
 PROJECT_BUILDS = {"prepared": (None, _build_prepared), "smoke": ("prepared", _build_smoke),
-                  "trained": ("smoke", _build_trained)}
+                  "trained": ("smoke", _build_trained), "reported": ("trained", _build_reported)}
 
 
 def ensure_project(tmp_path_factory, mirror: Path, name: str) -> Path:
@@ -383,6 +391,13 @@ def trained_project(tmp_path_factory, smoke_project, mirror) -> Path:
     """The shared smoke build after `dvc repro train@mt`: one Prefect flow run of the cold starts and their
     branches, every seed."""
     return ensure_project(tmp_path_factory, mirror, "trained")
+
+
+@pytest.fixture(scope="session")
+def reported_project(tmp_path_factory, trained_project, mirror) -> Path:
+    """The shared trained build after `dvc repro report` (evaluate@mt and the report): built in the background
+    after the trained project, while the workers run the tests that need only that."""
+    return ensure_project(tmp_path_factory, mirror, "reported")
 
 
 @pytest.fixture(scope="session")

@@ -129,7 +129,7 @@ def test_the_flow_queues_branches_on_one_device(trained_repo, tmp_path):
 
     path, _ = variant(trained_repo, tmp_path, flow__devices=["0"], flow__steps_per_gpu=1, train__seeds=[0],
                       train__coldstart__max_steps=2, train__sft__max_steps=2, train__grpo__max_steps=2,
-                      train__match_budgets=False, train__trajectory__every=0)
+                      train__match_budgets=False, train__trajectory__every=0, rewards__tau=0.2)  # no calibration
     proc = semrl(["flow", "--task", "mt", "--seed", "0", "--params", str(path)], trained_repo)
     steps = {r["method"]: r for stage in ("coldstart", "sft", "grpo")
              for r in json.loads((tmp_path / "models" / "mt" / stage / "flow_run.json").read_text())}
@@ -152,7 +152,7 @@ def test_one_prefect_database_and_tag_limits_across_the_flow(trained_repo, tmp_p
     from test_methods import variant
 
     path, _ = variant(trained_repo, tmp_path, flow__tag_limits={"train": 1}, train__seeds=[0],
-                      train__coldstart__max_steps=2, train__trajectory__every=0,
+                      train__coldstart__max_steps=2, train__trajectory__every=0, rewards__tau=0.2,
                       rewards__ablations__bleu_language__enabled=False)
     env = {k: v for k, v in child_env().items() if not k.startswith("PREFECT_")}
     env["HOME"] = str(tmp_path / "home")  # no profile of the user's

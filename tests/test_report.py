@@ -7,19 +7,14 @@ import sys
 import mlflow
 import pytest
 
-from conftest import built, copy_project, mlflow_runs, read_jsonl, run
+from conftest import copy_project, mlflow_runs, read_jsonl, run
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory, trained_project, mirror):
+def reported(tmp_path_factory, reported_project):
     """This worker's copy of the trained smoke project after `dvc repro report` (evaluate@mt and the report),
-    built once a session like the trained project, so that every test here reads the same report whichever
-    worker runs it."""
-    def report(dest):
-        copy_project(trained_project, dest)
-        run(["dvc", "repro", "report"], dest, {"SEMRL_DATA_MIRROR": str(mirror)})
-
-    return copy_project(built(tmp_path_factory, mirror, "reported", report), tmp_path_factory.mktemp("reported") / "repo")
+    built once a session (conftest), so that every test here reads the same report whichever worker runs it."""
+    return copy_project(reported_project, tmp_path_factory.mktemp("reported") / "repo")
 
 
 def test_evaluate_and_report_stages(reported):
