@@ -183,10 +183,6 @@ def find(pairs: list[dict[str, Any]], a: str, b: str, key: str, source: str | No
     return next((p for p in pairs if (p["a"], p["b"], p["key"], p["source"]) == (a, b, key, source)), None)
 
 
-def excludes_zero(t: dict[str, Any]) -> bool:
-    return t["low"] == t["low"] and (t["low"] > 0 or t["high"] < 0)
-
-
 # --- the answer ---------------------------------------------------------------------------------------------------
 
 def answer(cfg: Config, task: Task, pairs: list[dict[str, Any]], ev: dict[str, Any]) -> dict[str, Any]:
