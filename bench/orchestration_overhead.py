@@ -93,7 +93,7 @@ def bare_spec(params_path: Path, scratch: Path, task: str, seed: int, run: int) 
     prompts = scratch / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
     hp, g = method.hparams, method.hparams.num_generations
-    args = {k: v for k, v in common_args(cfg, hp, scratch / f"bare-{run}", seed).items() if k != "output_dir"}
+    args = {k: v for k, v in common_args(cfg, hp, scratch / f"bare-{run}", seed, hp.grad_accum).items() if k != "output_dir"}
     args.update(per_device_train_batch_size=g * hp.prompts_per_step, num_generations=g,
                 max_completion_length=cfg.train.max_target_tokens, temperature=hp.temperature, top_p=hp.top_p,
                 beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, scale_rewards=hp.scale_rewards,

@@ -169,22 +169,39 @@ def test_the_training_flow_fails_before_its_first_step_on_too_little_data(smoke_
 
 
 def test_vllm_generation_is_refused_without_cuda_and_its_knobs_reach_trl(in_repo, tmp_path):
+    import importlib.util
+
     import torch
     from trl import GRPOConfig
 
+    from semrl.core.config import GRPOStage
     from semrl.training.trainers import vllm_args
 
     cfg = unprepared(load_config("params.yaml"), tmp_path)
-    cfg.train.grpo.use_vllm = True
+    assert cfg.train.grpo.vllm == "off"  # params.yaml's `"off"`; a bare YAML 1.1 `off` (false) means the same
+    assert GRPOStage.model_validate({"vllm": False}).vllm == "off"
+    with pytest.raises(ValueError, match="say which vLLM mode: colocate or server"):
+        GRPOStage.model_validate({"vllm": True})
+    assert vllm_args(cfg.train.grpo) == {"use_vllm": False}  # transformers' generate by default
+    cfg.train.grpo.vllm = "colocate"
     problems, _ = check(cfg)
+    missing = []
     if not torch.cuda.is_available():
-        assert any(p.startswith("train.grpo.use_vllm: vLLM generation needs CUDA") for p in problems)
-    assert vllm_args(load_config("params.yaml").train.grpo) == {"use_vllm": False}  # HF generation by default
-    g = cfg.train.grpo.model_copy(update={"vllm_mode": "server", "vllm_server_port": 8123})
-    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, **vllm_args(g))
-    assert (args.use_vllm, args.vllm_mode, args.vllm_server_host, args.vllm_server_port) == (
+        missing.append("train.grpo.vllm: colocate: vLLM generation needs CUDA and none is visible")
+    if importlib.util.find_spec("vllm") is None:
+        missing.append("train.grpo.vllm: colocate: the vllm package is not installed")
+    assert [p for p in problems if p.startswith("train.grpo.vllm")] == [
+        p for p in problems if any(p.startswith(m) for m in missing)] and len(missing) == sum(
+        p.startswith("train.grpo.vllm") for p in problems)
+    if missing:  # asked for where it cannot run: the trainer's arguments refuse, saying why, before any model loads
+        with pytest.raises(SemrlError, match="train.grpo.vllm: colocate: "):
+            vllm_args(cfg.train.grpo)
+        return
+    server = GRPOConfig(output_dir=str(tmp_path / "out"), **vllm_args(
+        cfg.train.grpo.model_copy(update={"vllm": "server", "vllm_server_port": 8123})))
+    assert (server.use_vllm, server.vllm_mode, server.vllm_server_host, server.vllm_server_port) == (
         True, "server", "127.0.0.1", 8123)
-    colocate = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, **vllm_args(cfg.train.grpo))
+    colocate = GRPOConfig(output_dir=str(tmp_path / "out"), **vllm_args(cfg.train.grpo))
     assert colocate.vllm_mode == "colocate" and colocate.vllm_gpu_memory_utilization == 0.3
 
 
@@ -195,3 +212,71 @@ def test_check_warns_when_remote_code_would_run(in_repo, tmp_path):
     cfg.embedder.eval.trust_remote_code = True
     problems, facts = check(cfg)
     assert problems == [] and any(f.startswith("warning: embedder.eval.trust_remote_code is on") for f in facts)
+
+
+def test_budget_counts_grpo_and_sft_tokens_as_a_hand_count_does(in_repo, tmp_path):
+    from semrl.core.methods import get_method
+    from semrl.ops.budget import Work, estimate, grpo_work
+
+    cfg = unprepared(load_config("params.yaml"), tmp_path)
+    cfg.train.tasks, cfg.train.seeds = ["mt"], [0, 1]
+    cfg.train.max_input_tokens, cfg.train.max_target_tokens = 50, 20
+    cfg.check.memory.prompt_overhead_tokens = 10
+    b = cfg.check.budget
+    b.length_fill, b.reward_embedder_cost, b.rows = 0.5, 0.1, {"mt": {"train": 1000, "test": 40}}
+    b.throughput = b.throughput.model_copy(update=dict(train_tokens_per_s=100, forward_tokens_per_s=1000,
+                                                       generate_tokens_per_s=10, overhead=0))
+    g = cfg.train.grpo  # 80 steps x 8 prompts x 4 completions (params.yaml)
+    completions = g.max_steps * g.prompts_per_step * g.num_generations
+    assert completions == 2560
+    # prefill 60 x 0.5, decoding 20 x 0.5, the reward embedder over 10 decoded tokens x 0.1, the reference pass
+    # (beta 0.04) and the update over 80 x 0.5 tokens, per completion
+    expected = Work(train=2560 * 40, forward=2560 * (30 + 1 + 40), generate=2560 * 10)
+    assert grpo_work(cfg, get_method(cfg, "grpo"), 640) == expected
+    assert expected.hours(cfg) == pytest.approx((2560 * 40 / 100 + 2560 * 71 / 1000 + 2560 * 10 / 10) / 3600)
+    g.vllm = "colocate"  # the same decoding, counted at vLLM's rate
+    assert grpo_work(cfg, get_method(cfg, "grpo"), 640) == Work(train=2560 * 40, forward=2560 * 71, vllm=2560 * 10)
+    g.vllm = "off"
+    cfg.train.trajectory.every = 0
+    lines, rows = estimate(cfg)
+    by_stage = {line.stage: line for line in lines}
+    assert by_stage["GRPO"].runs == 2 and by_stage["GRPO"].work == expected * 2
+    assert by_stage["strong SFT"].work == Work(train=2 * 80 * 8 * 80 * 0.5)  # 80 steps x 8 examples x 80 x 0.5
+    assert by_stage["evaluation"].runs == 2 * 5  # per seed: base, cold start, SFT, GRPO and its noise floor
+    assert rows == ["mt: train 1,000, test 40 rows (check.budget.rows)"]
+
+
+def test_paper_budget_and_its_one_gpu_day_variant(in_repo, tmp_path):
+    """The two paper configs `semrl check` plans: the recipe (weeks on one GPU) and a variant that fits a day,
+    with the throughput paper.yaml states; the variant is the recipe but for what it says it changes."""
+    from semrl.core.methods import methods
+    from semrl.ops.budget import estimate, model_count
+
+    paper = unprepared(load_config("params.yaml", "paper"), tmp_path)
+    day = unprepared(load_config("params.yaml", "paper-1gpu-day"), tmp_path)
+    assert day.profile == "paper-1gpu-day" and day.base.pretrained == paper.base.pretrained == "Qwen/Qwen3-4B"
+    assert day.train.seeds == [0] and day.train.grpo.max_steps == 2000 and paper.train.grpo.max_steps == -1
+    assert [m for m in methods(day) if m.startswith("grpo")] == ["grpo"]
+    assert day.train.lora == paper.train.lora and day.check.budget == paper.check.budget
+    hours = {name: sum(line.work.hours(c) for line in estimate(c)[0]) for name, c in (("paper", paper), ("day", day))}
+    assert hours["paper"] > 21 * 24 and 6 < hours["day"] <= 24, hours  # weeks; a day with room for the assumptions
+    grpo_share = sum(line.work.hours(paper) for line in estimate(paper)[0] if line.stage.startswith("GRPO"))
+    assert grpo_share / hours["paper"] > 0.9  # where the paper's time goes
+    assert (model_count(paper), model_count(day)) == (2 * 3 * 6 + 3 * 2, 2 * 1 * 3 + 1 * 2)
+    _, facts = check(day)
+    assert any(f.startswith("time estimate (device-hours on one H100") for f in facts)
+    assert any(f.startswith("    total: ") for f in facts) and any(f.startswith("disk estimate (GiB): 8 trained") for f in facts)
+
+
+def test_a_profile_extends_another_and_a_cycle_is_refused(tmp_path, monkeypatch):
+    from semrl.core import config as config_module
+    from semrl.core.config import read_overlay
+
+    monkeypatch.setattr(config_module, "PROFILES_DIR", tmp_path)
+    (tmp_path / "a.yaml").write_text("profile: a\ntrain: {seeds: [0, 1], grpo: {lr: 1.0e-5, beta: 0.1}}\n")
+    (tmp_path / "b.yaml").write_text("extends: a\nprofile: b\ntrain: {grpo: {beta: 0.0}}\n")
+    assert read_overlay(tmp_path / "b.yaml") == {"profile": "b", "train": {"seeds": [0, 1], "grpo": {"lr": 1.0e-5,
+                                                                                                      "beta": 0.0}}}
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    with pytest.raises(SemrlError, match=r"extends: b -> a -> b is a cycle"):
+        read_overlay(tmp_path / "b.yaml")

@@ -115,7 +115,7 @@ def test_method_records_resolve_once_from_the_config():
         get_method(cfg, "grpo_bleu_language")
 
 
-@pytest.mark.parametrize("profile", ["paper", "smoke"])
+@pytest.mark.parametrize("profile", ["paper", "paper-1gpu-day", "smoke"])
 def test_a_profile_goes_in_through_dvcs_set_param_and_keeps_the_comments(tmp_path, profile):
     """`semrl profile` (and `make run PROFILE=…`, as `dvc exp run -S`) edits params.yaml in place through DVC's
     own -S editor: the result is the profile's config and every comment outside a replaced value stays."""
@@ -140,3 +140,5 @@ def test_a_profile_goes_in_through_dvcs_set_param_and_keeps_the_comments(tmp_pat
     again.write_text(original, encoding="utf-8")
     apply_overrides(str(again), overlay_overrides(again, REPO / "configs" / f"{profile}.yaml"))
     assert load_config(again) == load_config(path)
+    # DVC writes YAML 1.2: `vllm: off` comes back a string, as read_yaml reads it (YAML 1.1 would say false)
+    assert read_yaml(again)["train"]["grpo"]["vllm"] == "off" and "vllm: off" in again.read_text(encoding="utf-8")

@@ -9,6 +9,8 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
+from semrl import SemrlError
+
 from conftest import child_env, mlflow_runs
 
 
@@ -30,6 +32,11 @@ def test_two_process_data_parallel_training(trained_repo, tmp_path, method):
     out = tmp_path / "models" / "mt" / method / "seed0"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
+    # the global batch is the configured one (one process's batch x grad_accum), split over the two processes
+    hp = params["train"][method]
+    configured = hp["batch_size"] if method == "sft" else hp["num_generations"] * hp["prompts_per_step"]
+    configured *= hp.get("grad_accum", 1)
+    assert (summary["global_batch"], summary["per_device_batch"] * summary["grad_accum"]) == (configured, configured // 2)
     # Consistent results: both ranks took 4 steps and hold bit-identical trainable weights (gradients
     # were all-reduced; unsynchronised ranks on different data shards would diverge at step 1).
     rank1 = next(line for line in proc.stdout.splitlines() if line.startswith("train: rank 1"))
@@ -46,3 +53,21 @@ def test_zero3_config_gathers_weights_for_saving():
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/accelerate/zero3.yaml").read_text())
     assert config["distributed_type"] == "DEEPSPEED"
     assert config["deepspeed_config"]["zero_stage"] == 3 and config["deepspeed_config"]["zero3_save_16bit_model"]
+
+
+@pytest.mark.parametrize("batch,accum,processes,expected", [
+    (8, 1, 1, (8, 1)), (8, 4, 1, (8, 4)), (8, 4, 2, (8, 2)), (8, 1, 2, (4, 1)), (32, 1, 4, (8, 1)),
+    (6, 2, 4, (3, 1)), (8, 3, 4, (6, 1)), (4, 4, 8, (2, 1))])
+def test_the_global_batch_stays_as_configured_across_process_counts(batch, accum, processes, expected):
+    from semrl.training.trainers import per_process
+
+    device_batch, device_accum = per_process(batch, accum, processes)
+    assert (device_batch, device_accum) == expected
+    assert device_batch * device_accum * processes == batch * accum and device_batch <= batch
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    from semrl.training.trainers import per_process
+
+    with pytest.raises(SemrlError, match="6 x 1 = 6 does not split over 4 processes"):
+        per_process(6, 1, 4)

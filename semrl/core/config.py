@@ -369,15 +369,14 @@ class GRPOStage(StageConfig):
     # DAPO's fix for rambling: a completion cut at max_target_tokens (no EOS) is left out of the loss, so a
     # repetition loop that runs to the budget is never reinforced (TRL's mask_truncated_completions).
     mask_truncated_completions: bool = False
-    # GRPO generation by vLLM (CUDA only; not installable beside the pinned transformers: docs/scale-out.md "vLLM") instead of transformers' generate (the
-    # default, tested on CPU). colocate: vLLM shares the trainer's GPU (vllm_gpu_memory_utilization of it);
-    # server: a `trl vllm-serve` process on other GPUs at vllm_server_host:vllm_server_port.
-    use_vllm: bool = False
+    # GRPO's rollouts: off (transformers' generate: the default, tested on CPU), colocate (vLLM on the trainer's
+    # GPU, vllm_gpu_memory_utilization of it) or server (a `trl vllm-serve` process on other GPUs at
+    # vllm_server_host:vllm_server_port). vLLM needs CUDA and the `vllm` extra: docs/scale-out.md "vLLM".
+    vllm: Literal["off", "colocate", "server"] = "off"
     # Each distinct prompt through the model once per pass (generation, reference, policy) instead of once per
     # completion, and only completion tokens through the LM head: the same log-probs (tested), about half the
     # step (docs/performance.md). false: TRL's own passes, e.g. to compare.
     shared_prefix: bool = True
-    vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_server_host: str = "127.0.0.1"
@@ -388,6 +387,16 @@ class GRPOStage(StageConfig):
     lora: bool | None = None
     scheduler: str = "constant"
     warmup: float = Field(0, ge=0)
+
+    @field_validator("vllm", mode="before")
+    @classmethod
+    def _vllm_mode(cls, v):
+        # YAML 1.1 (PyYAML) reads a bare `off` as false; `true` names no mode
+        if v is False:
+            return "off"
+        if v is True:
+            raise ValueError("say which vLLM mode: colocate or server (or off)")
+        return v
 
 
 class TrajectoryConfig(Section):
@@ -569,6 +578,30 @@ class MemoryModel(Section):
     reward_embedder_gib: float = Field(2.2, ge=0)
 
 
+class Throughput(Section):
+    """One device's speed, in tokens per second, for the time estimate of `semrl check`: stated assumptions, not
+    measurements. The defaults are the tiny model on one core of a 2-core x86 CPU (bench/results/
+    train_speed_cpu.json); a profile for a GPU states its own, and bench/gpu_smoke.sh prints measured ones."""
+
+    device: str = "1 core of a 2-core x86 CPU, the tiny model"
+    train_tokens_per_s: float = Field(1300, gt=0)  # forward + backward: SFT, GRPO's policy update, pretraining
+    forward_tokens_per_s: float = Field(3900, gt=0)  # forward only: GRPO's reference pass, prefill, probes, judge
+    generate_tokens_per_s: float = Field(400, gt=0)  # decoded, at the profile's batch sizes (transformers)
+    vllm_generate_tokens_per_s: float = Field(400, gt=0)  # decoded by vLLM (train.grpo.vllm not off)
+    overhead: float = Field(0.15, ge=0)  # added for what the token counts miss: loading, checkpoints, logging
+
+
+class BudgetModel(Section):
+    """How `semrl check` turns a profile into device-hours and disk (semrl.ops.budget)."""
+
+    throughput: Throughput = Throughput()
+    length_fill: float = Field(0.35, gt=0, le=1)  # the mean example's share of its token budgets (1: upper bound)
+    # A task's split sizes before `prepare` has written them ({task: {train: n, test: n}}); prepared data wins.
+    rows: dict[str, dict[str, int]] = {}
+    judge_cost: float = Field(2.0, ge=0)  # a judge token's cost in policy forward tokens (eval.judge.kind local)
+    reward_embedder_cost: float = Field(0.1, ge=0)  # a reward-embedded token's cost in policy forward tokens
+
+
 class CheckConfig(Section):
     gpu_memory_gib: float = Field(24, gt=0)
     # Fewer training examples than this left for strong SFT and GRPO after the cold start is no comparison:
@@ -576,6 +609,7 @@ class CheckConfig(Section):
     min_branch_examples: int = Field(100, ge=1)
     qwen3_config: dict[str, Any] = {}  # a named Qwen3 base's config.json, for `semrl check` offline
     memory: MemoryModel = MemoryModel()
+    budget: BudgetModel = BudgetModel()
 
 
 class Config(Section):
@@ -623,10 +657,16 @@ class Config(Section):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 as PyYAML reads it, plus YAML 1.2's floats without a dot (`2e-05`): DVC writes a value set
-    with `dvc exp run -S` that way, and it must stay a number here as it is to DVC."""
+    """YAML as DVC reads it (1.2): floats without a dot (`2e-05`, how DVC writes a value set with `dvc exp run
+    -S`) are numbers, and only true/false are booleans — a bare `off` (train.grpo.vllm) is the string DVC
+    sees and writes back, not YAML 1.1's false."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
 
@@ -733,6 +773,21 @@ def profile_overlay(profile: str) -> Path:
     return path
 
 
+def read_overlay(path: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A profile overlay's values, with `extends: <profile>` resolved: the named profile's values first
+    (recursively), this file's on top, so a variant states only what it changes (configs/paper-1gpu-day.yaml)."""
+    path = Path(path)
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SemrlError(f"{path}: extends: a profile name in {PROFILES_DIR}, got {parent!r}")
+    if parent in _seen + (path.stem,):
+        raise SemrlError(f"{path}: extends: {' -> '.join(_seen + (path.stem, parent))} is a cycle")
+    return deep_merge(read_overlay(profile_overlay(parent), _seen + (path.stem,)), data)
+
+
 def load_config(path: str | Path = "params.yaml", profile: str | None = None) -> Config:
     """The validated config of a params file, with `configs/<profile>.yaml` merged in when a profile other
     than the file's own is asked for. Every problem is reported at once, each with file, line and key."""
@@ -741,7 +796,7 @@ def load_config(path: str | Path = "params.yaml", profile: str | None = None) ->
     sources = [path]
     if profile and profile != data.get("profile"):
         overlay = profile_overlay(profile)
-        data = deep_merge(data, {**read_yaml(overlay), "profile": profile})
+        data = deep_merge(data, {**read_overlay(overlay), "profile": profile})
         sources.append(overlay)
     try:
         return at_state_root(Config.model_validate(data))
@@ -812,7 +867,7 @@ def overlay_overrides(params_path: str | Path, overlay_path: str | Path) -> list
                 out.append(f"{'' if present else '+'}{dotted}={literal(value)}")
         return out
 
-    return leaves(read_yaml(overlay_path), have, "")
+    return leaves(read_overlay(overlay_path), have, "")
 
 
 def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> Config:
@@ -820,7 +875,7 @@ def apply_overlay(params_path: str | Path, overlay_path: str | Path) -> Config:
     is written, through DVC's own `-S` editor: values change in place and every comment stays."""
     from dvc.utils.hydra import apply_overrides
 
-    merged = deep_merge(read_yaml(params_path), read_yaml(overlay_path))
+    merged = deep_merge(read_yaml(params_path), read_overlay(overlay_path))
     try:
         config = Config.model_validate(merged)
     except ValidationError as e:

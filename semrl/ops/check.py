@@ -87,23 +87,6 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
     return {k: round(v, 2) for k, v in est.items()}
 
 
-def vllm_problems() -> list[str]:
-    """train.grpo.use_vllm needs CUDA and the vllm extra in TRL's supported range."""
-    import importlib.util
-
-    import torch
-
-    problems = []
-    if not torch.cuda.is_available():
-        problems.append("train.grpo.use_vllm: vLLM generation needs CUDA and none is visible; set use_vllm: false "
-                        "(HF generation) on this machine")
-    if importlib.util.find_spec("vllm") is None:
-        problems.append("train.grpo.use_vllm: vllm is not installed, and no version TRL 1.16 supports (0.22-0.31) "
-                        "installs beside this stack (0.31 needs transformers < 5.18; 0.30 needs fastapi < 0.137, "
-                        "Prefect 3.9.1 >= 0.139): docs/scale-out.md \"vLLM\"")
-    return problems
-
-
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -151,6 +134,7 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
     from semrl.data.sources import read_sources
     from semrl.data.tables import read_tables, unpinned
     from semrl.training.rewards import REGISTRY
+    from semrl.training.trainers import vllm_problems
 
     problems, facts = [], [f"profile: {cfg.profile}"]
     t = cfg.train
@@ -171,8 +155,7 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
                     pass
             problems.append(f"{method.section} ({method.name}): reward {comp.name!r} is neither registered "
                             f"({', '.join(REGISTRY)}) nor an importable dotted path")
-    if g.use_vllm:
-        problems += vllm_problems()
+    problems += vllm_problems(g.vllm)
     grpo = methods(cfg)["grpo"]
     facts.append(f"GRPO trains {'a LoRA adapter' if grpo.lora else 'every weight'} at lr {g.lr:g}")
     if grpo.lora and g.lr < 1e-6:
@@ -215,6 +198,9 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
         est = memory_estimate(cfg, arch, n_params, shapes)
         budget = cfg.check.gpu_memory_gib
         facts.append("memory estimate (GiB): " + ", ".join(f"{k} {v}" for k, v in est.items()))
+        from semrl.ops.budget import report as budget_report
+
+        facts += budget_report(cfg, n_params, round(est["trainable_params_m"] * 1e6))
         if est["total"] > budget:
             problems.append(f"estimated peak {est['total']} GiB ({est['per_step']} per step x flow.steps_per_gpu "
                             f"{cfg.flow.steps_per_gpu}) exceeds check.gpu_memory_gib {budget}: lower "

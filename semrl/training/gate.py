@@ -68,25 +68,36 @@ def gate_callback(cfg: Config, task: Task, tokenizer, train_refs: list[str], che
     baselines = trivial_baselines(task.script, rows, train_refs)
 
     class Gate(TrainerCallback):
+        # Every rank decodes and decides, rank 0 alone records: under ZeRO-3 a forward gathers each layer from
+        # every rank (rank 0 decoding alone would wait for ranks that never join), and a stop decided on rank 0
+        # alone would leave the others waiting in their next all-reduce. Greedy decoding on the same weights
+        # gives every rank the same outputs, hence the same decision. The checks a resumed run already made are
+        # read once, before this run writes any, so every rank knows the same ones.
+        done: dict[int, dict] = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.done = {c["step"]: c for c in read_checks(checks_path)}
+
         def on_step_end(self, args, state, control, model=None, **kwargs):
             step = state.global_step
-            if not state.is_world_process_zero or (step % g.every and step < state.max_steps):
+            if step % g.every and step < state.max_steps:
                 return
-            done = {c["step"]: c for c in read_checks(checks_path)}
-            if step not in done:
+            if step not in self.done:
                 was_training = model.training
                 outs = generate(model, tokenizer, [x["prompt"] for x in rows], e.max_new_tokens,
                                 batch_size=e.batch_size, desc=f"gate@{step}")
                 if was_training:
                     model.train()
-                done[step] = {"step": step, **read_check(cfg, task, outs, rows, baselines), "outputs": outs}
-                with checks_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(done[step]) + "\n")
-                if mlflow.active_run() is not None:
-                    mlflow.log_metrics({f"gate/{source}/{k}": float(v) for source, s in done[step]["by_source"].items()
-                                        for k, v in s.items() if k != "n" and isinstance(v, (int, float, bool))},
-                                       step=step)
-            if done[step]["passed"] and step >= g.min_steps:
+                self.done[step] = {"step": step, **read_check(cfg, task, outs, rows, baselines), "outputs": outs}
+                if state.is_world_process_zero:
+                    with checks_path.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(self.done[step]) + "\n")
+                    if mlflow.active_run() is not None:
+                        mlflow.log_metrics({f"gate/{source}/{k}": float(v)
+                                            for source, s in self.done[step]["by_source"].items()
+                                            for k, v in s.items() if k != "n" and isinstance(v, (int, float, bool))},
+                                           step=step)
+            if self.done[step]["passed"] and step >= g.min_steps:
                 control.should_training_stop = True
                 control.should_save = True  # a resumed run starts from the step that passed
 

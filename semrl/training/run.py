@@ -275,6 +275,11 @@ def _train_one(cfg: Config, task: Task, method: Method, seed: int) -> dict[str, 
         resumed = step_of(last)
         summary = {"task": task.name, "method": method.name, "seed": seed, "train_examples": len(items),
                    "world_size": world_size(), "steps": trainer.state.global_step, "resumed_from_step": resumed,
+                   # examples (GRPO: completions) per optimiser step over every process: as configured for one
+                   "per_device_batch": trainer.args.per_device_train_batch_size,
+                   "grad_accum": trainer.args.gradient_accumulation_steps,
+                   "global_batch": trainer.args.per_device_train_batch_size
+                   * trainer.args.gradient_accumulation_steps * world_size(),
                    "final_loss": _last_logged(trainer.state.log_history, "loss"),
                    "tokens": _last_logged(trainer.state.log_history, "num_tokens"),
                    "train_seconds": round(train_seconds, 2), "run_id": active.info.run_id,

@@ -97,13 +97,13 @@ def lora_config(cfg: Config, method: Method):
                       target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
-def common_args(cfg: Config, hp: StageConfig, ckpt: Path, seed: int) -> dict[str, Any]:
+def common_args(cfg: Config, hp: StageConfig, ckpt: Path, seed: int, grad_accum: int) -> dict[str, Any]:
     import torch
 
     t = cfg.train
     return dict(
         output_dir=str(ckpt), learning_rate=hp.lr, num_train_epochs=hp.epochs, max_steps=hp.max_steps,
-        lr_scheduler_type=hp.scheduler, warmup_steps=hp.warmup, gradient_accumulation_steps=hp.grad_accum,
+        lr_scheduler_type=hp.scheduler, warmup_steps=hp.warmup, gradient_accumulation_steps=grad_accum,
         # two checkpoints: when the newest is damaged (a full disk, a crash while saving) the one before resumes
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2,
         seed=seed, report_to=[], bf16=t.bf16, fp16=False,
@@ -156,14 +156,57 @@ def with_shuffled_rewards(trainer_class, seed: int):
     return ShuffledRewards
 
 
+def vllm_problems(mode: str) -> list[str]:
+    """What stops train.grpo.vllm `mode` on this machine: vLLM needs CUDA and the `vllm` package (TRL 1.16
+    supports 0.22-0.31). [] for off."""
+    import importlib.util
+
+    import torch
+
+    if mode == "off":
+        return []
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append(f"train.grpo.vllm: {mode}: vLLM generation needs CUDA and none is visible; set vllm: off "
+                        "(transformers' generate) on this machine")
+    if importlib.util.find_spec("vllm") is None:
+        problems.append(f"train.grpo.vllm: {mode}: the vllm package is not installed; no version TRL 1.16 "
+                        "supports (0.22-0.31) installs beside this stack: 0.31 needs transformers < 5.18 (pinned "
+                        "5.24), 0.30 needs fastapi < 0.137 (Prefect 3.9.1 needs >= 0.139). docs/scale-out.md "
+                        "\"vLLM\" says what would make it installable; set vllm: off meanwhile")
+    return problems
+
+
 def vllm_args(hp) -> dict[str, Any]:
-    """GRPOConfig's vLLM arguments: nothing unless train.grpo.use_vllm (HF generation is the default)."""
-    if not hp.use_vllm:
+    """GRPOConfig's vLLM arguments: nothing unless train.grpo.vllm names a mode (transformers' generate is
+    the default). Asked for where it cannot run, it fails here, before a model is loaded, saying why."""
+    if hp.vllm == "off":
         return {"use_vllm": False}
-    args = {"use_vllm": True, "vllm_mode": hp.vllm_mode, "vllm_tensor_parallel_size": hp.vllm_tensor_parallel_size}
-    if hp.vllm_mode == "colocate":
+    from semrl import SemrlError
+
+    if problems := vllm_problems(hp.vllm):
+        raise SemrlError("; ".join(problems))
+    args = {"use_vllm": True, "vllm_mode": hp.vllm, "vllm_tensor_parallel_size": hp.vllm_tensor_parallel_size}
+    if hp.vllm == "colocate":
         return {**args, "vllm_gpu_memory_utilization": hp.vllm_gpu_memory_utilization}
     return {**args, "vllm_server_host": hp.vllm_server_host, "vllm_server_port": hp.vllm_server_port}
+
+
+def per_process(batch: int, grad_accum: int, processes: int) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation) that keep a stage's global batch, batch x grad_accum as
+    configured for one process, across `processes` data-parallel processes: an optimiser step sees as many
+    examples (GRPO: completions) on 2 GPUs as on 1, so learning rates and step counts keep their meaning. The
+    per-device batch stays as large as the configured one allows (fewer accumulation steps before a smaller
+    batch)."""
+    from semrl import SemrlError
+
+    total = batch * grad_accum
+    if total % processes:
+        raise SemrlError(f"a global batch of {batch} x {grad_accum} = {total} does not split over {processes} "
+                         "processes: make batch x grad_accum a multiple of the process count (flow.gpus_per_step)")
+    share = total // processes
+    device_batch = next(b for b in range(min(batch, share), 0, -1) if share % b == 0)
+    return device_batch, share // device_batch
 
 
 def adapter_norms(model) -> dict[str, float]:
@@ -218,7 +261,8 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
         # tokens depends on the tokenizer) plus the target budget, so no example loses its completion.
         prompts = render_prompts(tokenizer, [x["prompt"] for x in items])
         longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
-        args = SFTConfig(**common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=hp.batch_size,
+        device_batch, grad_accum = per_process(hp.batch_size, hp.grad_accum, world_size())
+        args = SFTConfig(**common_args(cfg, hp, ckpt, seed, grad_accum), per_device_train_batch_size=device_batch,
                          max_length=longest + cfg.train.max_target_tokens, model_init_kwargs=init_kwargs)
         return SFTTrainer(model=str(init), args=args, train_dataset=sft_dataset(items, template_kwargs(tokenizer)),
                           processing_class=tokenizer, peft_config=lora_config(cfg, method), callbacks=callbacks)
@@ -231,8 +275,11 @@ def make_trainer(cfg: Config, task: Task, method: Method, seed: int, items: list
 
     funcs, weights = grpo_rewards(cfg, method.rewards, task.script, tau)
     g = hp.num_generations
+    # TRL counts completions: prompts_per_step prompts x g each per device step on one process; over several
+    # the groups are split, and gathered again for the advantages
+    device_batch, grad_accum = per_process(g * hp.prompts_per_step, hp.grad_accum, world_size())
     args = GRPOConfig(
-        **common_args(cfg, hp, ckpt, seed), per_device_train_batch_size=g * hp.prompts_per_step,
+        **common_args(cfg, hp, ckpt, seed, grad_accum), per_device_train_batch_size=device_batch,
         num_generations=g, max_completion_length=cfg.train.completion_tokens, temperature=hp.temperature,
         top_p=hp.top_p, beta=hp.beta, loss_type=hp.loss_type, epsilon=hp.epsilon, reward_weights=weights,
         scale_rewards=hp.scale_rewards,
