@@ -42,7 +42,7 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="semrl-prefect-")
 if os.environ.get("SEMRL_DATA_MIRROR") and not os.path.isabs(os.environ["SEMRL_DATA_MIRROR"]):
     os.environ["SEMRL_DATA_MIRROR"] = os.path.abspath(os.environ["SEMRL_DATA_MIRROR"])
 
-TIERS = ("unit", "pipeline", "bench", "faults")
+TIERS = ("unit", "pipeline", "bench", "faults", "rehearsal")
 # Fixtures that need the corpora or the smoke project: a test asking for one is not `unit`.
 PROJECT_FIXTURES = frozenset({"mirror", "prepared_project", "smoke_project", "trained_project", "reported_project",
                               "repo_copy", "smoke_repo", "trained_repo", "small", "smoke_mt"})

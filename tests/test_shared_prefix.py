@@ -93,7 +93,8 @@ def grpo_batch(cfg, task, init, tokenizer, tmp_path, lora: bool):
     trainer.model.train()  # as in training: the trainer logs under "train"
     torch.manual_seed(0)
     batch = trainer._generate_and_score_completions(rows)
-    assert trainer._metrics["train"]["shared_prefix"][-1] == 1.0  # the reference pass took the shortcut
+    metrics = trainer._metrics["train"]
+    assert metrics["shared_prefix/generation"][-1] == metrics["shared_prefix/reference"][-1] == 1.0  # both shared
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     return trainer, batch, ids, mask
@@ -140,12 +141,17 @@ def test_gradient_checkpointing_falls_back_to_trl(smoke_mt, tmp_path):
     trainer.model.train()
     n = batch["completion_ids"].size(1)
     logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, n, compute_entropy=True)
-    assert trainer._metrics["train"]["shared_prefix"][-1] == 0.0  # HF drops the cache in checkpointed layers
+    assert trainer._metrics["train"]["shared_prefix/policy"][-1] == 0.0  # HF drops the cache in checkpointed layers
     with torch.no_grad():
         shared, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, n)  # no grad: allowed
-    assert trainer._metrics["train"]["shared_prefix"][-1] == 1.0
+    assert trainer._metrics["train"]["shared_prefix/reference"][-1] == 1.0
     keep = batch["completion_mask"].bool()
     assert torch.allclose(logps.detach()[keep], shared[keep], atol=1e-4)
+    # The rollouts keep the shared-prefix sampler: they run without gradients and TRL turns checkpointing off
+    prompts = [row[m.bool()].tolist() for row, m in zip(batch["prompt_ids"], batch["prompt_mask"])]
+    completions, _ = trainer._generate_single_turn(prompts, None, None, trainer.num_generations)
+    assert len(completions) == len(prompts) and trainer._metrics["train"]["shared_prefix/generation"][-1] == 1.0
+    assert trainer.accelerator.unwrap_model(trainer.model).is_gradient_checkpointing  # and back on after
 
 
 def test_grpo_completions_end_at_eos_and_fit_the_budget(smoke_mt, tmp_path):

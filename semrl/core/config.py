@@ -534,6 +534,10 @@ class FlowConfig(Section):
     gpus_per_step: int = Field(1, ge=1)
     steps_per_gpu: int = Field(1, ge=1)
     accelerate_config: Path = Path("configs/accelerate/ddp.yaml")
+    # The Python of another environment to run the training steps in (null: the flow's own, steps forked from
+    # its warm server): e.g. a venv with `pip install -e '.[vllm]'` for train.grpo.vllm, which cannot be
+    # installed beside Prefect (pyproject.toml). The steps import no Prefect; evaluation stays in the flow's.
+    step_python: Path | None = None
     # Without a GPU: at most this many step processes at once (null: cores / train.torch_threads; 0: no
     # limit). More processes than cores add memory (each holds the ML stack), not speed.
     cpu_steps: int | None = Field(None, ge=0)

@@ -136,7 +136,8 @@ def estimate(cfg: Config) -> tuple[list[Line], list[str]]:
         line = per_stage.setdefault(stage, Line(stage, 0, Work(), ""))
         line.runs += runs
         line.work += work
-        line.detail = "; ".join(filter(None, [line.detail, detail]))
+        if detail not in line.detail.split("; "):  # the reward ablations: one line, one detail
+            line.detail = "; ".join(filter(None, [line.detail, detail]))
 
     for task in t.tasks:
         sizes, source = rows(cfg, task)
@@ -223,9 +224,9 @@ def report(cfg: Config, n_params: int, trainable: int) -> list[str]:
            f"+{tp.overhead:.0%} overhead: check.budget.throughput):"]
     for line in lines:
         h = line.work.hours(cfg)
-        out.append(f"    {line.stage}: {h:,.2f} h ({h / total:.0%}) over {line.runs} run(s); {line.detail}" if total else
+        out.append(f"    {line.stage}: {h:,.3g} h ({h / total:.0%}) over {line.runs} run(s); {line.detail}" if total else
                    f"    {line.stage}: 0 h")
-    out.append(f"    total: {total:,.1f} device-hours = {total / 24:,.2f} device-days")
+    out.append(f"    total: {total:,.4g} device-hours = {total / 24:,.3g} device-days")
     d = disk_gib(cfg, n_params, trainable)
     out.append(f"disk estimate (GiB): {d['models']} trained models x {d['model_gib']} = {d['outputs_gib']} as DVC "
                f"outputs, + {d['dvc_cache_gib']} DVC cache copy, + {d['checkpoints_gib']} checkpoints = {d['total_gib']}")

@@ -87,6 +87,16 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
     return {k: round(v, 2) for k, v in est.items()}
 
 
+def bf16_native() -> bool:
+    """Whether this machine computes in bf16 natively: a CUDA device that supports it, else a CPU with
+    AVX512-BF16 or AMX (oneDNN's bf16 kernels); elsewhere torch emulates it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -162,6 +172,9 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
         facts.append(f"warning: train.grpo: LoRA at lr {g.lr:g} < 1e-6 barely moves a fresh adapter (B = 0), and "
                      "an unmoved policy pays no tax trivially; set train.grpo.lora: false for full-parameter GRPO "
                      "or raise the lr (MLflow logs adapter/lora_B_norm and kl to show whether it moved)")
+    if t.bf16 and not bf16_native():
+        facts.append("warning: train.bf16 on a machine without native bf16 (no CUDA bf16, no AVX512-BF16/AMX CPU): "
+                     "bf16 matrix products are emulated, ~10x slower than float32; set train.bf16: false here")
     for where, section in (("base", cfg.base), ("embedder.reward", cfg.embedder.reward),
                            ("embedder.eval", cfg.embedder.eval)):
         if section.trust_remote_code:

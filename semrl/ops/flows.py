@@ -189,15 +189,19 @@ def _run_step(name: str, kwargs: dict[str, Any], parent_run_id: str, label: str,
     with slots.take(priority, group) as slot:
         start = time.time()
         env = {**os.environ, PARENT_RUN_ENV: parent_run_id, FLOW_PID_ENV: this_process()}
+        # flow.step_python: a training step in another environment's interpreter, a process of its own (no fork)
+        python = cfg.flow.step_python if name == "train" else None
+        own = [str(python), "-m", "semrl.ops.steps", STEPS[name], json.dumps(kwargs)] if python else None
         if slot is None:
-            returncode = steps.run_call(STEPS[name], kwargs, env, **io)
+            returncode = steps.run_command(own, env, **io) if own else steps.run_call(STEPS[name], kwargs, env, **io)
         else:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
             print(f"{label}: on GPU {env['CUDA_VISIBLE_DEVICES']}")
             if len(slot) == 1 or name != "train":  # evaluation and transfer use the slot's first device
-                returncode = steps.run_call(STEPS[name], kwargs, {**env, "CUDA_VISIBLE_DEVICES": slot[0]}, **io)
+                env["CUDA_VISIBLE_DEVICES"] = slot[0]
+                returncode = steps.run_command(own, env, **io) if own else steps.run_call(STEPS[name], kwargs, env, **io)
             else:  # a training step on several GPUs: data parallel under accelerate (rank 0 tracks and saves)
-                launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                launch = [str(python or sys.executable), "-m", "accelerate.commands.launch", "--config_file",
                           str(cfg.flow.accelerate_config), "--num_processes", str(len(slot)),
                           "--main_process_port", str(_free_port()), "-m", "semrl.ops.steps", STEPS[name],
                           json.dumps(kwargs)]

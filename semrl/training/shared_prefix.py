@@ -13,8 +13,9 @@ HF's order), not `generate`, whose per-token bookkeeping costs more than a small
 
 Falls back to TRL's code wherever the shortcut would not be the same computation: vLLM or continuous
 batching, images, MoE aux losses, distributed data parallel (DDP's reducer expects one forward per
-backward), gradient checkpointing with gradients on (HF drops the cache inside checkpointed layers), a
-repetition penalty or extra generation kwargs, or a batch without repeated prompts.
+backward), the policy pass under gradient checkpointing (HF drops the cache inside checkpointed layers; the
+rollouts and the no-gradient passes keep the shortcut), a repetition penalty or extra generation kwargs, or
+a batch without repeated prompts. Which passes took it is logged per step (shared_prefix/<pass>).
 """
 from __future__ import annotations
 
@@ -52,19 +53,27 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
 class SharedPrefixGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose generation and log-prob passes compute each distinct prompt once (module docstring)."""
 
-    def _shortcut_ok(self, model) -> bool:
+    def _shortcut_ok(self, model, generating: bool = False) -> bool:
         if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False):
             return False
         if self.accelerator.num_processes > 1 or getattr(self, "_is_vlm", False):
             return False
+        if generating:  # rollouts run under no_grad with checkpointing off (TRL's unwrap_model_for_generation)
+            return True
         unwrapped = self.accelerator.unwrap_model(model)
         checkpointing = getattr(unwrapped, "is_gradient_checkpointing", False)
         return not (checkpointing and unwrapped.training and torch.is_grad_enabled())
 
+    def _record(self, pass_name: str, shared: bool) -> None:
+        """Which passes took the shared prefix, as training metrics (MLflow): shared_prefix/generation, /policy
+        (the pass with gradients) and /reference (the no-gradient passes: reference model, old policy)."""
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode][f"shared_prefix/{pass_name}"].append(float(shared))
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
         plain = not compute_aux_loss and all(v is None for v in multimodal.values())
-        mode = "train" if self.model.training else "eval"
+        pass_name = "policy" if torch.is_grad_enabled() else "reference"
         if plain and self._shortcut_ok(model):
             step = batch_size or len(input_ids)  # TRL's chunks (a memory bound), each with its shared prompts
             chunks = []
@@ -74,10 +83,10 @@ class SharedPrefixGRPOTrainer(GRPOTrainer):
                     chunks.append(shared_prefix_logps(model, input_ids[rows], attention_mask[rows], logits_to_keep,
                                                       compute_entropy))
             if all(c is not None for c in chunks):
-                self._metrics[mode]["shared_prefix"].append(1.0)
+                self._record(pass_name, True)
                 logps = torch.cat([c[0] for c in chunks])
                 return logps, torch.cat([c[1] for c in chunks]) if compute_entropy else None, None
-        self._metrics[mode]["shared_prefix"].append(0.0)  # TRL's pass
+        self._record(pass_name, False)  # TRL's pass
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
             compute_aux_loss=compute_aux_loss, **multimodal)
@@ -85,7 +94,8 @@ class SharedPrefixGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         plain = (images is None and not multimodal_fields and not has_tool_images
                  and (self.repetition_penalty in (None, 1.0)) and not self.args.generation_kwargs)
-        if not (plain and self._shortcut_ok(self.model_wrapped)):
+        if not (plain and self._shortcut_ok(self.model_wrapped, generating=True)):
+            self._record("generation", False)
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
         with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
@@ -96,4 +106,5 @@ class SharedPrefixGRPOTrainer(GRPOTrainer):
                 unwrapped, prompt_ids, max_new_tokens=self.max_completion_length, eos_ids=list(self.eos_token_ids),
                 pad_id=self._tokenizer.pad_token_id,
                 sampler=Sampler(self.temperature, self.top_k, self.top_p, self.min_p))
+        self._record("generation", True)
         return completions, None
