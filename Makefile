@@ -52,8 +52,11 @@ $(STAMP): pyproject.toml
 # keeps its comments; `dvc exp show` lists the run); without PROFILE, `dvc repro` of params.yaml as it is.
 PROFILE ?=
 
+# PROFILE=rehearsal first writes its random Qwen3 models (their tokenizer learns from data/prepared).
+REHEARSAL := $(if $(filter rehearsal,$(PROFILE)),PATH="$(abspath $(BIN)):$$PATH" dvc repro prepare && $(BIN)/python -m semrl.models.rehearsal &&)
+
 run: $(STAMP)
-	$(if $(PROFILE),PATH="$(abspath $(BIN)):$$PATH" semrl check $(PROFILE) && PATH="$(abspath $(BIN)):$$PATH" semrl profile $(PROFILE) --run,PATH="$(abspath $(BIN)):$$PATH" dvc repro)
+	$(if $(PROFILE),$(REHEARSAL) PATH="$(abspath $(BIN)):$$PATH" semrl check $(PROFILE) && PATH="$(abspath $(BIN)):$$PATH" semrl profile $(PROFILE) --run,PATH="$(abspath $(BIN)):$$PATH" dvc repro)
 	@PATH="$(abspath $(BIN)):$$PATH" semrl where
 
 # Two pytest workers (pytest-xdist): the suite's training steps run one torch thread each (train.torch_threads)

@@ -108,3 +108,25 @@ def test_evaluation_never_imports_training():
     for path in sorted((REPO / "semrl" / "evaluation").glob("*.py")):
         found = {m for m in semrl_imports([ast.parse(path.read_text(encoding="utf-8"))]) if m.startswith("semrl.training")}
         assert not found, f"{path.relative_to(REPO)} imports {sorted(found)}"
+
+
+def test_the_training_steps_import_no_prefect():
+    """A training step runs where Prefect may not be installed (flow.step_python: an environment with the
+    vllm extra, which cannot hold Prefect): no module it runs imports prefect when it loads. (Functions that
+    set up flows — semrl.core.servers.use_prefect — import it inside; a step never calls them.)"""
+    from semrl.ops.flows import STEPS
+
+    def module_level(node):
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                yield child
+                yield from module_level(child)
+
+    modules = {"semrl.ops.steps", STEPS["train"].split(":")[0]}
+    for path in sorted(code.closure(modules, REPO)):
+        if path.suffix != ".py":
+            continue
+        nodes = list(module_level(ast.parse(path.read_text(encoding="utf-8"))))
+        found = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names} | {
+            n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in found if m.split(".")[0] == "prefect"}, f"{path.relative_to(REPO)} imports prefect"

@@ -86,12 +86,16 @@ def corpus_texts(prepared: Path, limit: int = 4000) -> list[str]:
 
 
 def main(out: Path = DEFAULT_DIR, prepared: Path = Path("data/prepared")) -> None:
-    """models/rehearsal/{base,judge}: the policy's base and the local judge (3 layers: another size)."""
-    texts = corpus_texts(prepared)
-    if not texts:
-        raise SystemExit(f"{prepared}: no prepared train data to learn the rehearsal tokenizer from; run "
-                         "`dvc repro prepare` first")
+    """models/rehearsal/{base,judge}: the policy's base and the local judge (3 layers: another size). Written
+    once: a run that started from them stays valid."""
     for name, seed, layers in (("base", 0, 2), ("judge", 1, 3)):
+        if (out / name / "model.safetensors").is_file():
+            print(f"rehearsal: {out / name} exists")
+            continue
+        texts = corpus_texts(prepared)
+        if not texts:
+            raise SystemExit(f"{prepared}: no prepared train data to learn the rehearsal tokenizer from; run "
+                             "`dvc repro prepare` first")
         print(f"rehearsal: {write(out / name, texts, seed, layers)} (random Qwen3, {layers} layers, "
               f"vocabulary {QWEN3_VOCAB:,})")
 
