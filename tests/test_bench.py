@@ -92,3 +92,21 @@ def test_grpo_discriminating_experiment_pairs_each_arm_with_its_cold_start_and_n
     assert runs["D"]["summary"]["steps"] == runs["N"]["summary"]["steps"] == 3
     assert (runs["D"]["summary"]["method"], runs["N"]["summary"]["method"]) == ("grpo", "grpo_noise_floor")
     assert "| D |" in proc.stdout and "| D − N | all |" in proc.stdout
+
+
+def test_budget_vs_run_sets_each_trained_stage_against_its_estimate(trained_repo, tmp_path):
+    """Every stage the smoke project trained gets its predicted and recorded seconds; the ratio is theirs."""
+    from semrl.core.config import load_config
+
+    out = tmp_path / "budget.json"
+    proc = run([sys.executable, str(REPO / "bench" / "budget_vs_run.py"), "--workspace", str(trained_repo),
+                "--out", str(out)], REPO)
+    stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
+    cfg = load_config(trained_repo / "params.yaml")
+    assert set(stages) == {"cold start", "strong SFT", "GRPO", "GRPO reward ablations"}, proc.stdout
+    summaries = [json.loads(p.read_text()) for p in (trained_repo / cfg.train.out_dir).rglob("summary.json")]
+    cold = sum(s["train_seconds"] for s in summaries if s["method"] == "coldstart")
+    assert stages["cold start"]["measured_s"] == pytest.approx(cold, abs=0.1)
+    assert stages["cold start"]["runs"] == len(cfg.train.seeds)
+    for s in stages.values():
+        assert s["predicted_s"] > 0 and s["ratio"] == pytest.approx(s["measured_s"] / s["predicted_s"], rel=0.1, abs=0.02)

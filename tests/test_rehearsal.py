@@ -23,7 +23,8 @@ from semrl.ops.check import bf16_native
 
 from conftest import child_env, copy_project, mlflow_runs, read_jsonl, run
 
-pytestmark = pytest.mark.rehearsal
+# ~7 min alone on 2 cores; the first test also waits for the fixture's whole `dvc repro`
+pytestmark = [pytest.mark.rehearsal, pytest.mark.timeout(1800)]
 
 THINK = "<think>"
 
@@ -46,7 +47,8 @@ def rehearsed(tmp_path_factory, prepared_project, mirror):
     params["train"]["bf16"] = bf16_native()  # emulated bf16 is ~10x slower: float32 weights there (adapters alike)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     start = time.time()
-    proc = run(["dvc", "repro"], repo, env)
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=child_env(env), capture_output=True, text=True, timeout=1700)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return repo, proc, time.time() - start
 
 
