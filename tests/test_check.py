@@ -1,5 +1,6 @@
 """`semrl check` on both profiles, on broken profiles, and `semrl profile` applying an overlay."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -280,3 +281,24 @@ def test_a_profile_extends_another_and_a_cycle_is_refused(tmp_path, monkeypatch)
     (tmp_path / "a.yaml").write_text("extends: b\n")
     with pytest.raises(SemrlError, match=r"extends: b -> a -> b is a cycle"):
         read_overlay(tmp_path / "b.yaml")
+
+
+def test_vllm_is_looked_for_in_the_training_steps_interpreter(in_repo, tmp_path):
+    """flow.step_python names the environment with the vllm extra: `semrl check` looks for the package there."""
+    import sys
+
+    from semrl.ops.check import step_vllm_problems
+
+    cfg = unprepared(load_config("params.yaml"), tmp_path)
+    cfg.train.grpo.vllm = "server"
+    cfg.flow.step_python = Path(sys.executable)  # this environment: no vllm
+    assert any(p.startswith(f"train.grpo.vllm: server: flow.step_python {sys.executable} has no vllm package")
+               for p in step_vllm_problems(cfg))
+    fake = tmp_path / "bin" / "python"  # an interpreter that finds every module
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    cfg.flow.step_python = fake
+    assert not [p for p in step_vllm_problems(cfg) if "vllm package" in p or "not installed" in p]
+    cfg.flow.step_python = tmp_path / "missing" / "python"
+    assert any("cannot run it" in p for p in step_vllm_problems(cfg))

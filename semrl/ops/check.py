@@ -87,6 +87,29 @@ def memory_estimate(cfg: Config, config, n_params: int, shapes: dict[str, tuple[
     return {k: round(v, 2) for k, v in est.items()}
 
 
+def step_vllm_problems(cfg: Config) -> list[str]:
+    """train.grpo.vllm's needs, checked where the training steps run: this interpreter, or flow.step_python's
+    (the environment with the vllm extra) for the package."""
+    import subprocess
+
+    from semrl.training.trainers import vllm_problems
+
+    problems = vllm_problems(cfg.train.grpo.vllm)
+    python = cfg.flow.step_python
+    if python is None or cfg.train.grpo.vllm == "off":
+        return problems
+    problems = [p for p in problems if "package is not installed" not in p]
+    try:
+        found = subprocess.run([str(python), "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec("
+                                "'vllm') is None)"], capture_output=True, timeout=120).returncode == 0
+    except OSError as e:
+        return problems + [f"flow.step_python {python}: cannot run it ({e})"]
+    if not found:
+        problems.append(f"train.grpo.vllm: {cfg.train.grpo.vllm}: flow.step_python {python} has no vllm package "
+                        "(pip install -e '.[vllm]' in that environment)")
+    return problems
+
+
 def bf16_native() -> bool:
     """Whether this machine computes in bf16 natively: a CUDA device that supports it, else a CPU with
     AVX512-BF16 or AMX (oneDNN's bf16 kernels); elsewhere torch emulates it."""
@@ -144,7 +167,6 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
     from semrl.data.sources import read_sources
     from semrl.data.tables import read_tables, unpinned
     from semrl.training.rewards import REGISTRY
-    from semrl.training.trainers import vllm_problems
 
     problems, facts = [], [f"profile: {cfg.profile}"]
     t = cfg.train
@@ -165,7 +187,7 @@ def check(cfg: Config) -> tuple[list[str], list[str]]:
                     pass
             problems.append(f"{method.section} ({method.name}): reward {comp.name!r} is neither registered "
                             f"({', '.join(REGISTRY)}) nor an importable dotted path")
-    problems += vllm_problems(g.vllm)
+    problems += step_vllm_problems(cfg)
     grpo = methods(cfg)["grpo"]
     facts.append(f"GRPO trains {'a LoRA adapter' if grpo.lora else 'every weight'} at lr {g.lr:g}")
     if grpo.lora and g.lr < 1e-6:

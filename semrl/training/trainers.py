@@ -160,6 +160,7 @@ def vllm_problems(mode: str) -> list[str]:
     """What stops train.grpo.vllm `mode` on this machine: vLLM needs CUDA and the `vllm` package (TRL 1.16
     supports 0.22-0.31). [] for off."""
     import importlib.util
+    import sys
 
     import torch
 
@@ -170,10 +171,10 @@ def vllm_problems(mode: str) -> list[str]:
         problems.append(f"train.grpo.vllm: {mode}: vLLM generation needs CUDA and none is visible; set vllm: off "
                         "(transformers' generate) on this machine")
     if importlib.util.find_spec("vllm") is None:
-        problems.append(f"train.grpo.vllm: {mode}: the vllm package is not installed; no version TRL 1.16 "
-                        "supports (0.22-0.31) installs beside this stack: 0.31 needs transformers < 5.18 (pinned "
-                        "5.24), 0.30 needs fastapi < 0.137 (Prefect 3.9.1 needs >= 0.139). docs/scale-out.md "
-                        "\"vLLM\" says what would make it installable; set vllm: off meanwhile")
+        problems.append(f"train.grpo.vllm: {mode}: the vllm package is not installed in {sys.executable}; it "
+                        "cannot be beside Prefect: install the vllm extra in an environment of its own (pip install "
+                        "-e '.[vllm]') and name its python in flow.step_python (docs/scale-out.md \"vLLM\"), or set "
+                        "vllm: off")
     return problems
 
 
