@@ -6,6 +6,8 @@ import mlflow
 import pytest
 import yaml
 
+from semrl.core.config import read_yaml  # YAML as DVC reads it: a bare `off` stays a string
+
 from conftest import copy_project, mlflow_runs, run
 
 
@@ -37,7 +39,7 @@ def method_runs(repo, method: str) -> set[str]:
 
 
 def test_a_grpo_only_change_retrains_grpo_and_reuses_the_rest(exp_repo):
-    params = yaml.safe_load((exp_repo / "params.yaml").read_text())
+    params = read_yaml(exp_repo / "params.yaml")
     params["train"]["grpo"]["lr"] = 2e-4
     (exp_repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     status = run(["dvc", "status", "train@mt", "evaluate@mt"], exp_repo).stdout

@@ -14,6 +14,8 @@ import mlflow
 import pytest
 import yaml
 
+from semrl.core.config import read_yaml  # YAML as DVC reads it: a bare `off` stays a string
+
 from conftest import REPO, child_env, copy_project, run
 
 
@@ -33,7 +35,7 @@ def live(trained_project, tmp_path_factory):
     these tests change its params and run flows that write models and flow records into it."""
     repo = copy_project(trained_project, tmp_path_factory.mktemp("live") / "repo",
                         ignore=shutil.ignore_patterns(".semrl"))  # no server state
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml(repo / "params.yaml")
     params["servers"] = {"host": "127.0.0.1", "prefect_port": free_port(), "mlflow_port": free_port()}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     t0 = time.time()
@@ -171,7 +173,7 @@ def test_triggered_runs_become_dvc_experiments_one_at_a_time(served):
 
     repo, urls, env, _, _ = served
     lock_before = (repo / "dvc.lock").read_text()
-    seeds = yaml.safe_load((repo / "params.yaml").read_text())["train"]["seeds"]
+    seeds = read_yaml(repo / "params.yaml")["train"]["seeds"]
     runs = [run_deployment("experiment/nightly", parameters={"seeds": s, "evaluate": False}, timeout=0)
             for s in ([2], seeds)]
     states = _wait_runs([r.id for r in runs], timeout=900)
@@ -204,7 +206,7 @@ def test_a_worker_runs_the_deployment_and_status_explains_late_runs(project):
     repo, urls, env = project
     out = semrl(["deploy", "--name", "pooled"], repo, env).stdout
     assert "deployment experiment/pooled" in out and "work pool semrl" in out
-    seeds = yaml.safe_load((repo / "params.yaml").read_text())["train"]["seeds"]
+    seeds = read_yaml(repo / "params.yaml")["train"]["seeds"]
     os.environ.update(env)
     try:
         due = run_deployment("experiment/pooled", parameters={"seeds": seeds, "evaluate": False}, timeout=0)
@@ -231,7 +233,7 @@ def test_a_worker_runs_the_deployment_and_status_explains_late_runs(project):
 
 def test_a_failing_branch_fails_alone_and_is_not_retried(live, tmp_path):
     repo, urls, env = live
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml(repo / "params.yaml")
     params["rewards"]["components"] = [{"name": "test_train.broken_reward"}]
     params["rewards"]["ablations"]["bleu_language"]["enabled"] = False  # three steps: cold start, sft, grpo
     params["flow"]["retries"] = 2

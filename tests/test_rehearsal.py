@@ -17,7 +17,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from semrl.core.config import load_config
+from semrl.core.config import load_config, read_yaml
 from semrl.core.methods import output_dir
 from semrl.ops.check import bf16_native
 
@@ -42,7 +42,7 @@ def rehearsed(tmp_path_factory, prepared_project, mirror):
     env = {"SEMRL_DATA_MIRROR": str(mirror)}
     run([sys.executable, "-m", "semrl.models.rehearsal"], repo, env)  # its tokenizer learns from data/prepared
     apply_overlay(repo / "params.yaml", repo / "configs" / "rehearsal.yaml")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml(repo / "params.yaml")
     params["flow"]["step_python"] = sys.executable  # the vLLM set-up's path: steps in another interpreter
     params["train"]["bf16"] = bf16_native()  # emulated bf16 is ~10x slower: float32 weights there (adapters alike)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
@@ -126,7 +126,7 @@ def test_a_killed_training_step_resumes(rehearsed, tmp_path):
     """SIGKILL after the first checkpoint of a GRPO step on the paper's paths (LoRA on Qwen3's shapes, gradient
     checkpointing, bf16 where native); the rerun resumes from that checkpoint and finishes."""
     repo = rehearsed[0]
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml(repo / "params.yaml")
     params["train"].update(out_dir=str(tmp_path / "models"), checkpoint_dir=str(tmp_path / "ckpt"))
     params["train"]["grpo"]["max_steps"] = 3
     params["tracking"].update(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "mlartifacts"))
