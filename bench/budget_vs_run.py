@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, required=True)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    out = args.out.resolve() if args.out else None  # before moving into the workspace
     os.chdir(args.workspace)
 
     from semrl.core.config import load_config
@@ -56,8 +57,8 @@ def main() -> None:
     for r in table:
         print(f"{r['stage']:<24}{r['runs']:>5}{r['predicted_s']:>13,.0f}{r['measured_s']:>12,.0f}{r['ratio']:>20}"
               f"{r['measured_tokens_per_s'] or '':>10}")
-    if args.out:
-        args.out.write_text(json.dumps({"workspace": str(args.workspace), "profile": cfg.profile, "stages": table},
+    if out:
+        out.write_text(json.dumps({"workspace": str(args.workspace), "profile": cfg.profile, "stages": table},
                                        indent=2) + "\n")
 
 
