@@ -140,6 +140,42 @@ def test_the_flow_queues_branches_on_one_device(trained_repo, tmp_path):
     assert "on GPU 0" in proc.stdout + proc.stderr
 
 
+def test_the_flow_runs_a_step_on_two_devices_as_two_processes(trained_repo, tmp_path):
+    """flow.devices ["0", "1"] with gpus_per_step 2 on this CPU machine: every training step of the flow runs
+    as two data-parallel processes under torchrun on gloo (accelerate's CPU launcher wants MPI; on GPUs the
+    same slot goes to `accelerate launch`), with the configured global batch, the gate's and the trajectory's
+    decoding on both ranks, one step at a time on the pair, and one MLflow run per step, not one per rank."""
+    from test_methods import semrl, variant
+
+    path, params = variant(trained_repo, tmp_path, flow__devices=["0", "1"], flow__gpus_per_step=2, train__seeds=[0],
+                           train__coldstart__max_steps=2, train__sft__max_steps=2, train__grpo__max_steps=2,
+                           train__match_budgets=False, rewards__tau=0.2,
+                           rewards__ablations__bleu_language__enabled=False)
+    proc = semrl(["flow", "--task", "mt", "--seed", "0", "--params", str(path)], trained_repo)
+    out = proc.stdout + proc.stderr
+    steps = {r["method"]: r for stage in ("coldstart", "sft", "grpo")
+             for r in json.loads((tmp_path / "models" / "mt" / stage / "flow_run.json").read_text())}
+    assert set(steps) == {"coldstart", "sft", "grpo"}
+    t = params["train"]
+    configured = {"coldstart": t["coldstart"]["batch_size"] * t["coldstart"]["grad_accum"],
+                  "sft": t["sft"]["batch_size"] * t["sft"]["grad_accum"],
+                  "grpo": t["grpo"]["num_generations"] * t["grpo"]["prompts_per_step"] * t["grpo"]["grad_accum"]}
+    for method, record in steps.items():
+        assert f"mt-{method}-s0: 2 processes under torch.distributed.run" in out
+        assert record["devices"] == ["0", "1"] and record["world_size"] == 2 and record["steps"] == 2
+        assert record["global_batch"] == configured[method], (method, record)
+        assert record["per_device_batch"] * record["grad_accum"] * 2 == configured[method]
+    spans = sorted((r["start"], r["end"]) for r in steps.values())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one step on the device pair at a time
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = [r for r in mlflow.search_runs(experiment_names=["semrl"], output_format="list")
+            if r.info.run_name.startswith("mt-")]
+    assert sorted(r.info.run_name for r in runs) == ["mt-coldstart-s0", "mt-grpo-s0", "mt-sft-s0"]  # rank 0 tracks
+    assert all(r.info.status == "FINISHED" and r.data.params["world_size"] == "2" for r in runs)
+
+
 def test_one_prefect_database_and_tag_limits_across_the_flow(trained_repo, tmp_path):
     """Without a server or Prefect settings of the user's, a flow run is recorded in the project's
     .prefect/prefect.db (what `semrl up`'s UI serves), not a per-user ~/.prefect; flow.tag_limits caps the

@@ -526,10 +526,11 @@ class FlowConfig(Section):
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(10, ge=0)
     max_workers: int = Field(16, ge=1)  # concurrent steps of one flow run (branches, seeds)
-    # GPU placement (semrl.ops.flows.DeviceSlots); ignored where no GPU is visible. Each step (training,
-    # evaluation, transfer) runs on gpus_per_step devices of its own (CUDA_VISIBLE_DEVICES), and at most
-    # steps_per_gpu steps share a device: steps that do not fit wait, while the flow still shows the
-    # branches as siblings. gpus_per_step > 1 runs the step under `accelerate launch` with accelerate_config.
+    # GPU placement (semrl.ops.flows.DeviceSlots); none where no GPU is visible and devices is null. Each step
+    # (training, evaluation, transfer) runs on gpus_per_step devices of its own (CUDA_VISIBLE_DEVICES), and at
+    # most steps_per_gpu steps share a device: steps that do not fit wait, while the flow still shows the
+    # branches as siblings. gpus_per_step > 1 runs a training step as one process per device: `accelerate
+    # launch` with accelerate_config on GPUs, torchrun (gloo) where torch sees no CUDA (flows.multi_process_launch).
     devices: list[str] | None = None  # null: CUDA_VISIBLE_DEVICES, else every GPU torch sees
     gpus_per_step: int = Field(1, ge=1)
     steps_per_gpu: int = Field(1, ge=1)

@@ -142,6 +142,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def multi_process_launch(cfg: Config, python: str | None, processes: int) -> list[str]:
+    """The launcher of a training step on several devices. With CUDA: `accelerate launch` with
+    flow.accelerate_config (DDP, DeepSpeed ZeRO-3). Without (flow.devices named on a CPU machine, e.g. to
+    rehearse the multi-GPU path): torchrun, one process per named device, the trainers on gloo — the
+    accelerate configs are GPU ones (bf16 mixed precision, DeepSpeed), and accelerate's own MULTI_CPU
+    launcher wants MPI for more than one process. Either way the steps read the same WORLD_SIZE /
+    LOCAL_RANK and the configured batch stays the global one (trainers.per_process)."""
+    import torch  # is_available() asks the driver (NVML) only: no CUDA context in the flow process
+
+    python = str(python or sys.executable)
+    if torch.cuda.is_available():
+        return [python, "-m", "accelerate.commands.launch", "--config_file", str(cfg.flow.accelerate_config),
+                "--num_processes", str(processes), "--main_process_port", str(_free_port())]
+    return [python, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
+            "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+
+
 _SLOTS: dict[str, DeviceSlots] = {}  # per flow run (its MLflow parent run id): the steps are its threads
 
 
@@ -200,12 +217,11 @@ def _run_step(name: str, kwargs: dict[str, Any], parent_run_id: str, label: str,
             if len(slot) == 1 or name != "train":  # evaluation and transfer use the slot's first device
                 env["CUDA_VISIBLE_DEVICES"] = slot[0]
                 returncode = steps.run_command(own, env, **io) if own else steps.run_call(STEPS[name], kwargs, env, **io)
-            else:  # a training step on several GPUs: data parallel under accelerate (rank 0 tracks and saves)
-                launch = [str(python or sys.executable), "-m", "accelerate.commands.launch", "--config_file",
-                          str(cfg.flow.accelerate_config), "--num_processes", str(len(slot)),
-                          "--main_process_port", str(_free_port()), "-m", "semrl.ops.steps", STEPS[name],
-                          json.dumps(kwargs)]
-                returncode = steps.run_command(launch, env, **io)
+            else:  # a training step on several devices: data parallel, one process each (rank 0 tracks and saves)
+                launch = multi_process_launch(cfg, python, len(slot))
+                print(f"{label}: {len(slot)} processes under {launch[2]}")
+                returncode = steps.run_command([*launch, "-m", "semrl.ops.steps", STEPS[name], json.dumps(kwargs)],
+                                               env, **io)
     if returncode == steps.TIMED_OUT:
         raise StepFailed(f"{label} timed out after {cfg.flow.step_timeout_s:g} s (flow.step_timeout_s); its log: "
                          f"{log_path}", returncode)
