@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from semrl.core.config import load_config, read_yaml
 from semrl.core.methods import output_dir
-from semrl.ops.check import bf16_native
+from semrl.core.env import bf16_native
 
 from conftest import child_env, copy_project, mlflow_runs, read_jsonl, run
 
@@ -44,7 +44,6 @@ def rehearsed(tmp_path_factory, prepared_project, mirror):
     apply_overlay(repo / "params.yaml", repo / "configs" / "rehearsal.yaml")
     params = read_yaml(repo / "params.yaml")
     params["flow"]["step_python"] = sys.executable  # the vLLM set-up's path: steps in another interpreter
-    params["train"]["bf16"] = bf16_native()  # emulated bf16 is ~10x slower: float32 weights there (adapters alike)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     start = time.time()
     proc = subprocess.run(["dvc", "repro"], cwd=repo, env=child_env(env), capture_output=True, text=True, timeout=1700)
@@ -70,7 +69,8 @@ def test_weights_follow_train_bf16_adapters_fp32_and_the_real_vocabulary(rehears
 
     repo = rehearsed[0]
     cfg = load_config(repo / "params.yaml")
-    weights = "BF16" if cfg.train.bf16 else "F32"
+    assert read_yaml(repo / "params.yaml")["train"]["bf16"] == "auto" and cfg.train.bf16 == bf16_native()
+    weights = "BF16" if cfg.train.bf16 else "F32"  # emulated bf16 is ~10x slower: float32 there (adapters alike)
     print(f"rehearsal: merged weights {weights} (native bf16 here: {bf16_native()})")
     for method in ("coldstart", *BRANCHES):
         out = repo / output_dir(cfg, "mt", method, 0)

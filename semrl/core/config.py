@@ -420,6 +420,8 @@ class TrainConfig(Section):
     max_target_tokens: int = Field(32, ge=1)
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(25, ge=1)
+    # bf16 weights and training (adapters stay float32); auto: where this machine computes bf16 natively
+    # (a CUDA GPU that supports it, a CPU with AVX512-BF16/AMX), resolved when the config is read
     bf16: bool = False
     gradient_checkpointing: bool = False
     torch_threads: int = Field(1, ge=0)  # 0: torch's default
@@ -434,6 +436,15 @@ class TrainConfig(Section):
         """GRPO's completion budget: grpo.max_completion_tokens, else max_target_tokens. Its samples and tau's
         calibration samples are drawn with it."""
         return self.grpo.max_completion_tokens or self.max_target_tokens
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bf16_auto(cls, v):
+        if v == "auto":
+            from semrl.core.env import bf16_native
+
+            return bf16_native()
+        return v
 
     @model_validator(mode="after")
     def _matched_budgets(self) -> "TrainConfig":

@@ -42,3 +42,14 @@ def state_root() -> Path:
     if root and Path(root).resolve() != Path.cwd().resolve():
         return Path(root).resolve()
     return Path(".")
+
+
+def bf16_native() -> bool:
+    """Whether this machine computes in bf16 natively: a CUDA device that supports it, else a CPU with
+    AVX512-BF16 or AMX (oneDNN's bf16 kernels); elsewhere torch emulates it (~10x slower than float32 on
+    a 2-core AVX2 CPU: a 2048x64 @ 64x151,936 product with its backward took 374 s against 29 s)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

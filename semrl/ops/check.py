@@ -7,6 +7,7 @@ from pathlib import Path
 
 from semrl import SemrlError
 from semrl.core.config import Config
+from semrl.core.env import bf16_native
 from semrl.core.io import import_dotted
 
 
@@ -108,16 +109,6 @@ def step_vllm_problems(cfg: Config) -> list[str]:
         problems.append(f"train.grpo.vllm: {cfg.train.grpo.vllm}: flow.step_python {python} has no vllm package "
                         "(pip install -e '.[vllm]' in that environment)")
     return problems
-
-
-def bf16_native() -> bool:
-    """Whether this machine computes in bf16 natively: a CUDA device that supports it, else a CPU with
-    AVX512-BF16 or AMX (oneDNN's bf16 kernels); elsewhere torch emulates it."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _truthy(value: str | None) -> bool:
