@@ -140,6 +140,7 @@ def test_the_flow_queues_branches_on_one_device(trained_repo, tmp_path):
     assert "on GPU 0" in proc.stdout + proc.stderr
 
 
+@pytest.mark.rehearsal  # the paper's multi-GPU placement rehearsed on CPU: ~90 s that make test does not have
 def test_the_flow_runs_a_step_on_two_devices_as_two_processes(trained_repo, tmp_path):
     """flow.devices ["0", "1"] with gpus_per_step 2 on this CPU machine: every training step of the flow runs
     as two data-parallel processes under torchrun on gloo (accelerate's CPU launcher wants MPI; on GPUs the
