@@ -64,7 +64,8 @@ run: $(STAMP)
 # project is built once and shared by the workers (tests/conftest.py); TEST_WORKERS=0 runs in one process.
 # --dist loadgroup: tests marked xdist_group share one worker (the rehearsal's module fixture, ~10 min, is built
 # once, not once per worker); the rest are handed out as they come. TIERS picks the tiers (pytest markers;
-# docs/tests.md): unit and pipeline by default; `make test TIERS=unit` for the fast tier alone, `make test TIERS=all` adds the benchmark-script and fault-injection tiers (CI runs all).
+# docs/tests.md): unit and pipeline by default; `make test TIERS=unit` for the fast tier alone, `make test
+# TIERS=all` adds the benchmark-script, fault-injection and rehearsal tiers (CI runs all).
 TEST_WORKERS ?= 2
 TIERS ?= unit or pipeline
 
