@@ -62,15 +62,14 @@ run: $(STAMP)
 # Two pytest workers (pytest-xdist): the suite's training steps run one torch thread each (train.torch_threads)
 # and much of the rest waits on servers and subprocesses, so one worker left half of 2 cores idle. The smoke
 # project is built once and shared by the workers (tests/conftest.py); TEST_WORKERS=0 runs in one process.
-# --dist loadgroup: tests marked xdist_group share one worker (the rehearsal's module fixture, ~10 min, is built
-# once, not once per worker); the rest are handed out as they come. TIERS picks the tiers (pytest markers;
-# docs/tests.md): unit and pipeline by default; `make test TIERS=unit` for the fast tier alone, `make test
-# TIERS=all` adds the benchmark-script, fault-injection and rehearsal tiers (CI runs all).
+# TIERS picks the tiers (pytest markers; docs/tests.md): unit and pipeline by default; `make test TIERS=unit`
+# for the fast tier alone, `make test TIERS=all` adds the benchmark-script, fault-injection and rehearsal tiers
+# (CI runs all).
 TEST_WORKERS ?= 2
 TIERS ?= unit or pipeline
 
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(if $(filter all,$(TIERS)),,-m "$(TIERS)") $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -n $(TEST_WORKERS) $(if $(filter all,$(TIERS)),,-m "$(TIERS)") $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

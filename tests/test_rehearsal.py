@@ -24,8 +24,7 @@ from semrl.core.env import bf16_native
 from conftest import child_env, copy_project, mlflow_runs, read_jsonl, run
 
 # ~7 min alone on 2 cores; the first test also waits for the fixture's whole `dvc repro`
-# one worker runs the module (make test: --dist loadgroup), so its ~10-min fixture is built once, not per worker
-pytestmark = [pytest.mark.rehearsal, pytest.mark.timeout(1800), pytest.mark.xdist_group("rehearsal")]
+pytestmark = [pytest.mark.rehearsal, pytest.mark.timeout(1800)]
 
 THINK = "<think>"
 
